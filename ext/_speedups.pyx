@@ -1,0 +1,680 @@
+# cython: language_level=3
+"""Compiled core of flushsink: the frame scanner and segment store (see docs/sink.md).
+
+The C files (frame.c, b64.c) do the byte work and return status codes; this module is
+the glue: it finds the segment of a chunk, makes room, decodes straight into the
+segment's buffer (without the GIL for large payloads) and maps statuses to the
+exceptions of flushsink.errors. The pure-Python twin, flushsink/_fallback.py, must
+behave identically; tests compare them frame by frame.
+"""
+
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBuffer_FillInfo,
+                             PyBuffer_Release, PyObject_GetBuffer)
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport int64_t, uint8_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp
+
+import json
+
+import numpy as np
+
+from ._common import (BASE64_CODES, SCAN_CODES, SinkStats, check_sink_args,
+                      flush_id_value, frame_type_error, prealloc_bytes,
+                      segment_cap_error, str_frame_error, total_cap_error)
+from .errors import FrameError
+from .formats import DEFAULT_FORMAT, AudioFormat
+from .segments import (ContextDone, Segment, SegmentReady, Timestamps, Unknown,
+                       error_event, parse_timed_text, shift)
+
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
+
+cdef extern from "b64.h":
+    ctypedef enum b64_status:
+        B64_OK
+        B64_NO_SPACE
+    size_t b64_decoded_size(const uint8_t *src, size_t n) nogil
+    b64_status b64_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
+                          size_t *written, size_t *error_pos) nogil
+    const char *b64_kernel_name()
+
+cdef extern from "frame.h":
+    ctypedef enum fs_status:
+        FS_OK
+    ctypedef enum fs_kind:
+        FS_ABSENT
+        FS_NULL
+        FS_STRING
+        FS_NUMBER
+        FS_OTHER
+    ctypedef struct fs_value:
+        fs_kind kind
+        size_t value_offset
+        size_t start
+        size_t end
+        int has_escape
+    ctypedef struct fs_frame:
+        fs_value keys[6]
+        size_t object_offset
+        int data_checked
+    int FS_KEY_TYPE, FS_KEY_CONTEXT_ID, FS_KEY_FLUSH_ID, FS_KEY_DATA
+    int FS_KEY_WORD_TIMESTAMPS, FS_KEY_PHONEME_TIMESTAMPS
+    fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset)
+    fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
+                              int *has_escape, size_t *error_offset)
+    size_t fs_unescape_chars(const uint8_t *buf, size_t start, size_t end,
+                             uint8_t *chars, size_t *offsets)
+
+
+# Below this many base64 bytes, releasing and re-taking the GIL costs more than the
+# decode it would let other threads overlap with.
+cdef enum:
+    GIL_RELEASE_BYTES = 16384
+
+cdef enum FrameType:
+    T_NONE, T_CHUNK, T_FLUSH_DONE, T_DONE, T_ERROR, T_TIMESTAMPS, T_PHONEMES, T_UNKNOWN
+
+cdef tuple _EMPTY = ()
+cdef dict _TYPE_NAMES = {
+    b"chunk": T_CHUNK, b"flush_done": T_FLUSH_DONE, b"done": T_DONE, b"error": T_ERROR,
+    b"timestamps": T_TIMESTAMPS, b"phoneme_timestamps": T_PHONEMES,
+}
+_FIELD_NAMES = ("type", "context_id", "flush_id", "data", "word_timestamps",
+                "phoneme_timestamps")
+
+
+def simd_path():
+    """The base64 kernel this process uses."""
+    return b64_kernel_name().decode("ascii")
+
+
+def b64decode(data):
+    """Strict base64 decode (the rule of docs/sink.md); FrameError offsets are into data."""
+    cdef const uint8_t[::1] src = data
+    cdef size_t n = src.shape[0], written = 0, pos = 0
+    cdef const uint8_t *p = &src[0] if n else <const uint8_t *>b""
+    cdef size_t size = b64_decoded_size(p, n)
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>size)
+    cdef b64_status st = b64_decode(p, n, <uint8_t *><char *>out, size, &written, &pos)
+    if st != B64_OK:
+        raise FrameError(BASE64_CODES[st], pos)
+    return out
+
+
+cdef class _AudioBuffer:
+    """Owns a finished segment's malloc'd bytes and lends them to numpy (no copy)."""
+
+    cdef uint8_t *data
+    cdef Py_ssize_t length
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, self.data, self.length, 0, flags)
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+    def __dealloc__(self):
+        free(self.data)
+
+
+cdef class _Segment:
+    cdef uint8_t *data
+    cdef size_t length, capacity
+    cdef int64_t label
+    cdef bint unlabelled
+    cdef object format
+    cdef double start
+    cdef list words, phonemes
+
+    def __dealloc__(self):
+        free(self.data)
+
+
+cdef class _Context:
+    cdef object context_id        # str, or None for frames without context_id
+    cdef bytes raw_id             # the id's UTF-8, to recognise it without decoding
+    cdef object format
+    cdef size_t prealloc
+    cdef size_t bytes_per_second
+    cdef dict open                # label -> _Segment, in opening order
+    cdef _Segment current         # the most recently opened segment still open
+    cdef int64_t next_label
+    cdef set finished
+    cdef size_t stored
+
+    cdef void refresh_current(self):
+        self.current = next(reversed(self.open.values())) if self.open else None
+
+
+cdef class Sink:
+    """Turns Cartesia TTS websocket frames into finished audio segments.
+
+    See docs/sink.md for the exact behaviour; ``flushsink._fallback.Sink`` is the
+    pure-Python twin with the same API, results and errors.
+    """
+
+    cdef readonly object format
+    cdef double prealloc_seconds
+    cdef size_t max_segment_bytes, max_total_bytes, max_ended_contexts
+    cdef dict _contexts, _ended, _formats
+    cdef _Context _last
+    cdef object _cid              # scratch: the id _lookup found
+    cdef size_t _open_bytes
+    cdef Py_ssize_t _open_segments
+    cdef unsigned long long _frames, _chunks, _audio_bytes, _dropped, _rejected, _segments
+    cdef bint _busy
+
+    def __init__(self, format=DEFAULT_FORMAT, *, prealloc_seconds=10.0,
+                 max_segment_bytes=256 * 2**20, max_total_bytes=1024 * 2**20,
+                 max_ended_contexts=10_000):
+        check_sink_args(format, prealloc_seconds, max_segment_bytes, max_total_bytes,
+                        max_ended_contexts)
+        self.format = format
+        self.prealloc_seconds = prealloc_seconds
+        self.max_segment_bytes = max_segment_bytes
+        self.max_total_bytes = max_total_bytes
+        self.max_ended_contexts = max_ended_contexts
+        self._contexts = {}
+        self._ended = {}
+        self._formats = {}
+
+    @property
+    def stats(self):
+        return SinkStats(self._frames, self._chunks, self._audio_bytes, self._dropped,
+                         self._rejected, self._segments, self._open_segments,
+                         self._open_bytes)
+
+    def set_format(self, context_id, format):
+        """Use ``format`` for the segments ``context_id`` opens from now on."""
+        if not isinstance(format, AudioFormat):
+            raise TypeError(f"format must be an AudioFormat, not {type(format).__name__}")
+        self._formats[context_id] = format
+        cdef _Context ctx = self._contexts.get(context_id)
+        if ctx is not None:
+            self._apply_format(ctx, format)
+
+    cdef void _apply_format(self, _Context ctx, object format):
+        ctx.format = format
+        ctx.prealloc = prealloc_bytes(format, self.prealloc_seconds, self.max_segment_bytes)
+        ctx.bytes_per_second = format.bytes_per_second
+
+    # ---- intake -------------------------------------------------------------------
+
+    def feed(self, frame):
+        """Feed one websocket message; returns a tuple of events (``()`` for audio).
+
+        Raises FrameError (a ValueError) for a malformed frame and CapacityError when
+        a cap would be exceeded; either way nothing changes. TypeError for a frame
+        that is not bytes-like or str.
+        """
+        cdef Py_buffer view
+        cdef const char *text
+        cdef Py_ssize_t size
+        if self._busy:
+            raise RuntimeError("Sink.feed called while another call is running")
+        if isinstance(frame, str):
+            try:
+                text = PyUnicode_AsUTF8AndSize(frame, &size)
+            except UnicodeEncodeError:
+                self._rejected += 1
+                raise str_frame_error(frame) from None
+            self._busy = True
+            try:
+                return self._feed(<const uint8_t *>text, <size_t>size)
+            finally:
+                self._busy = False
+        try:
+            PyObject_GetBuffer(frame, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+        except BufferError:
+            raise TypeError("frame buffer must be C-contiguous") from None
+        except TypeError:
+            raise frame_type_error(frame) from None
+        self._busy = True
+        try:
+            if view.itemsize != 1:
+                raise TypeError("frame buffer must have 1-byte items")
+            return self._feed(<const uint8_t *>view.buf, <size_t>view.len)
+        finally:
+            self._busy = False
+            PyBuffer_Release(&view)
+
+    cdef object _feed(self, const uint8_t *buf, size_t n):
+        cdef fs_frame fr
+        cdef size_t offset = 0
+        cdef fs_status st = fs_scan(buf, n, &fr, &offset)
+        if st != FS_OK:
+            self._rejected += 1
+            raise FrameError(SCAN_CODES[st], offset)
+        try:
+            return self._dispatch(buf, n, &fr)
+        except BaseException:
+            self._rejected += 1
+            raise
+
+    cdef int _check_data(self, const uint8_t *buf, size_t n, fs_frame *fr) except -1:
+        """Validate the data string the scanner skipped: its JSON errors come first."""
+        cdef size_t end = 0, offset = 0
+        cdef int escaped = 0
+        cdef fs_status st
+        if fr.data_checked:
+            return 0
+        st = fs_check_string(buf, n, fr.keys[FS_KEY_DATA].start, &end, &escaped, &offset)
+        if st != FS_OK:
+            raise FrameError(SCAN_CODES[st], offset)
+        fr.data_checked = 1
+        fr.keys[FS_KEY_DATA].has_escape = escaped
+        return 0
+
+    cdef int _field_error(self, const uint8_t *buf, size_t n, fs_frame *fr, int key) except -1:
+        self._check_data(buf, n, fr)
+        raise FrameError("field_type", fr.keys[key].value_offset, _FIELD_NAMES[key])
+
+    cdef object _dispatch(self, const uint8_t *buf, size_t n, fs_frame *fr):
+        cdef fs_value *v = &fr.keys[FS_KEY_TYPE]
+        cdef int ftype = T_NONE
+        cdef bint has_flush = False
+        cdef int64_t label = 0
+        cdef object text
+        # field types, in the documented order
+        if v.kind == FS_ABSENT or v.kind == FS_NULL:
+            ftype = T_NONE
+        elif v.kind != FS_STRING:
+            self._field_error(buf, n, fr, FS_KEY_TYPE)
+        else:
+            text = _raw_string(buf, v)
+            if not isinstance(text, bytes):
+                text = text.encode("utf-8")
+            ftype = _TYPE_NAMES.get(text, T_UNKNOWN)
+        v = &fr.keys[FS_KEY_CONTEXT_ID]
+        if v.kind != FS_ABSENT and v.kind != FS_NULL and v.kind != FS_STRING:
+            self._field_error(buf, n, fr, FS_KEY_CONTEXT_ID)
+        v = &fr.keys[FS_KEY_FLUSH_ID]
+        if v.kind == FS_NUMBER:
+            value = flush_id_value(PyBytes_FromStringAndSize(<const char *>buf + v.start,
+                                                             v.end - v.start))
+            if value is None:
+                self._field_error(buf, n, fr, FS_KEY_FLUSH_ID)
+            has_flush = True
+            label = value
+        elif v.kind != FS_ABSENT and v.kind != FS_NULL:
+            self._field_error(buf, n, fr, FS_KEY_FLUSH_ID)
+        v = &fr.keys[FS_KEY_DATA]
+        if v.kind != FS_ABSENT and v.kind != FS_NULL and v.kind != FS_STRING:
+            self._field_error(buf, n, fr, FS_KEY_DATA)
+        if ftype == T_CHUNK:
+            return self._chunk(buf, n, fr, has_flush, label)
+        self._check_data(buf, n, fr)
+        return self._other(buf, n, fr, ftype, has_flush, label)
+
+    # ---- contexts and segments ----------------------------------------------------
+
+    cdef object _context_id(self, const uint8_t *buf, fs_frame *fr):
+        cdef fs_value *v = &fr.keys[FS_KEY_CONTEXT_ID]
+        if v.kind != FS_STRING:
+            return None
+        text = _raw_string(buf, v)
+        return text.decode("utf-8") if isinstance(text, bytes) else text
+
+    cdef _Context _lookup(self, const uint8_t *buf, fs_frame *fr):
+        """The frame's context, or None if it is new or ended; self._cid gets its id."""
+        cdef fs_value *v = &fr.keys[FS_KEY_CONTEXT_ID]
+        cdef _Context last = self._last
+        cdef size_t length
+        # hot path: the same context as the previous frame, id written without escapes
+        if last is not None and v.kind == FS_STRING and not v.has_escape \
+                and last.raw_id is not None:
+            length = v.end - v.start
+            if <size_t>len(last.raw_id) == length and \
+                    memcmp(<const char *>last.raw_id, buf + v.start, length) == 0:
+                self._cid = last.context_id
+                return last
+        cid = self._context_id(buf, fr)
+        self._cid = cid
+        return self._contexts.get(cid)
+
+    cdef _Context _new_context(self, object cid):
+        cdef _Context ctx = _Context.__new__(_Context)
+        ctx.context_id = cid
+        ctx.raw_id = cid.encode("utf-8") if cid is not None else None
+        ctx.open = {}
+        ctx.finished = set()
+        self._apply_format(ctx, self._formats.get(cid, self.format))
+        return ctx
+
+    cdef _Segment _new_segment(self, _Context ctx, int64_t label, bint unlabelled,
+                               size_t size):
+        cdef _Segment seg = _Segment.__new__(_Segment)
+        cdef size_t capacity = ctx.prealloc if ctx.prealloc > size else size
+        # the reservation is address space: malloc does not touch (commit) the pages
+        seg.data = <uint8_t *>malloc(capacity if capacity else 1)
+        if seg.data == NULL:
+            raise MemoryError()
+        seg.capacity = capacity
+        seg.label = label
+        seg.unlabelled = unlabelled
+        seg.format = ctx.format
+        seg.start = ctx.stored / <double>ctx.bytes_per_second
+        seg.words = []
+        seg.phonemes = []
+        return seg
+
+    cdef int _register(self, _Context ctx, bint new_context, _Segment seg, bint new_segment,
+                       bint adopt, int64_t label) except -1:
+        if new_context:
+            self._contexts[ctx.context_id] = ctx
+        if adopt:
+            del ctx.open[seg.label]
+            seg.label = label
+            seg.unlabelled = False
+            ctx.open[label] = seg
+        elif new_segment:
+            ctx.open[seg.label] = seg
+            ctx.current = seg
+            self._open_segments += 1
+        if seg.label >= ctx.next_label:
+            ctx.next_label = seg.label + 1
+        self._last = ctx
+        return 0
+
+    cdef object _resolve(self, _Context ctx, bint has_flush, int64_t label,
+                         bint *adopt, bint *new_segment):
+        """The open segment a chunk or timestamps frame goes to; None means drop if
+        *new_segment is false, or open a new one if it is true."""
+        adopt[0] = False
+        new_segment[0] = False
+        if ctx is None:
+            new_segment[0] = True
+            return None
+        cdef _Segment cur = ctx.current
+        if has_flush:
+            if cur is not None and cur.label == label and not cur.unlabelled:
+                return cur
+            if label in ctx.finished:
+                return None
+            seg = ctx.open.get(label)
+            if seg is not None:
+                return seg
+            if cur is not None and cur.unlabelled:
+                adopt[0] = True
+                return cur
+            new_segment[0] = True
+            return None
+        if cur is not None:
+            return cur
+        new_segment[0] = True
+        return None
+
+    cdef object _finish(self, _Context ctx, _Segment seg, bint complete, object error):
+        cdef _AudioBuffer audio = _AudioBuffer.__new__(_AudioBuffer)
+        cdef uint8_t *trimmed
+        cdef size_t width = seg.format.sample_width
+        cdef size_t whole = seg.length // width * width
+        trimmed = <uint8_t *>realloc(seg.data, seg.length if seg.length else 1)
+        if trimmed != NULL:
+            seg.data = trimmed
+        audio.data = seg.data
+        audio.length = seg.length
+        seg.data = NULL
+        trailing = PyBytes_FromStringAndSize(<const char *>audio.data + whole,
+                                             seg.length - whole)
+        samples = np.frombuffer(audio, dtype=seg.format.dtype, count=whole // width)
+        segment = Segment(ctx.context_id, seg.label, seg.format, samples, complete, error,
+                          trailing, seg.start, shift(tuple(seg.words), seg.start),
+                          shift(tuple(seg.phonemes), seg.start))
+        if seg.label in ctx.open:
+            del ctx.open[seg.label]
+            self._open_segments -= 1
+            self._open_bytes -= seg.length
+        ctx.finished.add(seg.label)
+        if ctx.current is seg:
+            ctx.refresh_current()
+        self._segments += 1
+        return SegmentReady(segment)
+
+    cdef list _finish_all(self, _Context ctx, bint complete, object error):
+        events = []
+        if ctx is not None:
+            for seg in list(ctx.open.values()):
+                events.append(self._finish(ctx, seg, complete, error))
+        return events
+
+    cdef void _end(self, object cid):
+        cdef _Context ctx = self._contexts.pop(cid, None)
+        if ctx is self._last:
+            self._last = None
+        self._formats.pop(cid, None)
+        self._ended.pop(cid, None)
+        self._ended[cid] = True
+        while len(self._ended) > self.max_ended_contexts:
+            del self._ended[next(iter(self._ended))]
+
+    cdef object _drop(self):
+        self._frames += 1
+        self._dropped += 1
+        return _EMPTY
+
+    # ---- chunk: the hot path ------------------------------------------------------
+
+    cdef object _chunk(self, const uint8_t *buf, size_t n, fs_frame *fr, bint has_flush,
+                       int64_t label):
+        cdef _Context ctx = self._lookup(buf, fr)
+        cdef object cid = self._cid
+        cdef bint new_context = ctx is None, adopt, new_segment
+        cdef _Segment seg
+        cdef fs_value *data = &fr.keys[FS_KEY_DATA]
+        if new_context and cid in self._ended:
+            self._check_data(buf, n, fr)
+            return self._drop()
+        found = self._resolve(ctx, has_flush, label, &adopt, &new_segment)
+        if found is None and not new_segment:
+            self._check_data(buf, n, fr)
+            return self._drop()
+        if new_context:
+            ctx = self._new_context(cid)
+        if data.kind != FS_STRING:
+            return self._store(ctx, new_context, found, new_segment, adopt, has_flush, label,
+                               NULL, 0, NULL, buf, n, fr)
+        if data.has_escape:
+            return self._store_escaped(ctx, new_context, found, new_segment, adopt, has_flush,
+                                       label, buf, n, fr)
+        return self._store(ctx, new_context, found, new_segment, adopt, has_flush, label,
+                           buf + data.start, data.end - data.start, NULL, buf, n, fr)
+
+    cdef object _store_escaped(self, _Context ctx, bint new_context, object found,
+                               bint new_segment, bint adopt, bint has_flush, int64_t label,
+                               const uint8_t *buf, size_t n, fs_frame *fr):
+        cdef fs_value *data = &fr.keys[FS_KEY_DATA]
+        cdef size_t length = data.end - data.start, count
+        cdef uint8_t *chars = <uint8_t *>malloc(length + 1)
+        cdef size_t *offsets = <size_t *>malloc((length + 1) * sizeof(size_t))
+        try:
+            if chars == NULL or offsets == NULL:
+                raise MemoryError()
+            count = fs_unescape_chars(buf, data.start, data.end, chars, offsets)
+            return self._store(ctx, new_context, found, new_segment, adopt, has_flush, label,
+                               chars, count, offsets, buf, n, fr)
+        finally:
+            free(chars)
+            free(offsets)
+
+    cdef object _store(self, _Context ctx, bint new_context, object found, bint new_segment,
+                       bint adopt, bint has_flush, int64_t label, const uint8_t *src,
+                       size_t length, size_t *offsets, const uint8_t *buf, size_t n,
+                       fs_frame *fr):
+        """Decode src[0:length] (base64) onto the end of the resolved segment.
+        offsets maps src positions to frame offsets (NULL: src is in the frame)."""
+        cdef _Segment seg
+        cdef size_t size = b64_decoded_size(src, length) if length else 0
+        cdef size_t written = 0, pos = 0, base = 0, needed, capacity
+        cdef uint8_t *grown
+        cdef b64_status st
+        cdef int64_t seg_label
+        cdef size_t current
+        cdef uint8_t *target
+        if new_segment:
+            seg_label = label if has_flush else ctx.next_label
+            current = 0
+        else:
+            seg = <_Segment>found
+            seg_label = label if adopt else seg.label
+            current = seg.length
+        # caps, after the data is known to be valid JSON (its errors come first)
+        if current + size > self.max_segment_bytes:
+            self._check_data(buf, n, fr)
+            if fr.keys[FS_KEY_DATA].has_escape and offsets == NULL:
+                return self._store_escaped(ctx, new_context, found, new_segment, adopt,
+                                           has_flush, label, buf, n, fr)
+            raise segment_cap_error(ctx.context_id, seg_label, current + size,
+                                    self.max_segment_bytes)
+        if self._open_bytes + size > self.max_total_bytes:
+            self._check_data(buf, n, fr)
+            if fr.keys[FS_KEY_DATA].has_escape and offsets == NULL:
+                return self._store_escaped(ctx, new_context, found, new_segment, adopt,
+                                           has_flush, label, buf, n, fr)
+            raise total_cap_error(ctx.context_id, seg_label, self._open_bytes + size,
+                                  self.max_total_bytes)
+        if new_segment:
+            seg = self._new_segment(ctx, seg_label, not has_flush, size)
+        needed = seg.length + size
+        if needed > seg.capacity:
+            # geometric growth, but never past the cap unless this chunk needs it
+            capacity = seg.capacity * 2
+            if capacity > self.max_segment_bytes:
+                capacity = self.max_segment_bytes
+            if capacity < needed:
+                capacity = needed
+            grown = <uint8_t *>realloc(seg.data, capacity)
+            if grown == NULL:
+                raise MemoryError()
+            seg.data = grown
+            seg.capacity = capacity
+        target = seg.data + seg.length
+        if length >= GIL_RELEASE_BYTES:
+            with nogil:
+                st = b64_decode(src, length, target, size, &written, &pos)
+        else:
+            st = b64_decode(src, length, target, size, &written, &pos)
+        if st != B64_OK:
+            if offsets == NULL:
+                self._check_data(buf, n, fr)
+                if fr.keys[FS_KEY_DATA].has_escape:
+                    # a backslash stopped the fast path: take the exact, escaped one
+                    return self._store_escaped(ctx, new_context, found, new_segment, adopt,
+                                               has_flush, label, buf, n, fr)
+                raise FrameError(BASE64_CODES[st], fr.keys[FS_KEY_DATA].start + pos)
+            raise FrameError(BASE64_CODES[st], offsets[pos])
+        self._register(ctx, new_context, seg, new_segment, adopt, label)
+        seg.length += size
+        ctx.stored += size
+        self._open_bytes += size
+        self._audio_bytes += size
+        self._chunks += 1
+        self._frames += 1
+        return _EMPTY
+
+    # ---- everything but chunks ----------------------------------------------------
+
+    cdef object _other(self, const uint8_t *buf, size_t n, fs_frame *fr, int ftype,
+                       bint has_flush, int64_t label):
+        cdef object cid = None
+        cdef _Context ctx
+        cdef bint has_context = fr.keys[FS_KEY_CONTEXT_ID].kind == FS_STRING
+        cdef bint adopt, new_segment
+        cdef _Segment seg
+        cdef int key
+        message = None
+        items = None
+        if ftype == T_ERROR or ftype == T_TIMESTAMPS or ftype == T_PHONEMES \
+                or ftype == T_NONE or ftype == T_UNKNOWN:
+            message = json.loads(PyBytes_FromStringAndSize(<const char *>buf, n))
+        if ftype == T_TIMESTAMPS or ftype == T_PHONEMES:
+            key = FS_KEY_WORD_TIMESTAMPS if ftype == T_TIMESTAMPS else FS_KEY_PHONEME_TIMESTAMPS
+            try:
+                items = parse_timed_text(message, "words" if ftype == T_TIMESTAMPS else "phonemes")
+            except ValueError:
+                where = fr.keys[key].value_offset if fr.keys[key].kind != FS_ABSENT \
+                    else fr.object_offset
+                raise FrameError("field_type", where, _FIELD_NAMES[key]) from None
+        if ftype == T_ERROR and not has_context:
+            self._frames += 1
+            return (error_event(None, False, message),)
+        ctx = self._lookup(buf, fr)
+        cid = self._cid
+        if ctx is None and cid in self._ended:
+            return self._drop()
+        if ftype == T_NONE or ftype == T_UNKNOWN:
+            self._frames += 1
+            return (Unknown(cid, message.get("type"), message),)
+        if ftype == T_DONE or ftype == T_ERROR:
+            event = error_event(cid, True, message) if ftype == T_ERROR else ContextDone(cid)
+            events = self._finish_all(ctx, ftype == T_DONE,
+                                      None if ftype == T_DONE else event.message)
+            events.append(event)
+            self._end(cid)
+            self._frames += 1
+            return tuple(events)
+        new_context = ctx is None
+        if new_context:
+            ctx = self._new_context(cid)
+        if ftype == T_FLUSH_DONE:
+            if has_flush and label in ctx.finished:
+                return self._drop()
+            if has_flush:
+                found = ctx.open.get(label)
+                if found is None and ctx.current is not None and ctx.current.unlabelled:
+                    seg = ctx.current
+                    self._register(ctx, new_context, seg, False, True, label)
+                    found = seg
+            else:
+                found = ctx.current
+            if found is None:
+                seg = self._new_segment(ctx, label if has_flush else ctx.next_label,
+                                        False, 0)
+                self._register(ctx, new_context, seg, True, False, label)
+                found = seg
+            self._frames += 1
+            return (self._finish(ctx, <_Segment>found, True, None),)
+        # timestamps / phoneme_timestamps
+        found = self._resolve(None if new_context else ctx, has_flush, label, &adopt,
+                              &new_segment)
+        if found is None and not new_segment:
+            return self._drop()
+        if new_segment:
+            seg = self._new_segment(ctx, label if has_flush else ctx.next_label,
+                                    not has_flush, 0)
+        else:
+            seg = <_Segment>found
+        self._register(ctx, new_context, seg, new_segment, adopt, label)
+        (seg.words if ftype == T_TIMESTAMPS else seg.phonemes).extend(items)
+        self._frames += 1
+        return (Timestamps(cid, seg.label, "words" if ftype == T_TIMESTAMPS else "phonemes",
+                           items, seg.start),)
+
+    # ---- ending -------------------------------------------------------------------
+
+    def cancel(self, context_id):
+        """Finish the context's open segments as incomplete ("cancelled") and drop its
+        later frames. Returns the SegmentReady events."""
+        events = self._finish_all(self._contexts.get(context_id), False, "cancelled")
+        self._end(context_id)
+        return tuple(events)
+
+    def close(self, reason="closed"):
+        """Finish every open segment as incomplete with ``error=reason`` (for example
+        when the connection dropped) and end those contexts. The sink stays usable."""
+        events = []
+        for cid in list(self._contexts):
+            events.extend(self._finish_all(self._contexts[cid], False, reason))
+            self._end(cid)
+        return tuple(events)
+
+
+cdef object _raw_string(const uint8_t *buf, fs_value *v):
+    """A validated JSON string value: bytes when written without escapes, else str."""
+    if not v.has_escape:
+        return PyBytes_FromStringAndSize(<const char *>buf + v.start, v.end - v.start)
+    return json.loads(PyBytes_FromStringAndSize(<const char *>buf + v.start - 1,
+                                                v.end - v.start + 2))

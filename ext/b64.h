@@ -1,0 +1,37 @@
+/* Strict standard base64 (RFC 4648, alphabet A-Z a-z 0-9 + /, padded) decoding into a
+ * caller-owned buffer. Knows nothing about Python.
+ *
+ * Rule (shared with the pure-Python twin): scanning left to right, a byte outside the
+ * alphabet and '=' is B64_BAD_CHAR at its offset; an alphabet byte after '=', or a third
+ * '=', is B64_BAD_PADDING at its offset; then a length that is not a multiple of 4 is
+ * B64_BAD_LENGTH at offset n. Non-zero bits in the last character before the padding
+ * are accepted (RFC 4648 section 3.5 leaves the choice to the decoder).
+ */
+#ifndef FLUSHSINK_B64_H
+#define FLUSHSINK_B64_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    B64_OK = 0,
+    B64_BAD_CHAR,
+    B64_BAD_PADDING,
+    B64_BAD_LENGTH,
+    B64_NO_SPACE
+} b64_status;
+
+/* Exact decoded size of valid input, and never less than what b64_decode writes:
+ * n * 3 / 4 minus the '=' among the last two bytes. */
+size_t b64_decoded_size(const uint8_t *src, size_t n);
+
+/* Decode src[0:n] into dst (capacity cap). *written is set even on error (bytes
+ * stored before the error); *error_pos is the offset of the error in src.
+ * B64_NO_SPACE (nothing written) when cap < b64_decoded_size(src, n). */
+b64_status b64_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
+                      size_t *written, size_t *error_pos);
+
+/* The kernel in use: "scalar" (SIMD kernels plug in here, chosen once at run time). */
+const char *b64_kernel_name(void);
+
+#endif

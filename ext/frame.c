@@ -1,0 +1,379 @@
+#include "frame.h"
+
+#include <string.h>
+
+/* Byte classes for the string scanner: 0 = plain ASCII (fast path), 1 = quote,
+ * 2 = backslash, 3 = control, 4 = start of a multi-byte UTF-8 sequence or invalid. */
+static const uint8_t string_class[256] = {
+    3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3, 3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,
+    0,0,1,0,0,0,0,0,0,0,0,0,0,0,0,0, 0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+    0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0, 0,0,0,0,0,0,0,0,0,0,0,0,2,0,0,0,
+    0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0, 0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,
+    4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4, 4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,
+    4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4, 4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,
+    4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4, 4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,
+    4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4, 4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,
+};
+
+static int hex_value(uint8_t c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Reads \uXXXX at buf[i] (buf[i] == '\\', buf[i+1] == 'u'). Returns the code unit,
+ * -1 if a hex digit is bad, -2 if the frame ends first. */
+static long read_u_escape(const uint8_t *buf, size_t n, size_t i)
+{
+    long value = 0;
+    for (size_t k = 2; k < 6; k++) {
+        if (i + k >= n) return -2;
+        int h = hex_value(buf[i + k]);
+        if (h < 0) return -1;
+        value = value * 16 + h;
+    }
+    return value;
+}
+
+/* Length of the valid UTF-8 sequence at buf[i], or 0 if invalid (RFC 3629: no
+ * overlong forms, no surrogates, nothing above U+10FFFF), the same rule as
+ * Python's strict UTF-8 decoder. */
+static size_t utf8_sequence(const uint8_t *buf, size_t n, size_t i)
+{
+    uint8_t c = buf[i];
+    size_t len;
+    uint8_t lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else return 0;
+    if (i + 1 >= n || buf[i + 1] < lo || buf[i + 1] > hi) return 0;
+    for (size_t k = 2; k < len; k++)
+        if (i + k >= n || (buf[i + k] & 0xC0) != 0x80) return 0;
+    return len;
+}
+
+fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
+                          int *has_escape, size_t *error_offset)
+{
+    size_t i = start;
+    int escaped = 0;
+    for (;;) {
+        while (i < n && string_class[buf[i]] == 0) i++;
+        if (i >= n) { *error_offset = n; return FS_E_TRUNCATED; }
+        switch (string_class[buf[i]]) {
+        case 1:
+            *end = i;
+            *has_escape = escaped;
+            return FS_OK;
+        case 2: {
+            escaped = 1;
+            if (i + 1 >= n) { *error_offset = n; return FS_E_TRUNCATED; }
+            uint8_t e = buf[i + 1];
+            if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n'
+                || e == 'r' || e == 't') { i += 2; break; }
+            if (e != 'u') { *error_offset = i; return FS_E_ESCAPE; }
+            long unit = read_u_escape(buf, n, i);
+            if (unit == -2) { *error_offset = n; return FS_E_TRUNCATED; }
+            if (unit == -1) { *error_offset = i; return FS_E_ESCAPE; }
+            if (unit >= 0xD800 && unit <= 0xDBFF) {
+                /* a high surrogate must be followed at once by an escaped low one */
+                long low = -1;
+                if (i + 7 < n && buf[i + 6] == '\\' && buf[i + 7] == 'u')
+                    low = read_u_escape(buf, n, i + 6);
+                if (low < 0xDC00 || low > 0xDFFF) { *error_offset = i; return FS_E_SURROGATE; }
+                i += 12;
+            } else if (unit >= 0xDC00 && unit <= 0xDFFF) {
+                *error_offset = i;
+                return FS_E_SURROGATE;
+            } else {
+                i += 6;
+            }
+            break;
+        }
+        case 3:
+            *error_offset = i;
+            return FS_E_CONTROL;
+        default: {
+            size_t len = utf8_sequence(buf, n, i);
+            if (len == 0) { *error_offset = i; return FS_E_UTF8; }
+            i += len;
+        }
+        }
+    }
+}
+
+size_t fs_unescape_chars(const uint8_t *buf, size_t start, size_t end,
+                         uint8_t *chars, size_t *offsets)
+{
+    size_t count = 0, i = start;
+    while (i < end) {
+        uint8_t c = buf[i];
+        offsets[count] = i;
+        if (c == '\\') {
+            uint8_t e = buf[i + 1];
+            switch (e) {
+            case 'b': c = '\b'; i += 2; break;
+            case 'f': c = '\f'; i += 2; break;
+            case 'n': c = '\n'; i += 2; break;
+            case 'r': c = '\r'; i += 2; break;
+            case 't': c = '\t'; i += 2; break;
+            case 'u': {
+                long unit = read_u_escape(buf, end, i);
+                c = unit < 0x80 ? (uint8_t)unit : 0x80;
+                i += (unit >= 0xD800 && unit <= 0xDBFF) ? 12 : 6;
+                break;
+            }
+            default: c = e; i += 2; break;   /* " \ / */
+            }
+        } else if (c < 0x80) {
+            i += 1;
+        } else {
+            i += c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+            c = 0x80;
+        }
+        chars[count++] = c;
+    }
+    offsets[count] = end;
+    return count;
+}
+
+/* ---- the JSON scanner ------------------------------------------------------------ */
+
+typedef struct {
+    const uint8_t *buf;
+    size_t n;
+    size_t error_offset;
+    fs_frame *frame;
+} scanner;
+
+static inline size_t skip_ws(const uint8_t *buf, size_t n, size_t i)
+{
+    while (i < n && (buf[i] == ' ' || buf[i] == '\n' || buf[i] == '\r' || buf[i] == '\t')) i++;
+    return i;
+}
+
+static fs_status fail(scanner *s, fs_status status, size_t offset)
+{
+    s->error_offset = offset;
+    return status;
+}
+
+static fs_status scan_value(scanner *s, size_t *pos, int depth);
+
+static fs_status scan_string(scanner *s, size_t *pos, size_t *start, size_t *end, int *esc)
+{
+    /* *pos is at the opening quote */
+    *start = *pos + 1;
+    fs_status st = fs_check_string(s->buf, s->n, *start, end, esc, &s->error_offset);
+    if (st != FS_OK) return st;
+    *pos = *end + 1;
+    return FS_OK;
+}
+
+static fs_status scan_number(scanner *s, size_t *pos)
+{
+    const uint8_t *b = s->buf;
+    size_t n = s->n, j = *pos;
+#define DIGIT(k) ((k) < n && b[k] >= '0' && b[k] <= '9')
+    if (b[j] == '-') {
+        j++;
+        if (j >= n) return fail(s, FS_E_TRUNCATED, n);
+        if (!DIGIT(j)) return fail(s, FS_E_NUMBER, j);
+    }
+    if (b[j] == '0') j++;
+    else while (DIGIT(j)) j++;
+    if (j < n && b[j] == '.') {
+        j++;
+        if (j >= n) return fail(s, FS_E_TRUNCATED, n);
+        if (!DIGIT(j)) return fail(s, FS_E_NUMBER, j);
+        while (DIGIT(j)) j++;
+    }
+    if (j < n && (b[j] == 'e' || b[j] == 'E')) {
+        j++;
+        if (j < n && (b[j] == '+' || b[j] == '-')) j++;
+        if (j >= n) return fail(s, FS_E_TRUNCATED, n);
+        if (!DIGIT(j)) return fail(s, FS_E_NUMBER, j);
+        while (DIGIT(j)) j++;
+    }
+#undef DIGIT
+    *pos = j;
+    return FS_OK;
+}
+
+static fs_status scan_literal(scanner *s, size_t *pos, const char *word, size_t len)
+{
+    for (size_t k = 0; k < len; k++) {
+        size_t i = *pos + k;
+        if (i >= s->n) return fail(s, FS_E_TRUNCATED, s->n);
+        if (s->buf[i] != (uint8_t)word[k]) return fail(s, FS_E_SYNTAX, i);
+    }
+    *pos += len;
+    return FS_OK;
+}
+
+/* Which known key a top-level key is, or -1. Escaped keys are unescaped first, so
+ * "t\u0079pe" is "type": otherwise two parsers could disagree on what a frame says. */
+static int known_key(const uint8_t *buf, size_t start, size_t end, int escaped)
+{
+    static const char *const names[FS_NKEYS] = {
+        "type", "context_id", "flush_id", "data", "word_timestamps", "phoneme_timestamps"};
+    /* the longest known key is 18 characters; an escape is at most 12 bytes */
+    uint8_t chars[12 * 20];
+    size_t offsets[12 * 20 + 1];
+    const uint8_t *key = buf + start;
+    size_t len = end - start;
+    if (escaped) {
+        if (len > sizeof(chars)) return -1;
+        len = fs_unescape_chars(buf, start, end, chars, offsets);
+        key = chars;
+    }
+    for (int k = 0; k < FS_NKEYS; k++)
+        if (strlen(names[k]) == len && memcmp(names[k], key, len) == 0) return k;
+    return -1;
+}
+
+static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
+{
+    const uint8_t *b = s->buf;
+    size_t n = s->n, i = *pos + 1;
+    fs_status st;
+    i = skip_ws(b, n, i);
+    if (i >= n) return fail(s, FS_E_TRUNCATED, n);
+    if (b[i] == '}') { *pos = i + 1; return FS_OK; }
+    for (;;) {
+        if (b[i] != '"') return fail(s, FS_E_SYNTAX, i);
+        size_t key_offset = i, ks, ke;
+        int kesc;
+        if ((st = scan_string(s, &i, &ks, &ke, &kesc)) != FS_OK) return st;
+        i = skip_ws(b, n, i);
+        if (i >= n) return fail(s, FS_E_TRUNCATED, n);
+        if (b[i] != ':') return fail(s, FS_E_SYNTAX, i);
+        i = skip_ws(b, n, i + 1);
+        if (i >= n) return fail(s, FS_E_TRUNCATED, n);
+        int key = top ? known_key(b, ks, ke, kesc) : -1;
+        if (key >= 0) {
+            fs_value *v = &s->frame->keys[key];
+            if (v->kind != FS_ABSENT) return fail(s, FS_E_DUPLICATE, key_offset);
+            v->value_offset = i;
+            if (b[i] == '"') {
+                v->kind = FS_STRING;
+                v->start = i + 1;
+                const uint8_t *q = NULL;
+                if (key == FS_KEY_DATA)
+                    q = memchr(b + i + 1, '"', n - i - 1);
+                if (q != NULL && (q == b + i + 1 || q[-1] != '\\')) {
+                    /* fast skip: a quote not preceded by a backslash ends the string */
+                    v->end = (size_t)(q - b);
+                    v->has_escape = 0;
+                    s->frame->data_checked = 0;
+                    i = v->end + 1;
+                } else {
+                    if ((st = scan_string(s, &i, &v->start, &v->end, &v->has_escape)) != FS_OK)
+                        return st;
+                }
+            } else if (b[i] == 'n') {
+                if ((st = scan_literal(s, &i, "null", 4)) != FS_OK) return st;
+                v->kind = FS_NULL;
+            } else if (b[i] == '-' || (b[i] >= '0' && b[i] <= '9')) {
+                v->kind = FS_NUMBER;
+                v->start = i;
+                if ((st = scan_number(s, &i)) != FS_OK) return st;
+                v->end = i;
+            } else {
+                v->kind = FS_OTHER;
+                if ((st = scan_value(s, &i, depth)) != FS_OK) return st;
+            }
+        } else {
+            if ((st = scan_value(s, &i, depth)) != FS_OK) return st;
+        }
+        i = skip_ws(b, n, i);
+        if (i >= n) return fail(s, FS_E_TRUNCATED, n);
+        if (b[i] == '}') { *pos = i + 1; return FS_OK; }
+        if (b[i] != ',') return fail(s, FS_E_SYNTAX, i);
+        i = skip_ws(b, n, i + 1);
+        if (i >= n) return fail(s, FS_E_TRUNCATED, n);
+    }
+}
+
+static fs_status scan_array(scanner *s, size_t *pos, int depth)
+{
+    const uint8_t *b = s->buf;
+    size_t n = s->n, i = skip_ws(b, n, *pos + 1);
+    fs_status st;
+    if (i >= n) return fail(s, FS_E_TRUNCATED, n);
+    if (b[i] == ']') { *pos = i + 1; return FS_OK; }
+    for (;;) {
+        if ((st = scan_value(s, &i, depth)) != FS_OK) return st;
+        i = skip_ws(b, n, i);
+        if (i >= n) return fail(s, FS_E_TRUNCATED, n);
+        if (b[i] == ']') { *pos = i + 1; return FS_OK; }
+        if (b[i] != ',') return fail(s, FS_E_SYNTAX, i);
+        i = skip_ws(b, n, i + 1);
+        if (i >= n) return fail(s, FS_E_TRUNCATED, n);
+    }
+}
+
+/* *pos is at the first byte of a value (not whitespace, not the end). depth is the
+ * nesting of the container holding this value. */
+static fs_status scan_value(scanner *s, size_t *pos, int depth)
+{
+    size_t ks, ke;
+    int esc;
+    switch (s->buf[*pos]) {
+    case '"': return scan_string(s, pos, &ks, &ke, &esc);
+    case '{':
+        if (depth + 1 > FS_MAX_DEPTH) return fail(s, FS_E_DEPTH, *pos);
+        return scan_object(s, pos, depth + 1, 0);
+    case '[':
+        if (depth + 1 > FS_MAX_DEPTH) return fail(s, FS_E_DEPTH, *pos);
+        return scan_array(s, pos, depth + 1);
+    case 't': return scan_literal(s, pos, "true", 4);
+    case 'f': return scan_literal(s, pos, "false", 5);
+    case 'n': return scan_literal(s, pos, "null", 4);
+    default:
+        if (s->buf[*pos] == '-' || (s->buf[*pos] >= '0' && s->buf[*pos] <= '9'))
+            return scan_number(s, pos);
+        return fail(s, FS_E_SYNTAX, *pos);
+    }
+}
+
+fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset)
+{
+    scanner s = {buf, n, 0, frame};
+    memset(frame, 0, sizeof(*frame));
+    frame->data_checked = 1;
+    size_t i = skip_ws(buf, n, 0);
+    fs_status st;
+    if (i >= n || buf[i] != '{') {
+        st = FS_E_NOT_OBJECT;
+        s.error_offset = i;
+    } else {
+        frame->object_offset = i;
+        st = scan_object(&s, &i, 1, 1);
+        if (st == FS_OK) {
+            i = skip_ws(buf, n, i);
+            if (i < n) { st = FS_E_TRAILING; s.error_offset = i; }
+        }
+    }
+    if (st != FS_OK && !frame->data_checked) {
+        /* the skipped data string may hold an earlier error than the one found */
+        const fs_value *d = &frame->keys[FS_KEY_DATA];
+        size_t end, offset;
+        int esc;
+        if (d->start < s.error_offset) {
+            fs_status dst = fs_check_string(buf, n, d->start, &end, &esc, &offset);
+            if (dst != FS_OK) { st = dst; s.error_offset = offset; }
+        }
+    }
+    *error_offset = s.error_offset;
+    return st;
+}

@@ -1,0 +1,67 @@
+/* Frame scanner: validates one JSON text (RFC 8259, UTF-8) and records where the
+ * top-level fields flushsink needs are. Knows nothing about Python.
+ *
+ * The top-level "data" string is the only large value in a frame. The scanner skips
+ * it with memchr and leaves its content unchecked (frame->data_checked == 0): the
+ * base64 decoder validates it for free on the hot path, and fs_check_string() does
+ * the JSON check when a decision depends on it. When the scan itself fails after
+ * a skipped data value, the data is checked first so that the earliest error wins.
+ */
+#ifndef FLUSHSINK_FRAME_H
+#define FLUSHSINK_FRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FS_MAX_DEPTH 64
+
+typedef enum {
+    FS_OK = 0,
+    FS_E_NOT_OBJECT,
+    FS_E_TRUNCATED,
+    FS_E_SYNTAX,
+    FS_E_UTF8,
+    FS_E_CONTROL,
+    FS_E_ESCAPE,
+    FS_E_SURROGATE,
+    FS_E_NUMBER,
+    FS_E_DEPTH,
+    FS_E_TRAILING,
+    FS_E_DUPLICATE
+} fs_status;
+
+typedef enum { FS_KEY_TYPE = 0, FS_KEY_CONTEXT_ID, FS_KEY_FLUSH_ID, FS_KEY_DATA,
+               FS_KEY_WORD_TIMESTAMPS, FS_KEY_PHONEME_TIMESTAMPS, FS_NKEYS } fs_key;
+
+typedef enum { FS_ABSENT = 0, FS_NULL, FS_STRING, FS_NUMBER, FS_OTHER } fs_kind;
+
+typedef struct {
+    fs_kind kind;
+    size_t value_offset;   /* where the value starts (its quote for strings) */
+    size_t start, end;     /* strings: content between the quotes; numbers: the text */
+    int has_escape;        /* strings: a backslash occurs in the content */
+} fs_value;
+
+typedef struct {
+    fs_value keys[FS_NKEYS];
+    size_t object_offset;  /* offset of the top-level '{' */
+    int data_checked;      /* 0 when the data string's content was skipped unchecked */
+} fs_frame;
+
+/* Scan buf[0:n]. On error returns the status and sets *error_offset. */
+fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset);
+
+/* Validate the string whose content starts at buf[start] (just past the opening quote):
+ * escapes, surrogate pairs, control bytes, UTF-8. On success *end is the offset of the
+ * closing quote and *has_escape says whether a backslash occurs. */
+fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
+                          int *has_escape, size_t *error_offset);
+
+/* Unescape a validated string content buf[start:end] into one byte per character:
+ * ASCII characters as themselves, any other character as 0x80 (never valid base64).
+ * offsets[i] is the offset in buf where character i's text starts; offsets[count] = end.
+ * chars and offsets need room for end - start (+1) entries. Returns count. */
+size_t fs_unescape_chars(const uint8_t *buf, size_t start, size_t end,
+                         uint8_t *chars, size_t *offsets);
+
+#endif

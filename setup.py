@@ -1,0 +1,51 @@
+"""Declares the one extension; all metadata lives in pyproject.toml.
+
+FLUSHSINK_BUILD_EXT=auto (default): build the extension if possible, else ship the pure twin.
+FLUSHSINK_BUILD_EXT=required: a failed build is an error (CI, wheels).
+FLUSHSINK_BUILD_EXT=no: pure-Python package.
+FLUSHSINK_SANITIZE=1: build with -fsanitize=address,undefined (debugging only).
+FLUSHSINK_ANNOTATE=1: write Cython's annotated HTML next to the .pyx.
+"""
+
+import os
+
+from setuptools import Extension, setup
+
+mode = os.environ.get("FLUSHSINK_BUILD_EXT", "auto").strip().lower()
+if mode not in ("auto", "required", "no"):
+    raise SystemExit(f"FLUSHSINK_BUILD_EXT must be auto, required or no, not {mode!r}")
+
+ext_modules = []
+if mode != "no":
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        if mode == "required":
+            raise
+        cythonize = None
+    if cythonize is not None:
+        compile_args = ["-O3", "-std=c11", "-Wall", "-Wno-unused-function"]
+        link_args = []
+        if os.environ.get("FLUSHSINK_SANITIZE") == "1":
+            san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+            compile_args += san
+            link_args += san
+        extension = Extension(
+            "flushsink._speedups",
+            sources=["ext/_speedups.pyx", "ext/b64.c", "ext/frame.c"],
+            include_dirs=["ext"],
+            depends=["ext/b64.h", "ext/frame.h"],
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+        )
+        ext_modules = cythonize(
+            [extension],
+            compiler_directives={"language_level": 3, "boundscheck": False,
+                                 "wraparound": False, "cdivision": True},
+            annotate=os.environ.get("FLUSHSINK_ANNOTATE") == "1",
+        )
+        # cythonize() returns fresh Extension objects and drops `optional`: set it again.
+        for ext in ext_modules:
+            ext.optional = mode == "auto"
+
+setup(ext_modules=ext_modules)

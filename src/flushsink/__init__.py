@@ -1,0 +1,38 @@
+"""flushsink: receive Cartesia-style TTS websocket audio fast, one file per flush.
+
+The hot path (:class:`Sink`) is compiled C/Cython when available, with a pure-Python
+twin of identical behaviour; ``flushsink.BACKEND`` says which one runs.
+"""
+
+from __future__ import annotations
+
+from ._accel import BACKEND, SIMD, Sink, SinkStats
+from .errors import CapacityError, FlushsinkError, FormatError, FrameError, WriteError
+from .formats import DEFAULT_FORMAT, AudioFormat
+from .segments import (
+    ContextDone,
+    ContextError,
+    Segment,
+    SegmentReady,
+    ServerError,
+    TimedText,
+    Timestamps,
+    Unknown,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKEND", "SIMD", "Sink", "SinkStats", "AudioFormat", "DEFAULT_FORMAT",
+    "Segment", "SegmentReady", "ContextDone", "ContextError", "ServerError",
+    "Timestamps", "Unknown", "TimedText",
+    "FlushsinkError", "FrameError", "CapacityError", "FormatError", "WriteError",
+    "__version__",
+]
+
+try:  # the writer and the websocket layer arrive as separate modules
+    from .writers import FileWriter  # noqa: F401
+
+    __all__.append("FileWriter")
+except ImportError:  # pragma: no cover
+    pass

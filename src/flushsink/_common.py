@@ -1,0 +1,97 @@
+"""Small pieces both cores share, so that they cannot drift apart: argument checks,
+frame intake for ``str``, capacity messages, and the stats record."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .errors import CapacityError, FrameError
+from .formats import AudioFormat
+
+#: FrameError codes in the order of the C scanner's fs_status values (FS_OK is 0).
+SCAN_CODES = (
+    None, "not_object", "truncated", "syntax", "utf8", "control", "escape",
+    "surrogate", "number", "depth", "trailing", "duplicate",
+)
+#: FrameError codes of the C decoder's b64_status values (B64_OK is 0).
+BASE64_CODES = (None, "base64_char", "base64_padding", "base64_length")
+
+#: The largest flush_id accepted: labels stay exact in a signed 64-bit integer.
+MAX_FLUSH_ID = 2**62
+
+#: Frame types the sink knows; anything else is returned as an Unknown event.
+FRAME_TYPES = ("chunk", "flush_done", "done", "error", "timestamps", "phoneme_timestamps")
+
+
+class SinkStats(NamedTuple):
+    """Counters of a Sink. ``frames`` counts accepted frames (dropped ones included);
+    rejected frames only raise ``rejected_frames``."""
+
+    frames: int
+    chunks: int
+    audio_bytes: int
+    dropped_frames: int
+    rejected_frames: int
+    segments: int
+    open_segments: int
+    open_bytes: int
+
+
+def check_sink_args(format: Any, prealloc_seconds: Any, max_segment_bytes: Any,
+                    max_total_bytes: Any, max_ended_contexts: Any) -> None:
+    if not isinstance(format, AudioFormat):
+        raise TypeError(f"format must be an AudioFormat, not {type(format).__name__}")
+    if isinstance(prealloc_seconds, bool) or not isinstance(prealloc_seconds, (int, float)):
+        raise TypeError("prealloc_seconds must be a number")
+    if not 0 <= prealloc_seconds <= 3600:
+        raise ValueError("prealloc_seconds must be between 0 and 3600")
+    for name, value in (("max_segment_bytes", max_segment_bytes),
+                        ("max_total_bytes", max_total_bytes),
+                        ("max_ended_contexts", max_ended_contexts)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int")
+        if not 0 <= value <= 2**62:
+            raise ValueError(f"{name} must be between 0 and 2**62")
+
+
+def prealloc_bytes(format: AudioFormat, seconds: float, max_segment_bytes: int) -> int:
+    return min(int(seconds * format.sample_rate) * format.sample_width, max_segment_bytes)
+
+
+def str_frame_error(frame: str) -> FrameError:
+    """The FrameError for a str that cannot be encoded (a lone surrogate)."""
+    try:
+        frame.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        offset = len(frame[: exc.start].encode("utf-8", "surrogatepass"))
+        return FrameError("utf8", offset)
+    raise AssertionError("frame encodes fine")  # pragma: no cover
+
+
+def frame_type_error(frame: Any) -> TypeError:
+    return TypeError(
+        f"frame must be bytes, bytearray, memoryview or str, not {type(frame).__name__}"
+    )
+
+
+def segment_cap_error(context_id: Any, flush_id: int, size: int, cap: int) -> CapacityError:
+    return CapacityError(
+        f"chunk would grow segment {context_id!r}/{flush_id} to {size} bytes, "
+        f"over max_segment_bytes={cap}",
+        context_id, flush_id,
+    )
+
+
+def total_cap_error(context_id: Any, flush_id: int, size: int, cap: int) -> CapacityError:
+    return CapacityError(
+        f"chunk would grow the open audio to {size} bytes, over max_total_bytes={cap}",
+        context_id, flush_id,
+    )
+
+
+def flush_id_value(text: bytes) -> int | None:
+    """The flush_id of a JSON number's text, or None if it is not an accepted label."""
+    if not text.isdigit() or len(text) > 19:
+        return None
+    value = int(text)
+    return value if value <= MAX_FLUSH_ID else None

@@ -1,0 +1,82 @@
+"""The exception tree, shared by the compiled core and the pure-Python twin.
+
+Everything flushsink raises on purpose derives from :class:`FlushsinkError`.
+Errors caused by bad data from the server also derive from :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FlushsinkError(Exception):
+    """Base class of every error flushsink raises on purpose."""
+
+
+class FrameError(FlushsinkError, ValueError):
+    """A frame could not be accepted: malformed JSON, bad UTF-8, invalid base64,
+    a field of the wrong type, or a frame that is not a JSON object.
+
+    ``offset`` is the byte offset in the frame (UTF-8 bytes for a ``str`` frame)
+    where the problem was found; ``code`` is a stable short name for the kind.
+    The sink's state is unchanged by a rejected frame.
+    """
+
+    def __init__(self, code: str, offset: int, detail: str = "") -> None:
+        self.code = code
+        self.offset = offset
+        self.detail = detail
+        reason = FRAME_ERROR_REASONS.get(code, code)
+        if detail:
+            reason = f"{reason} ({detail})"
+        super().__init__(f"{reason} at byte {offset}")
+
+
+# The compiled core reports a code and an offset; both implementations build the
+# message from this one table, so the messages are identical.
+FRAME_ERROR_REASONS = {
+    "not_object": "frame is not a JSON object",
+    "syntax": "invalid JSON",
+    "truncated": "truncated JSON",
+    "utf8": "invalid UTF-8",
+    "control": "unescaped control character in JSON string",
+    "escape": "invalid escape in JSON string",
+    "surrogate": "unpaired surrogate in JSON \\u escape",
+    "number": "invalid JSON number",
+    "depth": "JSON nested too deeply",
+    "trailing": "data after the JSON object",
+    "duplicate": "duplicate key",
+    "field_type": "field has the wrong type",
+    "base64_char": "invalid base64 character",
+    "base64_padding": "invalid base64 padding",
+    "base64_length": "invalid base64 length",
+}
+
+
+class CapacityError(FlushsinkError):
+    """Storing a frame would exceed ``max_segment_bytes`` or ``max_total_bytes``.
+
+    The frame is rejected whole; everything stored before is intact.
+    """
+
+    def __init__(self, message: str, context_id: Any = None, flush_id: Any = None) -> None:
+        super().__init__(message)
+        self.context_id = context_id
+        self.flush_id = flush_id
+
+
+class FormatError(FlushsinkError, ValueError):
+    """An audio format that flushsink does not know or cannot write."""
+
+
+class WriteError(FlushsinkError, OSError):
+    """A segment could not be written. No file was left under the final name.
+
+    ``segment`` is the segment that failed, so the caller can retry (for example
+    into another directory); ``path`` is the path that was attempted.
+    """
+
+    def __init__(self, message: str, segment: Any = None, path: Any = None) -> None:
+        super().__init__(message)
+        self.segment = segment
+        self.path = path
