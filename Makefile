@@ -1,0 +1,45 @@
+# `make demo` and `make test` each build their own virtual environment, so they work on a
+# fresh machine with Python 3.11, gcc and make.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-compiled test-pure build clean sanitize
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=64" wheel "Cython>=3.0"
+
+# The extension must build here: FLUSHSINK_BUILD_EXT=required turns a failed compile into
+# a failed install instead of a silent fallback to the pure twin.
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py)
+	FLUSHSINK_BUILD_EXT=required $(BIN)/python -m pip install -q --no-build-isolation ".[test]"
+	touch $@
+
+build: $(STAMP)
+	FLUSHSINK_REQUIRE_EXT=1 $(BIN)/python -c "import flushsink; print('flushsink', flushsink.__version__, 'core:', flushsink.BACKEND, 'simd:', flushsink.SIMD)"
+
+demo: build
+	$(BIN)/python -m flushsink demo
+
+# The whole suite twice: on the compiled core, then on the pure-Python twin. Tests import
+# the installed package (the src layout keeps the checkout off sys.path).
+test: build test-compiled test-pure
+
+test-compiled: $(STAMP)
+	FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 $(BIN)/python -m pytest -q tests
+
+test-pure: $(STAMP)
+	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests
+
+# Debug build of the extension with AddressSanitizer + UBSan, then the compiled suite.
+sanitize: $(BIN)/python
+	FLUSHSINK_SANITIZE=1 FLUSHSINK_BUILD_EXT=required $(BIN)/python -m pip install -q --no-build-isolation --force-reinstall --no-deps .
+	rm -f $(STAMP)
+	ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  FLUSHSINK_EXPECT=compiled $(BIN)/python -m pytest -q -x tests -p no:cacheprovider
+
+clean:
+	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html $(VENV)
