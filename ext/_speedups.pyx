@@ -17,11 +17,12 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp
 
 import json
+import os
 
 import numpy as np
 
 from ._common import (BASE64_CODES, SCAN_CODES, SinkStats, check_sink_args,
-                      flush_id_value, frame_type_error, prealloc_bytes,
+                      frame_type_error, prealloc_bytes,
                       segment_cap_error, str_frame_error, total_cap_error)
 from .errors import FrameError
 from .formats import DEFAULT_FORMAT, AudioFormat
@@ -40,6 +41,7 @@ cdef extern from "b64.h":
     b64_status b64_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
                           size_t *written, size_t *error_pos) nogil
     const char *b64_kernel_name()
+    int b64_set_kernel(const char *name)
 
 cdef extern from "frame.h":
     ctypedef enum fs_status:
@@ -62,6 +64,18 @@ cdef extern from "frame.h":
         int data_checked
     int FS_KEY_TYPE, FS_KEY_CONTEXT_ID, FS_KEY_FLUSH_ID, FS_KEY_DATA
     int FS_KEY_WORD_TIMESTAMPS, FS_KEY_PHONEME_TIMESTAMPS
+    ctypedef enum fs_type:
+        FS_TYPE_NONE
+        FS_TYPE_CHUNK
+        FS_TYPE_FLUSH_DONE
+        FS_TYPE_DONE
+        FS_TYPE_ERROR
+        FS_TYPE_TIMESTAMPS
+        FS_TYPE_PHONEME_TIMESTAMPS
+        FS_TYPE_UNKNOWN
+        FS_TYPE_BAD
+    fs_type fs_frame_type(const uint8_t *buf, const fs_frame *frame)
+    int fs_label(const uint8_t *buf, const fs_value *value, int64_t *label)
     fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset)
     fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
                               int *has_escape, size_t *error_offset)
@@ -74,14 +88,7 @@ cdef extern from "frame.h":
 cdef enum:
     GIL_RELEASE_BYTES = 16384
 
-cdef enum FrameType:
-    T_NONE, T_CHUNK, T_FLUSH_DONE, T_DONE, T_ERROR, T_TIMESTAMPS, T_PHONEMES, T_UNKNOWN
-
 cdef tuple _EMPTY = ()
-cdef dict _TYPE_NAMES = {
-    b"chunk": T_CHUNK, b"flush_done": T_FLUSH_DONE, b"done": T_DONE, b"error": T_ERROR,
-    b"timestamps": T_TIMESTAMPS, b"phoneme_timestamps": T_PHONEMES,
-}
 _FIELD_NAMES = ("type", "context_id", "flush_id", "data", "word_timestamps",
                 "phoneme_timestamps")
 
@@ -89,6 +96,17 @@ _FIELD_NAMES = ("type", "context_id", "flush_id", "data", "word_timestamps",
 def simd_path():
     """The base64 kernel this process uses."""
     return b64_kernel_name().decode("ascii")
+
+
+def _set_simd_path(name):
+    """Force a base64 kernel ("scalar", "avx2", "avx512", or "auto"); for tests and
+    benchmarks. ValueError if unknown or unsupported by this CPU."""
+    if b64_set_kernel(name.encode("ascii")) != 0:
+        raise ValueError(f"base64 kernel {name!r} is unknown or not supported by this CPU")
+    return simd_path()
+
+
+_set_simd_path(os.environ.get("FLUSHSINK_SIMD", "auto").strip().lower() or "auto")
 
 
 def b64decode(data):
@@ -273,38 +291,25 @@ cdef class Sink:
         raise FrameError("field_type", fr.keys[key].value_offset, _FIELD_NAMES[key])
 
     cdef object _dispatch(self, const uint8_t *buf, size_t n, fs_frame *fr):
-        cdef fs_value *v = &fr.keys[FS_KEY_TYPE]
-        cdef int ftype = T_NONE
+        cdef fs_value *v
+        cdef int ftype = fs_frame_type(buf, fr)
         cdef bint has_flush = False
         cdef int64_t label = 0
-        cdef object text
         # field types, in the documented order
-        if v.kind == FS_ABSENT or v.kind == FS_NULL:
-            ftype = T_NONE
-        elif v.kind != FS_STRING:
+        if ftype == FS_TYPE_BAD:
             self._field_error(buf, n, fr, FS_KEY_TYPE)
-        else:
-            text = _raw_string(buf, v)
-            if not isinstance(text, bytes):
-                text = text.encode("utf-8")
-            ftype = _TYPE_NAMES.get(text, T_UNKNOWN)
         v = &fr.keys[FS_KEY_CONTEXT_ID]
         if v.kind != FS_ABSENT and v.kind != FS_NULL and v.kind != FS_STRING:
             self._field_error(buf, n, fr, FS_KEY_CONTEXT_ID)
         v = &fr.keys[FS_KEY_FLUSH_ID]
-        if v.kind == FS_NUMBER:
-            value = flush_id_value(PyBytes_FromStringAndSize(<const char *>buf + v.start,
-                                                             v.end - v.start))
-            if value is None:
+        if v.kind != FS_ABSENT and v.kind != FS_NULL:
+            if fs_label(buf, v, &label) != 0:
                 self._field_error(buf, n, fr, FS_KEY_FLUSH_ID)
             has_flush = True
-            label = value
-        elif v.kind != FS_ABSENT and v.kind != FS_NULL:
-            self._field_error(buf, n, fr, FS_KEY_FLUSH_ID)
         v = &fr.keys[FS_KEY_DATA]
         if v.kind != FS_ABSENT and v.kind != FS_NULL and v.kind != FS_STRING:
             self._field_error(buf, n, fr, FS_KEY_DATA)
-        if ftype == T_CHUNK:
+        if ftype == FS_TYPE_CHUNK:
             return self._chunk(buf, n, fr, has_flush, label)
         self._check_data(buf, n, fr)
         return self._other(buf, n, fr, ftype, has_flush, label)
@@ -587,31 +592,31 @@ cdef class Sink:
         cdef int key
         message = None
         items = None
-        if ftype == T_ERROR or ftype == T_TIMESTAMPS or ftype == T_PHONEMES \
-                or ftype == T_NONE or ftype == T_UNKNOWN:
+        if ftype == FS_TYPE_ERROR or ftype == FS_TYPE_TIMESTAMPS or ftype == FS_TYPE_PHONEME_TIMESTAMPS \
+                or ftype == FS_TYPE_NONE or ftype == FS_TYPE_UNKNOWN:
             message = json.loads(PyBytes_FromStringAndSize(<const char *>buf, n))
-        if ftype == T_TIMESTAMPS or ftype == T_PHONEMES:
-            key = FS_KEY_WORD_TIMESTAMPS if ftype == T_TIMESTAMPS else FS_KEY_PHONEME_TIMESTAMPS
+        if ftype == FS_TYPE_TIMESTAMPS or ftype == FS_TYPE_PHONEME_TIMESTAMPS:
+            key = FS_KEY_WORD_TIMESTAMPS if ftype == FS_TYPE_TIMESTAMPS else FS_KEY_PHONEME_TIMESTAMPS
             try:
-                items = parse_timed_text(message, "words" if ftype == T_TIMESTAMPS else "phonemes")
+                items = parse_timed_text(message, "words" if ftype == FS_TYPE_TIMESTAMPS else "phonemes")
             except ValueError:
                 where = fr.keys[key].value_offset if fr.keys[key].kind != FS_ABSENT \
                     else fr.object_offset
                 raise FrameError("field_type", where, _FIELD_NAMES[key]) from None
-        if ftype == T_ERROR and not has_context:
+        if ftype == FS_TYPE_ERROR and not has_context:
             self._frames += 1
             return (error_event(None, False, message),)
         ctx = self._lookup(buf, fr)
         cid = self._cid
         if ctx is None and cid in self._ended:
             return self._drop()
-        if ftype == T_NONE or ftype == T_UNKNOWN:
+        if ftype == FS_TYPE_NONE or ftype == FS_TYPE_UNKNOWN:
             self._frames += 1
             return (Unknown(cid, message.get("type"), message),)
-        if ftype == T_DONE or ftype == T_ERROR:
-            event = error_event(cid, True, message) if ftype == T_ERROR else ContextDone(cid)
-            events = self._finish_all(ctx, ftype == T_DONE,
-                                      None if ftype == T_DONE else event.message)
+        if ftype == FS_TYPE_DONE or ftype == FS_TYPE_ERROR:
+            event = error_event(cid, True, message) if ftype == FS_TYPE_ERROR else ContextDone(cid)
+            events = self._finish_all(ctx, ftype == FS_TYPE_DONE,
+                                      None if ftype == FS_TYPE_DONE else event.message)
             events.append(event)
             self._end(cid)
             self._frames += 1
@@ -619,7 +624,7 @@ cdef class Sink:
         new_context = ctx is None
         if new_context:
             ctx = self._new_context(cid)
-        if ftype == T_FLUSH_DONE:
+        if ftype == FS_TYPE_FLUSH_DONE:
             if has_flush and label in ctx.finished:
                 return self._drop()
             if has_flush:
@@ -648,9 +653,9 @@ cdef class Sink:
         else:
             seg = <_Segment>found
         self._register(ctx, new_context, seg, new_segment, adopt, label)
-        (seg.words if ftype == T_TIMESTAMPS else seg.phonemes).extend(items)
+        (seg.words if ftype == FS_TYPE_TIMESTAMPS else seg.phonemes).extend(items)
         self._frames += 1
-        return (Timestamps(cid, seg.label, "words" if ftype == T_TIMESTAMPS else "phonemes",
+        return (Timestamps(cid, seg.label, "words" if ftype == FS_TYPE_TIMESTAMPS else "phonemes",
                            items, seg.start),)
 
     # ---- ending -------------------------------------------------------------------

@@ -1,5 +1,24 @@
 #include "b64.h"
 
+#include <string.h>
+
+/* The x86 kernels are compiled with per-function target attributes, so the rest of the
+ * file (and the extension) stays generic and one binary runs on every x86-64 CPU; the
+ * kernel is chosen at run time from what the CPU (and the OS, for the AVX-512 state)
+ * supports. */
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define B64_X86 1
+#include <immintrin.h>
+#else
+#define B64_X86 0
+#endif
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define B64_LITTLE_ENDIAN 1
+#else
+#define B64_LITTLE_ENDIAN 0
+#endif
+
 /* 6-bit value of each byte; 0x80 for '=' and 0xC0 for anything else outside the
  * alphabet, so one OR over a quantum says whether it is clean. */
 static const uint8_t decode_table[256] = {
@@ -24,7 +43,8 @@ size_t b64_decoded_size(const uint8_t *src, size_t n)
     return size > pads ? size - pads : 0;
 }
 
-/* The exact error of invalid input, by the rule in b64.h. Slow, error path only. */
+/* The exact error of invalid input, by the rule in b64.h. Slow, error path only: every
+ * kernel reports errors through this one function, so offsets agree on every path. */
 static b64_status find_error(const uint8_t *src, size_t n, size_t *error_pos)
 {
     size_t pads = 0;
@@ -44,38 +64,328 @@ static b64_status find_error(const uint8_t *src, size_t n, size_t *error_pos)
     return B64_BAD_LENGTH;   /* the only rule left: clean text of a bad length */
 }
 
-/* Decodes whole clean quanta; returns how many source bytes it consumed (a multiple
- * of 4, stopping before the first quantum holding a byte that is not in the alphabet). */
+/* Kernel contract (every kernel): decode whole clean quanta of src[0:n] (n a multiple of
+ * 4) into dst; return how many source bytes were consumed, stopping exactly before the
+ * first quantum holding a byte outside the alphabet ('=' included). Reads nothing outside
+ * src[0:n], writes nothing outside dst[0:n/4*3]; bytes past the returned quanta's output
+ * may hold garbage. */
+typedef size_t (*quanta_kernel)(const uint8_t *src, size_t n, uint8_t *dst);
+
+/* ---- scalar ---------------------------------------------------------------------------
+ *
+ * Four tables, one per position in the quantum, hold each character's bits already moved
+ * to where they land in the three output bytes (as a little-endian word), so a quantum is
+ * four loads and three ORs; a character outside the alphabet sets bit 24, so one compare
+ * checks the whole quantum. */
+
+#define B64_BAD_WORD 0x01FFFFFFu
+
+/* the alphabet as a constant expression, so the tables below are built by the compiler */
+#define B64_VALUE(c) ((c) >= 'A' && (c) <= 'Z' ? (c) - 'A'                               \
+                    : (c) >= 'a' && (c) <= 'z' ? (c) - 'a' + 26                           \
+                    : (c) >= '0' && (c) <= '9' ? (c) - '0' + 52                           \
+                    : (c) == '+' ? 62 : (c) == '/' ? 63 : -1)
+#define B64_REP4(F, c) F(c), F((c) + 1), F((c) + 2), F((c) + 3)
+#define B64_REP16(F, c) B64_REP4(F, c), B64_REP4(F, (c) + 4), B64_REP4(F, (c) + 8), B64_REP4(F, (c) + 12)
+#define B64_REP64(F, c) B64_REP16(F, c), B64_REP16(F, (c) + 16), B64_REP16(F, (c) + 32), B64_REP16(F, (c) + 48)
+#define B64_REP256(F) B64_REP64(F, 0), B64_REP64(F, 64), B64_REP64(F, 128), B64_REP64(F, 192)
+
+/* out0 = a<<2 | b>>4, out1 = b<<4 | c>>2, out2 = c<<6 | d; word = out0 | out1<<8 | out2<<16 */
+#define B64_WORD(c, expr) (B64_VALUE(c) < 0 ? B64_BAD_WORD : (uint32_t)(expr))
+#define B64_W0(c) B64_WORD(c, B64_VALUE(c) << 2)
+#define B64_W1(c) B64_WORD(c, (B64_VALUE(c) >> 4) | ((B64_VALUE(c) & 0x0F) << 12))
+#define B64_W2(c) B64_WORD(c, ((B64_VALUE(c) >> 2) << 8) | ((B64_VALUE(c) & 0x03) << 22))
+#define B64_W3(c) B64_WORD(c, B64_VALUE(c) << 16)
+
+static const uint32_t scalar_tables[4][256] = {
+    {B64_REP256(B64_W0)}, {B64_REP256(B64_W1)}, {B64_REP256(B64_W2)}, {B64_REP256(B64_W3)},
+};
+
+static inline uint32_t scalar_quantum(const uint8_t *q)
+{
+    return scalar_tables[0][q[0]] | scalar_tables[1][q[1]] | scalar_tables[2][q[2]]
+         | scalar_tables[3][q[3]];
+}
+
 static size_t decode_quanta_scalar(const uint8_t *src, size_t n, uint8_t *dst)
 {
     size_t i = 0;
+#if B64_LITTLE_ENDIAN
+    /* two quanta per step, one 8-byte store (6 bytes used): needs 2 bytes of slack in
+     * dst, which the quantum after the pair provides */
+    for (; i + 12 <= n; i += 8) {
+        uint32_t w0 = scalar_quantum(src + i), w1 = scalar_quantum(src + i + 4);
+        if ((w0 | w1) > 0xFFFFFFu) break;
+        uint64_t pair = (uint64_t)w0 | (uint64_t)w1 << 24;
+        memcpy(dst, &pair, 8);
+        dst += 6;
+    }
+#endif
     for (; i + 4 <= n; i += 4) {
-        uint32_t a = decode_table[src[i]], b = decode_table[src[i + 1]];
-        uint32_t c = decode_table[src[i + 2]], d = decode_table[src[i + 3]];
-        if ((a | b | c | d) & 0x80) break;
-        uint32_t v = a << 18 | b << 12 | c << 6 | d;
-        dst[0] = (uint8_t)(v >> 16);
-        dst[1] = (uint8_t)(v >> 8);
-        dst[2] = (uint8_t)v;
+        uint32_t w = scalar_quantum(src + i);
+        if (w > 0xFFFFFFu) break;
+        dst[0] = (uint8_t)w;
+        dst[1] = (uint8_t)(w >> 8);
+        dst[2] = (uint8_t)(w >> 16);
         dst += 3;
     }
     return i;
 }
 
-static size_t (*decode_quanta)(const uint8_t *, size_t, uint8_t *) = decode_quanta_scalar;
+#if B64_X86
+
+/* ---- AVX2 (the Mula-Lemire method) ----------------------------------------------------
+ *
+ * Validation: a byte is in the alphabet iff lut_lo[low nibble] & lut_hi[high nibble] == 0.
+ * Each bit of the two tables stands for one group of high nibbles, set in lut_hi for the
+ * nibbles of that group and in lut_lo for the low nibbles that are invalid with them:
+ *   0x01  high nibble 0, 1 or 8..F: every low nibble is invalid
+ *   0x02  high nibble 2: all but B ('+') and F ('/')
+ *   0x04  high nibble 3: A..F (after '9')
+ *   0x08  high nibble 4 or 6: 0 ('@', '`')
+ *   0x10  high nibble 5 or 7: B..F (after 'Z', 'z')
+ * Translation: add an offset chosen by the high nibble ('A'-'Z' -65, 'a'-'z' -71, '0'-'9'
+ * +4, '+' +19); '/' shares nibble 2 with '+', so it indexes one slot lower (+16).
+ * Packing: multiply-adds merge 4 x 6 bits into a 24-bit word per dword, a byte shuffle
+ * puts the three bytes in output order (12 per 128-bit lane), a dword permute joins the
+ * lanes: 32 characters -> 24 bytes. */
+
+#define AVX2_TARGET __attribute__((target("avx2")))
+
+AVX2_TARGET static inline __m256i avx2_values(__m256i in, __m256i *bad)
+{
+    const __m256i lut_lo = _mm256_setr_epi8(
+        0x0B, 0x03, 0x03, 0x03, 0x03, 0x03, 0x03, 0x03,
+        0x03, 0x03, 0x07, 0x15, 0x17, 0x17, 0x17, 0x15,
+        0x0B, 0x03, 0x03, 0x03, 0x03, 0x03, 0x03, 0x03,
+        0x03, 0x03, 0x07, 0x15, 0x17, 0x17, 0x17, 0x15);
+    const __m256i lut_hi = _mm256_setr_epi8(
+        0x01, 0x01, 0x02, 0x04, 0x08, 0x10, 0x08, 0x10,
+        0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01,
+        0x01, 0x01, 0x02, 0x04, 0x08, 0x10, 0x08, 0x10,
+        0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01);
+    const __m256i lut_roll = _mm256_setr_epi8(
+        0, 16, 19, 4, -65, -65, -71, -71, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 16, 19, 4, -65, -65, -71, -71, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi32(in, 4), nibble);
+    __m256i lo = _mm256_and_si256(in, nibble);
+    *bad = _mm256_or_si256(*bad, _mm256_and_si256(_mm256_shuffle_epi8(lut_lo, lo),
+                                                  _mm256_shuffle_epi8(lut_hi, hi)));
+    __m256i slash = _mm256_cmpeq_epi8(in, _mm256_set1_epi8('/'));
+    __m256i roll = _mm256_shuffle_epi8(lut_roll, _mm256_add_epi8(hi, slash));
+    return _mm256_add_epi8(in, roll);
+}
+
+/* 24 decoded bytes in the low 24 bytes of the result */
+AVX2_TARGET static inline __m256i avx2_pack(__m256i values)
+{
+    __m256i pairs = _mm256_maddubs_epi16(values, _mm256_set1_epi32(0x01400140));
+    __m256i words = _mm256_madd_epi16(pairs, _mm256_set1_epi32(0x00011000));
+    __m256i bytes = _mm256_shuffle_epi8(words, _mm256_setr_epi8(
+        2, 1, 0, 6, 5, 4, 10, 9, 8, 14, 13, 12, -1, -1, -1, -1,
+        2, 1, 0, 6, 5, 4, 10, 9, 8, 14, 13, 12, -1, -1, -1, -1));
+    return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 3, 7));
+}
+
+AVX2_TARGET static void avx2_store24(uint8_t *dst, __m256i packed)
+{
+    _mm_storeu_si128((__m128i *)dst, _mm256_castsi256_si128(packed));
+    _mm_storel_epi64((__m128i *)(dst + 16), _mm256_extracti128_si256(packed, 1));
+}
+
+AVX2_TARGET static size_t decode_quanta_avx2(const uint8_t *src, size_t n, uint8_t *dst)
+{
+    size_t i = 0;
+    /* four blocks per step, checked once; 32-byte stores (8 bytes of slack each), so the
+     * step must leave 12 more source bytes (9 output bytes) behind it */
+    while (n - i >= 128 + 12) {
+        __m256i bad = _mm256_setzero_si256();
+        __m256i v0 = avx2_values(_mm256_loadu_si256((const __m256i *)(src + i)), &bad);
+        __m256i v1 = avx2_values(_mm256_loadu_si256((const __m256i *)(src + i + 32)), &bad);
+        __m256i v2 = avx2_values(_mm256_loadu_si256((const __m256i *)(src + i + 64)), &bad);
+        __m256i v3 = avx2_values(_mm256_loadu_si256((const __m256i *)(src + i + 96)), &bad);
+        if (!_mm256_testz_si256(bad, bad)) break;
+        _mm256_storeu_si256((__m256i *)dst, avx2_pack(v0));
+        _mm256_storeu_si256((__m256i *)(dst + 24), avx2_pack(v1));
+        _mm256_storeu_si256((__m256i *)(dst + 48), avx2_pack(v2));
+        _mm256_storeu_si256((__m256i *)(dst + 72), avx2_pack(v3));
+        i += 128;
+        dst += 96;
+    }
+    /* then single blocks with exact stores: nothing past the block's 24 bytes */
+    while (n - i >= 32) {
+        __m256i bad = _mm256_setzero_si256();
+        __m256i v = avx2_values(_mm256_loadu_si256((const __m256i *)(src + i)), &bad);
+        if (!_mm256_testz_si256(bad, bad)) break;
+        avx2_store24(dst, avx2_pack(v));
+        i += 32;
+        dst += 24;
+    }
+    /* the last < 32 bytes, or the block holding the first bad byte: the scalar loop stops
+     * at exactly the right quantum */
+    return i + decode_quanta_scalar(src + i, n - i, dst);
+}
+
+/* ---- AVX-512 VBMI ---------------------------------------------------------------------
+ *
+ * One two-table byte permute (vpermi2b) maps each character's low 7 bits to its 6-bit
+ * value, or 0x80 outside the alphabet; OR-ing the input in flags bytes >= 0x80, so the
+ * sign bits of (value | input) are the error mask. Packing as for AVX2, then one byte
+ * permute (vpermb) gathers the 48 output bytes of 64 characters. The tail (< 64 bytes, a
+ * multiple of 4) uses a masked load and a masked store, which touch no masked-out byte. */
+
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+
+/* 6-bit value of characters 0..127, 0x80 outside the alphabet */
+#define B64_V7(c) (B64_VALUE(c) < 0 ? 0x80 : B64_VALUE(c))
+static const uint8_t avx512_table[128] = {B64_REP64(B64_V7, 0), B64_REP64(B64_V7, 64)};
+
+/* output byte 3k+j is byte 4k+2-j of the packed words (the 24-bit value, little-endian) */
+#define B64_ORDER(t) ((t) < 48 ? 4 * ((t) / 3) + 2 - (t) % 3 : 0)
+static const uint8_t avx512_order[64] = {B64_REP64(B64_ORDER, 0)};
+
+AVX512_TARGET static inline __m512i avx512_values(__m512i in, __m512i lut0, __m512i lut1,
+                                                  __m512i *bad)
+{
+    __m512i values = _mm512_permutex2var_epi8(lut0, in, lut1);
+    *bad = _mm512_ternarylogic_epi32(*bad, values, in, 0xFE);   /* bad | values | in */
+    return values;
+}
+
+AVX512_TARGET static inline __m512i avx512_pack(__m512i values, __m512i gather)
+{
+    __m512i pairs = _mm512_maddubs_epi16(values, _mm512_set1_epi32(0x01400140));
+    __m512i words = _mm512_madd_epi16(pairs, _mm512_set1_epi32(0x00011000));
+    return _mm512_permutexvar_epi8(gather, words);
+}
+
+AVX512_TARGET static size_t decode_quanta_avx512(const uint8_t *src, size_t n, uint8_t *dst)
+{
+    const __m512i lo_half = _mm512_loadu_si512((const void *)avx512_table);
+    const __m512i hi_half = _mm512_loadu_si512((const void *)(avx512_table + 64));
+    const __m512i gather = _mm512_loadu_si512((const void *)avx512_order);
+
+    size_t i = 0;
+    /* four blocks per step, checked once; 64-byte stores (16 bytes of slack each), so the
+     * step must leave 24 more source bytes (18 output bytes) behind it */
+    while (n - i >= 256 + 24) {
+        __m512i bad = _mm512_setzero_si512();
+        __m512i v0 = avx512_values(_mm512_loadu_si512((const void *)(src + i)), lo_half, hi_half, &bad);
+        __m512i v1 = avx512_values(_mm512_loadu_si512((const void *)(src + i + 64)), lo_half, hi_half, &bad);
+        __m512i v2 = avx512_values(_mm512_loadu_si512((const void *)(src + i + 128)), lo_half, hi_half, &bad);
+        __m512i v3 = avx512_values(_mm512_loadu_si512((const void *)(src + i + 192)), lo_half, hi_half, &bad);
+        if (_mm512_movepi8_mask(bad)) break;
+        _mm512_storeu_si512((void *)dst, avx512_pack(v0, gather));
+        _mm512_storeu_si512((void *)(dst + 48), avx512_pack(v1, gather));
+        _mm512_storeu_si512((void *)(dst + 96), avx512_pack(v2, gather));
+        _mm512_storeu_si512((void *)(dst + 144), avx512_pack(v3, gather));
+        i += 256;
+        dst += 192;
+    }
+    /* then blocks of up to 64 bytes with masked loads and stores: exact, no slack */
+    while (i < n) {
+        size_t len = n - i < 64 ? n - i : 64;
+        __mmask64 in_mask = len == 64 ? ~(__mmask64)0 : ((__mmask64)1 << len) - 1;
+        __m512i bad = _mm512_setzero_si512();
+        __m512i v = avx512_values(_mm512_maskz_loadu_epi8(in_mask, (const void *)(src + i)),
+                                  lo_half, hi_half, &bad);
+        if (_mm512_movepi8_mask(bad) & in_mask) break;
+        __mmask64 out_mask = ((__mmask64)1 << (len / 4 * 3)) - 1;
+        _mm512_mask_storeu_epi8((void *)dst, out_mask, avx512_pack(v, gather));
+        i += len;
+        dst += len / 4 * 3;
+    }
+    return i + decode_quanta_scalar(src + i, n - i, dst);
+}
+
+#endif /* B64_X86 */
+
+/* ---- dispatch ------------------------------------------------------------------------ */
+
+typedef struct {
+    const char *name;
+    quanta_kernel decode;
+    int (*supported)(void);
+} kernel_entry;
+
+static int always(void) { return 1; }
+
+#if B64_X86
+/* __builtin_cpu_supports also checks that the OS saves the AVX / AVX-512 register state */
+static int cpu_has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+
+static int cpu_has_avx512(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vbmi");
+}
+#endif
+
+/* best first: "auto" takes the first one the CPU supports */
+static const kernel_entry kernels[] = {
+#if B64_X86
+    {"avx512", decode_quanta_avx512, cpu_has_avx512},
+    {"avx2", decode_quanta_avx2, cpu_has_avx2},
+#endif
+    {"scalar", decode_quanta_scalar, always},
+};
+
+#define N_KERNELS (sizeof(kernels) / sizeof(kernels[0]))
+
+static quanta_kernel decode_quanta = NULL;   /* NULL until the first decode or set_kernel */
 static const char *kernel_name = "scalar";
 
-const char *b64_kernel_name(void) { return kernel_name; }
+static void use_kernel(const kernel_entry *k)
+{
+    kernel_name = k->name;
+    decode_quanta = k->decode;
+}
+
+static void choose_auto(void)
+{
+    for (size_t k = 0; k < N_KERNELS; k++)
+        if (kernels[k].supported()) { use_kernel(&kernels[k]); return; }
+}
+
+const char *b64_kernel_name(void)
+{
+    if (decode_quanta == NULL) choose_auto();
+    return kernel_name;
+}
+
+int b64_set_kernel(const char *name)
+{
+    if (strcmp(name, "auto") == 0) {
+        choose_auto();
+        return 0;
+    }
+    for (size_t k = 0; k < N_KERNELS; k++) {
+        if (strcmp(name, kernels[k].name) == 0) {
+            if (!kernels[k].supported()) return -1;
+            use_kernel(&kernels[k]);
+            return 0;
+        }
+    }
+    return -1;
+}
 
 b64_status b64_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
                       size_t *written, size_t *error_pos)
 {
     *written = 0;
     *error_pos = 0;
+    if (decode_quanta == NULL) choose_auto();
     if (cap < b64_decoded_size(src, n)) return B64_NO_SPACE;
     if (n % 4 != 0) return find_error(src, n, error_pos);
     if (n == 0) return B64_OK;
-    /* everything but the last quantum, which may hold padding */
+    /* everything but the last quantum, which may hold padding; cap is at least
+     * (n - 4) / 4 * 3 + 1 here, so the kernel's output fits */
     size_t body = n - 4;
     size_t done = decode_quanta(src, body, dst);
     *written = done / 4 * 3;

@@ -34,4 +34,9 @@ b64_status b64_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
 /* The kernel in use: "scalar" (SIMD kernels plug in here, chosen once at run time). */
 const char *b64_kernel_name(void);
 
+/* Force a kernel by name ("scalar", or a SIMD one this CPU supports); "auto" picks the
+ * best. Returns 0, or -1 if the name is unknown or the CPU lacks the instructions.
+ * Not thread-safe: call it before decoding starts (import time, tests). */
+int b64_set_kernel(const char *name);
+
 #endif

@@ -220,25 +220,70 @@ static fs_status scan_literal(scanner *s, size_t *pos, const char *word, size_t 
     return FS_OK;
 }
 
+/* Compare a validated string content with an ASCII name, unescaping if needed
+ * (an escape is at most 12 bytes, so longer contents cannot match). */
+static int string_equals(const uint8_t *buf, size_t start, size_t end, int escaped,
+                         const char *name, size_t name_len)
+{
+    if (!escaped)
+        return end - start == name_len && memcmp(buf + start, name, name_len) == 0;
+    uint8_t chars[12 * 20];
+    size_t offsets[12 * 20 + 1];
+    if (end - start > sizeof(chars) || name_len > 20) return 0;
+    size_t count = fs_unescape_chars(buf, start, end, chars, offsets);
+    return count == name_len && memcmp(chars, name, name_len) == 0;
+}
+
+static const char *const key_names[FS_NKEYS] = {
+    "type", "context_id", "flush_id", "data", "word_timestamps", "phoneme_timestamps"};
+
 /* Which known key a top-level key is, or -1. Escaped keys are unescaped first, so
  * "t\u0079pe" is "type": otherwise two parsers could disagree on what a frame says. */
 static int known_key(const uint8_t *buf, size_t start, size_t end, int escaped)
 {
-    static const char *const names[FS_NKEYS] = {
-        "type", "context_id", "flush_id", "data", "word_timestamps", "phoneme_timestamps"};
-    /* the longest known key is 18 characters; an escape is at most 12 bytes */
-    uint8_t chars[12 * 20];
-    size_t offsets[12 * 20 + 1];
-    const uint8_t *key = buf + start;
-    size_t len = end - start;
-    if (escaped) {
-        if (len > sizeof(chars)) return -1;
-        len = fs_unescape_chars(buf, start, end, chars, offsets);
-        key = chars;
+    if (!escaped) {
+        /* the common case: pick the one candidate by length and first byte */
+        int k;
+        switch (end - start) {
+        case 4: k = buf[start] == 't' ? FS_KEY_TYPE : FS_KEY_DATA; break;
+        case 8: k = FS_KEY_FLUSH_ID; break;
+        case 10: k = FS_KEY_CONTEXT_ID; break;
+        case 15: k = FS_KEY_WORD_TIMESTAMPS; break;
+        case 18: k = FS_KEY_PHONEME_TIMESTAMPS; break;
+        default: return -1;
+        }
+        return memcmp(buf + start, key_names[k], end - start) == 0 ? k : -1;
     }
     for (int k = 0; k < FS_NKEYS; k++)
-        if (strlen(names[k]) == len && memcmp(names[k], key, len) == 0) return k;
+        if (string_equals(buf, start, end, 1, key_names[k], strlen(key_names[k]))) return k;
     return -1;
+}
+
+fs_type fs_frame_type(const uint8_t *buf, const fs_frame *frame)
+{
+    static const char *const names[] = {
+        NULL, "chunk", "flush_done", "done", "error", "timestamps", "phoneme_timestamps"};
+    const fs_value *v = &frame->keys[FS_KEY_TYPE];
+    if (v->kind == FS_ABSENT || v->kind == FS_NULL) return FS_TYPE_NONE;
+    if (v->kind != FS_STRING) return FS_TYPE_BAD;
+    for (int t = FS_TYPE_CHUNK; t <= FS_TYPE_PHONEME_TIMESTAMPS; t++)
+        if (string_equals(buf, v->start, v->end, v->has_escape, names[t], strlen(names[t])))
+            return (fs_type)t;
+    return FS_TYPE_UNKNOWN;
+}
+
+int fs_label(const uint8_t *buf, const fs_value *value, int64_t *label)
+{
+    size_t len = value->end - value->start;
+    if (value->kind != FS_NUMBER || len == 0 || len > 19) return -1;
+    uint64_t result = 0;
+    for (size_t i = value->start; i < value->end; i++) {
+        if (buf[i] < '0' || buf[i] > '9') return -1;
+        result = result * 10 + (uint64_t)(buf[i] - '0');
+    }
+    if (result > ((uint64_t)1 << 62)) return -1;
+    *label = (int64_t)result;
+    return 0;
 }
 
 static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)

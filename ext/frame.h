@@ -57,6 +57,18 @@ fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_o
 fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
                           int *has_escape, size_t *error_offset);
 
+typedef enum { FS_TYPE_NONE = 0, FS_TYPE_CHUNK, FS_TYPE_FLUSH_DONE, FS_TYPE_DONE,
+               FS_TYPE_ERROR, FS_TYPE_TIMESTAMPS, FS_TYPE_PHONEME_TIMESTAMPS,
+               FS_TYPE_UNKNOWN, FS_TYPE_BAD } fs_type;
+
+/* The frame's "type": NONE when absent or null, BAD when not a string, UNKNOWN for a
+ * string flushsink does not know (escaped spellings are unescaped first). */
+fs_type fs_frame_type(const uint8_t *buf, const fs_frame *frame);
+
+/* The flush_id label of a number value: 0 and *label set when it is an integer in
+ * [0, 2**62] written without sign, fraction or exponent; -1 otherwise. */
+int fs_label(const uint8_t *buf, const fs_value *value, int64_t *label);
+
 /* Unescape a validated string content buf[start:end] into one byte per character:
  * ASCII characters as themselves, any other character as 0x80 (never valid base64).
  * offsets[i] is the offset in buf where character i's text starts; offsets[count] = end.

@@ -7,7 +7,17 @@ twin of identical behaviour; ``flushsink.BACKEND`` says which one runs.
 from __future__ import annotations
 
 from ._accel import BACKEND, SIMD, Sink, SinkStats
-from .errors import CapacityError, FlushsinkError, FormatError, FrameError, WriteError
+from .errors import (
+    CapacityError,
+    ConnectionLost,
+    ContextClosed,
+    ContextFailed,
+    FlushsinkError,
+    FormatError,
+    FrameError,
+    ReceiveTimeout,
+    WriteError,
+)
 from .formats import DEFAULT_FORMAT, AudioFormat
 from .segments import (
     ContextDone,
@@ -20,19 +30,18 @@ from .segments import (
     Unknown,
 )
 
+from .writers import FileWriter
+from .client import connect
+from . import sync
+
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKEND", "SIMD", "Sink", "SinkStats", "AudioFormat", "DEFAULT_FORMAT",
     "Segment", "SegmentReady", "ContextDone", "ContextError", "ServerError",
     "Timestamps", "Unknown", "TimedText",
+    "FileWriter", "connect", "sync",
     "FlushsinkError", "FrameError", "CapacityError", "FormatError", "WriteError",
+    "ContextFailed", "ConnectionLost", "ContextClosed", "ReceiveTimeout",
     "__version__",
 ]
-
-try:  # the writer and the websocket layer arrive as separate modules
-    from .writers import FileWriter  # noqa: F401
-
-    __all__.append("FileWriter")
-except ImportError:  # pragma: no cover
-    pass

@@ -22,7 +22,6 @@ from ._common import (
     check_sink_args,
     flush_id_value,
     frame_type_error,
-    prealloc_bytes,
     segment_cap_error,
     str_frame_error,
     total_cap_error,

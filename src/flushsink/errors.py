@@ -80,3 +80,26 @@ class WriteError(FlushsinkError, OSError):
         super().__init__(message)
         self.segment = segment
         self.path = path
+
+
+# --- the websocket clients ----------------------------------------------------------------
+
+class ContextFailed(FlushsinkError):
+    """The server reported an error for this context (``event`` holds it)."""
+
+    def __init__(self, event: Any) -> None:
+        super().__init__(f"context {event.context_id!r} failed: {event.message}")
+        self.event = event
+
+
+class ConnectionLost(FlushsinkError, ConnectionError):
+    """The connection closed while this context was still receiving. Its open segments
+    were finished as incomplete (and written as ``.partial`` files by a FileWriter)."""
+
+
+class ContextClosed(FlushsinkError):
+    """The context already ended (done, failed, cancelled): it takes no more input."""
+
+
+class ReceiveTimeout(FlushsinkError, TimeoutError):
+    """No event arrived for a context within the client's ``receive_timeout``."""

@@ -1,0 +1,202 @@
+"""Sans-I/O protocol state for one Cartesia TTS websocket: request JSON out, frames in.
+
+Both clients (asyncio and sync) drive a :class:`Session`: it builds the request messages
+of each context, feeds received frames to the :class:`~flushsink.Sink`, hands finished
+segments to the writer, and routes every event to the one context it belongs to.
+Nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from ._accel import Sink
+from .errors import CapacityError, ConnectionLost, ContextClosed, ContextFailed, FrameError
+from .formats import AudioFormat
+from .segments import ContextDone, ContextError, SegmentReady, ServerError
+
+__all__ = ["Session", "ContextState", "normalize_url", "auth_headers", "CARTESIA_URL",
+           "DEFAULT_VERSION", "ConnectionLost", "ContextClosed", "ContextFailed"]
+
+log = logging.getLogger("flushsink")
+
+#: Cartesia's TTS websocket, used when no url is given.
+CARTESIA_URL = "wss://api.cartesia.ai/tts/websocket"
+DEFAULT_VERSION = "2025-11-04"
+DEFAULT_OUTPUT_FORMAT = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 44100}
+
+
+def normalize_url(url: Optional[str]) -> str:
+    """Cartesia's URL by default; a bare ``ws://host:port`` gets ``/tts/websocket``."""
+    if url is None:
+        return CARTESIA_URL
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("ws", "wss"):
+        raise ValueError(f"url must start with ws:// or wss://, not {url!r}")
+    host, slash, path = rest.partition("/")
+    if not path.strip("/"):
+        return f"{scheme}://{host}/tts/websocket"
+    return url
+
+
+def auth_headers(api_key: Optional[str], version: str) -> dict[str, str]:
+    headers = {"Cartesia-Version": version}
+    if api_key:
+        headers["X-API-Key"] = api_key
+    return headers
+
+
+@dataclass
+class ContextState:
+    """What the session knows about one context."""
+
+    context_id: str
+    request: dict[str, Any]  # fields repeated in every request of the context
+    format: AudioFormat
+    started: bool = False  # a request was sent
+    ended: bool = False  # done, failed, cancelled or lost: no more input
+    closed: bool = False  # its event stream got the closing marker
+    failure: Optional[BaseException] = None
+
+
+class Session:
+    """Routes one connection's frames to contexts. ``deliver(state, event)`` is called
+    for every event of a known context; events of unknown contexts are logged and
+    counted in ``unrouted``."""
+
+    def __init__(self, sink: Sink, deliver: Callable[[ContextState, Any], None],
+                 writer: Optional[Callable[[Any], Any]] = None) -> None:
+        self.sink = sink
+        self.writer = writer
+        self.deliver = deliver
+        self.contexts: dict[str, ContextState] = {}
+        self.server_errors: list[ServerError] = []
+        self.rejected_frames = 0
+        self.unrouted = 0
+
+    # ---- outgoing -----------------------------------------------------------------
+
+    def new_context(self, *, model_id: str, voice: Any, output_format: Optional[dict] = None,
+                    context_id: Optional[str] = None, **defaults: Any) -> ContextState:
+        """Register a context; ``defaults`` (language, add_timestamps, generation_config,
+        max_buffer_delay_ms, ...) go into every request of it."""
+        output_format = dict(output_format or DEFAULT_OUTPUT_FORMAT)
+        fmt = AudioFormat.from_output_format(output_format)
+        context_id = context_id or str(uuid.uuid4())
+        if context_id in self.contexts:
+            raise ValueError(f"context id {context_id!r} is already in use on this connection")
+        if isinstance(voice, str):
+            voice = {"mode": "id", "id": voice}
+        # the key order of the official SDK, so servers see what they expect
+        request = {"context_id": context_id, "model_id": model_id, "transcript": "",
+                   "voice": voice, "output_format": output_format, "continue": True}
+        request.update({k: v for k, v in defaults.items() if v is not None})
+        state = ContextState(context_id, request, fmt)
+        self.contexts[context_id] = state
+        self.sink.set_format(context_id, fmt)
+        return state
+
+    def request(self, state: ContextState, transcript: str, *, continue_: bool = True,
+                flush: bool = False, **extra: Any) -> str:
+        """The JSON text of one generation request of ``state``."""
+        if state.ended:
+            raise ContextClosed(f"context {state.context_id!r} has ended")
+        if not isinstance(transcript, str):
+            raise TypeError("transcript must be a str")
+        message = dict(state.request)
+        message["transcript"] = transcript
+        message["continue"] = continue_
+        if flush:
+            message["flush"] = True
+        message.update(extra)
+        state.started = True
+        return json.dumps(message)
+
+    def cancel(self, state: ContextState) -> Optional[str]:
+        """End the context locally (its late audio is dropped, open segments finish as
+        incomplete) and return the cancel message to send, if the server knows it."""
+        if state.ended:
+            return None
+        for event in self.sink.cancel(state.context_id):
+            self._segment_ready(event)
+            self.deliver(state, event)
+        self._end(state, None)
+        return json.dumps({"context_id": state.context_id, "cancel": True}) if state.started else None
+
+    # ---- incoming -----------------------------------------------------------------
+
+    def receive(self, frame: Any) -> None:
+        """Feed one frame. A frame the Sink rejects is logged and counted, never fatal:
+        one bad frame must not take the other contexts down."""
+        try:
+            events = self.sink.feed(frame)
+        except CapacityError as exc:
+            self.rejected_frames += 1
+            self._fail_context(exc.context_id, exc)
+            return
+        except FrameError as exc:
+            self.rejected_frames += 1
+            log.warning("flushsink: rejected a frame from the server: %s", exc)
+            return
+        for event in events:
+            self._route(event)
+
+    def connection_lost(self, reason: str) -> None:
+        """The socket closed: finish what was received as incomplete, fail the contexts
+        that were still waiting for audio."""
+        for event in self.sink.close(reason):
+            self._route(event)
+        for state in list(self.contexts.values()):
+            if not state.ended and state.started:
+                self._end(state, ConnectionLost(f"connection lost: {reason}"))
+
+    def _segment_ready(self, event: SegmentReady) -> None:
+        if self.writer is not None:
+            self.writer(event)
+
+    def _route(self, event: Any) -> None:
+        if isinstance(event, ServerError):
+            self.server_errors.append(event)
+            log.warning("flushsink: server error without context: %s", event.message)
+            return
+        if isinstance(event, SegmentReady):
+            self._segment_ready(event)
+        state = self.contexts.get(event.context_id)
+        if state is None:
+            self.unrouted += 1
+            log.debug("flushsink: event for unknown context %r dropped", event.context_id)
+            return
+        self.deliver(state, event)
+        if isinstance(event, ContextDone):
+            self._end(state, None)
+        elif isinstance(event, ContextError):
+            self._end(state, ContextFailed(event))
+
+    def _fail_context(self, context_id: Any, exc: BaseException) -> None:
+        state = self.contexts.get(context_id)
+        log.warning("flushsink: %s", exc)
+        if state is None or state.ended:
+            return
+        for event in self.sink.cancel(context_id):
+            self._route(event)
+        self._end(state, exc)
+
+    def _end(self, state: ContextState, failure: Optional[BaseException]) -> None:
+        self.contexts.pop(state.context_id, None)
+        if state.closed:
+            return
+        state.closed = True
+        state.ended = True
+        state.failure = failure
+        self.deliver(state, _End(failure))
+
+
+@dataclass(frozen=True)
+class _End:
+    """Internal marker closing a context's event stream (with the failure, if any)."""
+
+    failure: Optional[BaseException]

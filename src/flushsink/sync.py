@@ -1,0 +1,174 @@
+"""Blocking client for the Cartesia TTS websocket, on ``websockets.sync.client``.
+
+The same API as :mod:`flushsink.client` without ``await``: a reader thread receives
+every frame as bytes, feeds it to the Sink and routes the events to per-context queues.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Iterator, Optional
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
+
+from .client import ClientBase
+from .errors import ReceiveTimeout
+from .segments import Segment, SegmentReady
+from .session import ConnectionLost, ContextState, _End, log
+
+__all__ = ["connect", "Client", "Context", "ReceiveTimeout"]
+
+
+class Context:
+    """One generation context: push text, flush, finish, and read its segments."""
+
+    def __init__(self, client: "Client", state: ContextState) -> None:
+        self._client = client
+        self._state = state
+        self._queue: "queue.Queue[Any]" = queue.Queue()
+
+    @property
+    def context_id(self) -> str:
+        return self._state.context_id
+
+    def push(self, transcript: str, *, flush: bool = False, **extra: Any) -> None:
+        """Send text (``continue: true``); with ``flush=True`` it ends a segment."""
+        self._client._send(self._client._session_call(
+            self._client._session.request, self._state, transcript, continue_=True,
+            flush=flush, **extra))
+
+    def flush(self) -> None:
+        """Close the current segment: the server answers with ``flush_done``."""
+        self.push("", flush=True)
+
+    def no_more_inputs(self) -> None:
+        """Tell the server the context's text is complete; ``done`` follows its audio."""
+        self._client._send(self._client._session_call(
+            self._client._session.request, self._state, "", continue_=False))
+
+    def cancel(self) -> None:
+        """Stop the context: queued input is dropped by the server, late audio by us;
+        segments still open are finished as incomplete."""
+        message = self._client._session_call(self._client._session.cancel, self._state)
+        if message is not None and self._client._connected():
+            try:
+                self._client._send(message)
+            except (ConnectionClosed, ConnectionLost):
+                pass
+
+    def events(self, timeout: Optional[float] = None) -> Iterator[Any]:
+        """Every event of this context until it ends. Raises ContextFailed,
+        ConnectionLost or ReceiveTimeout."""
+        wait = self._client.receive_timeout if timeout is None else timeout
+        while True:
+            try:
+                event = self._queue.get(timeout=wait)
+            except queue.Empty:
+                raise ReceiveTimeout(
+                    f"no event for context {self.context_id!r} in {wait} s") from None
+            if isinstance(event, _End):
+                if event.failure is not None:
+                    raise event.failure
+                return
+            yield event
+
+    def segments(self, timeout: Optional[float] = None) -> Iterator[Segment]:
+        """The finished segments of this context, in order, until it ends."""
+        for event in self.events(timeout):
+            if isinstance(event, SegmentReady):
+                yield event.segment
+
+    def collect(self, timeout: Optional[float] = None) -> list[Segment]:
+        """All segments of the context, once it is done."""
+        return list(self.segments(timeout))
+
+
+class Client(ClientBase):
+    """A connection (re-opened on demand) and its contexts. Use :func:`connect`."""
+
+    _context_class = Context
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        # the Session is touched by the caller's thread and the reader thread
+        self._state_lock = threading.RLock()
+        self._connect_lock = threading.Lock()
+        self._ws: Optional[ClientConnection] = None
+        self._reader: Optional[threading.Thread] = None
+
+    def _session_call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._state_lock:
+            return method(*args, **kwargs)
+
+    def context(self, *, model_id: str = "sonic-latest", voice: Any,
+                output_format: Optional[dict[str, Any]] = None, context_id: Optional[str] = None,
+                **defaults: Any) -> Context:
+        """A new context; ``defaults`` are sent with each of its requests."""
+        with self._state_lock:
+            return self._new_context(model_id, voice, output_format, context_id, defaults)
+
+    def _connected(self) -> bool:
+        return self._ws is not None and self._reader is not None and self._reader.is_alive()
+
+    def connect(self) -> None:
+        """Open the connection now (it also opens on the first push)."""
+        with self._connect_lock:
+            if self._connected():
+                return
+            ws = ws_connect(self.url, additional_headers=self.headers,
+                            open_timeout=self.open_timeout, max_size=self.max_size,
+                            compression=self.compression)
+            self._ws = ws
+            self.connections += 1
+            self._reader = threading.Thread(target=self._read, args=(ws,),
+                                            name="flushsink-reader", daemon=True)
+            self._reader.start()
+
+    def _send(self, message: str) -> None:
+        if not self._connected():
+            self.connect()  # after an idle close, the next push reconnects
+        assert self._ws is not None
+        try:
+            self._ws.send(message)
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"connection closed while sending: {exc}") from exc
+
+    def _read(self, ws: ClientConnection) -> None:
+        session = self._session
+        try:
+            while True:
+                frame = ws.recv(decode=False)
+                with self._state_lock:
+                    session.receive(frame)
+        except ConnectionClosed as exc:
+            with self._state_lock:
+                session.connection_lost(self._closed(exc))
+        except Exception as exc:  # a bug must not leave the contexts waiting forever
+            log.exception("flushsink: the reader failed")
+            with self._state_lock:
+                session.connection_lost(f"reader failed: {exc!r}")
+            ws.close()
+
+    def close(self) -> None:
+        """Close the connection; contexts still open finish as incomplete."""
+        ws, reader = self._ws, self._reader
+        self._ws = self._reader = None
+        if ws is not None:
+            ws.close()
+        if reader is not None:
+            reader.join(self.open_timeout)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def connect(url: Optional[str] = None, api_key: Optional[str] = None, **options: Any) -> Client:
+    """``with flushsink.sync.connect(...) as tts:`` — the blocking twin of
+    :func:`flushsink.connect`."""
+    return Client(url, api_key, **options)
