@@ -157,12 +157,16 @@ class ClientBase:
                 del self._contexts[state.context_id]
 
     def _closed(self, exc: ConnectionClosed) -> str:
-        self.close_code = exc.rcvd.code if exc.rcvd else None
-        self.close_reason = exc.rcvd.reason if exc.rcvd else None
-        if exc.rcvd is None:
+        # the server's close frame if it sent one, else ours (e.g. 1009 for a frame over
+        # max_size), else none at all: the TCP connection dropped
+        close = exc.rcvd or exc.sent
+        self.close_code = close.code if close else None
+        self.close_reason = close.reason if close else None
+        if close is None:
             return "connection dropped without a close frame"
-        reason = f" ({exc.rcvd.reason})" if exc.rcvd.reason else ""
-        return f"connection closed with code {exc.rcvd.code}{reason}"
+        reason = f" ({close.reason})" if close.reason else ""
+        side = "the server" if exc.rcvd else "flushsink"
+        return f"connection closed by {side} with code {close.code}{reason}"
 
 
 class Client(ClientBase):

@@ -6,6 +6,7 @@ every frame as bytes, feeds it to the Sink and routes the events to per-context 
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 from typing import Any, Iterator, Optional
@@ -20,6 +21,10 @@ from .segments import Segment, SegmentReady
 from .session import ConnectionLost, ContextState, _End, log
 
 __all__ = ["connect", "Client", "Context", "ReceiveTimeout"]
+
+# websockets 17 wants connect() used as a context manager unless legacy=True is passed,
+# which older versions (the official SDK pins < 16) do not accept: ask only where known.
+_DIRECT = {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {}
 
 
 class Context:
@@ -120,7 +125,7 @@ class Client(ClientBase):
                 return
             ws = ws_connect(self.url, additional_headers=self.headers,
                             open_timeout=self.open_timeout, max_size=self.max_size,
-                            compression=self.compression)
+                            compression=self.compression, **_DIRECT)
             self._ws = ws
             self.connections += 1
             self._reader = threading.Thread(target=self._read, args=(ws,),

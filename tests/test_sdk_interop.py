@@ -1,0 +1,125 @@
+"""The official ``cartesia`` SDK (3.2.0) against the emulator, unchanged apart from the URL.
+
+Skipped unless ``cartesia`` is installed (``pip install "cartesia[websockets]==3.2.0"``).
+This is the check that the emulator really speaks the protocol real clients expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+cartesia = pytest.importorskip("cartesia")
+
+from flushsink.emulator import DEFAULT_VERSION, Emulator, render, render_timestamps  # noqa: E402
+from flushsink.formats import AudioFormat  # noqa: E402
+
+VOICE_ID = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
+VOICE = {"mode": "id", "id": VOICE_ID}
+TIMEOUT = 5.0
+NO_DEFLATE = {"compression": None}
+
+
+def context_options(fmt: AudioFormat, **extra: Any) -> dict[str, Any]:
+    """What the seed example passes to ``ws.context(...)``."""
+    return dict(
+        model_id="sonic-latest",
+        voice=VOICE,
+        output_format=fmt.to_output_format(),
+        language="en",
+        timeout=TIMEOUT,
+        **extra,
+    )
+
+
+@pytest.mark.parametrize(
+    "compression, connection_options",
+    [(None, NO_DEFLATE), (None, {}), ("deflate", {})],  # the SDK offers deflate unless told not to
+)
+def test_seed_example_with_the_sync_client(
+    compression: str | None, connection_options: dict[str, Any]
+) -> None:
+    fmt = AudioFormat("pcm_s16le", 44100)
+    audio: dict[int, bytes] = defaultdict(bytes)
+    flushes = []
+    with Emulator(api_key="sk_test", compression=compression).running_in_thread() as emu:
+        client = cartesia.Cartesia(api_key="sk_test", websocket_base_url=emu.url)
+        with client.tts.websocket_connect(websocket_connection_options=connection_options) as ws:
+            ctx = ws.context(**context_options(fmt))
+            ctx.push("Stay hungry, ")
+            ctx.push("", flush=True)
+            ctx.push("stay foolish.")
+            ctx.no_more_inputs()
+            for response in ctx.receive():  # as examples.py does it
+                if response.type == "chunk" and response.audio:
+                    audio[response.flush_id or 0] += response.audio
+                elif response.type == "flush_done":
+                    flushes.append(response.flush_id)
+                elif response.type == "error":
+                    pytest.fail(f"unexpected error {response}")
+        log = emu.connections[0]
+    assert flushes == [1]
+    assert dict(audio) == {
+        1: render("Stay hungry, ", VOICE_ID, fmt),
+        2: render("stay foolish.", VOICE_ID, fmt),
+    }
+    assert log.headers["authorization"] == "Bearer sk_test"
+    assert log.version == DEFAULT_VERSION  # what SDK 3.2.0 sends
+    assert [m["transcript"] for m in log.received] == ["Stay hungry, ", "", "stay foolish.", ""]
+    assert [m.get("flush") for m in log.received] == [None, True, None, None]
+
+
+def test_timestamps_and_legacy_errors_parse_in_the_sdk() -> None:
+    fmt = AudioFormat("pcm_f32le", 24000)
+    with Emulator().running_in_thread() as emu:
+        client = cartesia.Cartesia(api_key="sk_test", websocket_base_url=emu.url)
+        with client.tts.websocket_connect(websocket_connection_options=NO_DEFLATE) as ws:
+            ctx = ws.context(**context_options(fmt, add_timestamps=True))
+            ctx.push("Stay hungry, stay foolish.", continue_=False)
+            words = [
+                word
+                for response in ctx.receive()
+                if response.type == "timestamps"
+                for word in response.word_timestamps.words
+            ]
+            failing = ws.context("failing", **context_options(fmt))
+            failing.push("...")  # a punctuation-only first transcript
+            (error,) = list(failing.receive())
+    assert words == [w for w, _, _ in render_timestamps("Stay hungry, stay foolish.", VOICE_ID, 24000)]
+    assert error.type == "error" and error.context_id == "failing"
+    # SDK 3.2.0 models the structured shape; the legacy text only survives as an extra field.
+    assert error.model_extra["error"].startswith("transcript empty or contains only punctuation")
+
+
+def test_async_client_with_two_concurrent_contexts() -> None:
+    fmt = AudioFormat("pcm_mulaw", 8000)
+    texts = {
+        "first": ["Stay hungry, ", "stay foolish."],
+        "second": ["The quick brown fox ", "jumps over the lazy dog."],
+    }
+
+    async def speak(ws: Any, context_id: str, parts: list[str]) -> dict[int, bytes]:
+        ctx = ws.context(context_id, **context_options(fmt))
+        for part in parts:
+            await ctx.push(part)
+            await ctx.push("", flush=True)
+        await ctx.no_more_inputs()
+        audio: dict[int, bytes] = defaultdict(bytes)
+        async for response in ctx.receive():
+            if response.type == "chunk" and response.audio:
+                audio[response.flush_id] += response.audio
+        return dict(audio)
+
+    async def scenario() -> dict[str, dict[int, bytes]]:
+        async with Emulator(chunk_ms=20) as emu:
+            client = cartesia.AsyncCartesia(api_key="sk_test", websocket_base_url=emu.url)
+            async with client.tts.websocket_connect(websocket_connection_options=NO_DEFLATE) as ws:
+                results = await asyncio.gather(*(speak(ws, cid, parts) for cid, parts in texts.items()))
+            return dict(zip(texts, results, strict=True))
+
+    received = asyncio.run(asyncio.wait_for(scenario(), 4 * TIMEOUT))
+    for context_id, parts in texts.items():
+        assert received[context_id] == {i + 1: render(part, VOICE_ID, fmt) for i, part in enumerate(parts)}
