@@ -5,7 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-compiled test-pure build clean sanitize
+SDK_VENV ?= .venv-sdk
+
+.PHONY: demo test test-compiled test-pure test-sdk build clean sanitize
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +27,26 @@ demo: build
 
 # The whole suite twice: on the compiled core, then on the pure-Python twin. Tests import
 # the installed package (the src layout keeps the checkout off sys.path).
-test: build test-compiled test-pure
+test: build test-compiled test-pure test-sdk
 
 test-compiled: $(STAMP)
 	FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 $(BIN)/python -m pytest -q tests
 
 test-pure: $(STAMP)
 	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests
+
+# The official SDK 3.2.0 against the emulator, and flushsink's clients on the older
+# websockets it pins, on both cores.
+test-sdk: $(SDK_VENV)/.installed
+	$(SDK_VENV)/bin/python -c "import cartesia, flushsink; assert flushsink.BACKEND == 'compiled'"
+	FLUSHSINK_EXPECT=compiled $(SDK_VENV)/bin/python -m pytest -q tests/test_sdk_interop.py tests/test_client.py
+	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(SDK_VENV)/bin/python -m pytest -q tests/test_sdk_interop.py tests/test_client.py
+
+$(SDK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py)
+	test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=64" wheel "Cython>=3.0"
+	FLUSHSINK_BUILD_EXT=required $(SDK_VENV)/bin/python -m pip install -q --no-build-isolation ".[test,sdk]"
+	touch $@
 
 # Debug build of the extension with AddressSanitizer + UBSan, then the compiled suite.
 sanitize: $(BIN)/python
@@ -42,4 +57,4 @@ sanitize: $(BIN)/python
 	  FLUSHSINK_EXPECT=compiled $(BIN)/python -m pytest -q -x tests -p no:cacheprovider
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html $(VENV)
+	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html $(VENV) $(SDK_VENV)

@@ -14,6 +14,7 @@ import pytest
 
 cartesia = pytest.importorskip("cartesia")
 
+import flushsink  # noqa: E402
 from flushsink.emulator import DEFAULT_VERSION, Emulator, render, render_timestamps  # noqa: E402
 from flushsink.formats import AudioFormat  # noqa: E402
 
@@ -21,6 +22,18 @@ VOICE_ID = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
 VOICE = {"mode": "id", "id": VOICE_ID}
 TIMEOUT = 5.0
 NO_DEFLATE = {"compression": None}
+
+
+def flushsink_flushes(url: str, fmt: AudioFormat, parts: list[str], api_key: str) -> dict[int, bytes]:
+    """flushsink's segments for the same flow: each part, then a flush (none after the last)."""
+    with flushsink.sync.connect(url, api_key, receive_timeout=TIMEOUT) as tts:
+        ctx = tts.context(voice=VOICE, output_format=fmt.to_output_format(), language="en")
+        for i, part in enumerate(parts):
+            ctx.push(part)
+            if i < len(parts) - 1:
+                ctx.flush()
+        ctx.no_more_inputs()
+        return {s.flush_id: s.samples.tobytes() for s in ctx.collect() if s.complete}
 
 
 def context_options(fmt: AudioFormat, **extra: Any) -> dict[str, Any]:
@@ -61,11 +74,13 @@ def test_seed_example_with_the_sync_client(
                 elif response.type == "error":
                     pytest.fail(f"unexpected error {response}")
         log = emu.connections[0]
+        ours = flushsink_flushes(emu.url, fmt, ["Stay hungry, ", "stay foolish."], "sk_test")
     assert flushes == [1]
     assert dict(audio) == {
         1: render("Stay hungry, ", VOICE_ID, fmt),
         2: render("stay foolish.", VOICE_ID, fmt),
     }
+    assert dict(audio) == ours
     assert log.headers["authorization"] == "Bearer sk_test"
     assert log.version == DEFAULT_VERSION  # what SDK 3.2.0 sends
     assert [m["transcript"] for m in log.received] == ["Stay hungry, ", "", "stay foolish.", ""]
@@ -113,13 +128,28 @@ def test_async_client_with_two_concurrent_contexts() -> None:
                 audio[response.flush_id] += response.audio
         return dict(audio)
 
-    async def scenario() -> dict[str, dict[int, bytes]]:
+    async def ours(url: str) -> dict[str, dict[int, bytes]]:
+        async with flushsink.connect(url, receive_timeout=TIMEOUT) as tts:
+            contexts = {cid: tts.context(voice=VOICE, output_format=fmt.to_output_format())
+                        for cid in texts}
+            for cid, parts in texts.items():
+                for part in parts:
+                    await contexts[cid].push(part)
+                    await contexts[cid].flush()
+            for ctx in contexts.values():
+                await ctx.no_more_inputs()
+            results = await asyncio.gather(*(ctx.collect() for ctx in contexts.values()))
+        return {cid: {s.flush_id: s.samples.tobytes() for s in segments}
+                for cid, segments in zip(texts, results)}
+
+    async def scenario() -> tuple[dict[str, dict[int, bytes]], dict[str, dict[int, bytes]]]:
         async with Emulator(chunk_ms=20) as emu:
             client = cartesia.AsyncCartesia(api_key="sk_test", websocket_base_url=emu.url)
             async with client.tts.websocket_connect(websocket_connection_options=NO_DEFLATE) as ws:
                 results = await asyncio.gather(*(speak(ws, cid, parts) for cid, parts in texts.items()))
-            return dict(zip(texts, results, strict=True))
+            return dict(zip(texts, results, strict=True)), await ours(emu.url)
 
-    received = asyncio.run(asyncio.wait_for(scenario(), 4 * TIMEOUT))
+    received, flushsink_received = asyncio.run(asyncio.wait_for(scenario(), 4 * TIMEOUT))
+    assert received == flushsink_received
     for context_id, parts in texts.items():
         assert received[context_id] == {i + 1: render(part, VOICE_ID, fmt) for i, part in enumerate(parts)}
