@@ -10,7 +10,7 @@ behave identically; tests compare them frame by frame.
 
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBuffer_FillInfo,
                              PyBuffer_Release, PyObject_GetBuffer)
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc, realloc
@@ -233,6 +233,13 @@ cdef class Sink:
         cdef Py_ssize_t size
         if self._busy:
             raise RuntimeError("Sink.feed called while another call is running")
+        if type(frame) is bytes:  # the common case: no buffer request needed
+            self._busy = True
+            try:
+                return self._feed(<const uint8_t *>PyBytes_AS_STRING(frame),
+                                  <size_t>PyBytes_GET_SIZE(frame))
+            finally:
+                self._busy = False
         if isinstance(frame, str):
             try:
                 text = PyUnicode_AsUTF8AndSize(frame, &size)

@@ -61,8 +61,17 @@ static size_t utf8_sequence(const uint8_t *buf, size_t n, size_t i)
     return len;
 }
 
+static fs_status check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
+                              int *has_escape, size_t *error_offset);
+
 fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
                           int *has_escape, size_t *error_offset)
+{
+    return check_string(buf, n, start, end, has_escape, error_offset);
+}
+
+static fs_status check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
+                              int *has_escape, size_t *error_offset)
 {
     size_t i = start;
     int escaped = 0;
@@ -173,7 +182,7 @@ static fs_status scan_string(scanner *s, size_t *pos, size_t *start, size_t *end
 {
     /* *pos is at the opening quote */
     *start = *pos + 1;
-    fs_status st = fs_check_string(s->buf, s->n, *start, end, esc, &s->error_offset);
+    fs_status st = check_string(s->buf, s->n, *start, end, esc, &s->error_offset);
     if (st != FS_OK) return st;
     *pos = *end + 1;
     return FS_OK;
@@ -242,17 +251,20 @@ static const char *const key_names[FS_NKEYS] = {
 static int known_key(const uint8_t *buf, size_t start, size_t end, int escaped)
 {
     if (!escaped) {
-        /* the common case: pick the one candidate by length and first byte */
-        int k;
+        /* the common case: constant-length compares the compiler inlines */
+        const uint8_t *p = buf + start;
         switch (end - start) {
-        case 4: k = buf[start] == 't' ? FS_KEY_TYPE : FS_KEY_DATA; break;
-        case 8: k = FS_KEY_FLUSH_ID; break;
-        case 10: k = FS_KEY_CONTEXT_ID; break;
-        case 15: k = FS_KEY_WORD_TIMESTAMPS; break;
-        case 18: k = FS_KEY_PHONEME_TIMESTAMPS; break;
+        case 4:
+            if (memcmp(p, "type", 4) == 0) return FS_KEY_TYPE;
+            if (memcmp(p, "data", 4) == 0) return FS_KEY_DATA;
+            return -1;
+        case 8: return memcmp(p, "flush_id", 8) == 0 ? FS_KEY_FLUSH_ID : -1;
+        case 10: return memcmp(p, "context_id", 10) == 0 ? FS_KEY_CONTEXT_ID : -1;
+        case 15: return memcmp(p, "word_timestamps", 15) == 0 ? FS_KEY_WORD_TIMESTAMPS : -1;
+        case 18:
+            return memcmp(p, "phoneme_timestamps", 18) == 0 ? FS_KEY_PHONEME_TIMESTAMPS : -1;
         default: return -1;
         }
-        return memcmp(buf + start, key_names[k], end - start) == 0 ? k : -1;
     }
     for (int k = 0; k < FS_NKEYS; k++)
         if (string_equals(buf, start, end, 1, key_names[k], strlen(key_names[k]))) return k;
@@ -266,6 +278,8 @@ fs_type fs_frame_type(const uint8_t *buf, const fs_frame *frame)
     const fs_value *v = &frame->keys[FS_KEY_TYPE];
     if (v->kind == FS_ABSENT || v->kind == FS_NULL) return FS_TYPE_NONE;
     if (v->kind != FS_STRING) return FS_TYPE_BAD;
+    if (!v->has_escape && v->end - v->start == 5 && memcmp(buf + v->start, "chunk", 5) == 0)
+        return FS_TYPE_CHUNK;
     for (int t = FS_TYPE_CHUNK; t <= FS_TYPE_PHONEME_TIMESTAMPS; t++)
         if (string_equals(buf, v->start, v->end, v->has_escape, names[t], strlen(names[t])))
             return (fs_type)t;
@@ -415,7 +429,7 @@ fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_o
         size_t end, offset;
         int esc;
         if (d->start < s.error_offset) {
-            fs_status dst = fs_check_string(buf, n, d->start, &end, &esc, &offset);
+            fs_status dst = check_string(buf, n, d->start, &end, &esc, &offset);
             if (dst != FS_OK) { st = dst; s.error_offset = offset; }
         }
     }
