@@ -3,17 +3,24 @@
 FLUSHSINK_BUILD_EXT=auto (default): build the extension if possible, else ship the pure twin.
 FLUSHSINK_BUILD_EXT=required: a failed build is an error (CI, wheels).
 FLUSHSINK_BUILD_EXT=no: pure-Python package.
+FLUSHSINK_LIMITED_API=1: build against the stable ABI (Python >= 3.11): one cp311-abi3
+    wheel for every later CPython, at a small cost per frame.
 FLUSHSINK_SANITIZE=1: build with -fsanitize=address,undefined (debugging only).
 FLUSHSINK_ANNOTATE=1: write Cython's annotated HTML next to the .pyx.
 """
 
 import os
+import sys
 
 from setuptools import Extension, setup
 
 mode = os.environ.get("FLUSHSINK_BUILD_EXT", "auto").strip().lower()
 if mode not in ("auto", "required", "no"):
     raise SystemExit(f"FLUSHSINK_BUILD_EXT must be auto, required or no, not {mode!r}")
+
+limited_api = os.environ.get("FLUSHSINK_LIMITED_API") == "1"
+if limited_api and sys.version_info < (3, 11):
+    raise SystemExit("FLUSHSINK_LIMITED_API=1 needs Python >= 3.11 (the buffer protocol)")
 
 ext_modules = []
 if mode != "no":
@@ -34,7 +41,10 @@ if mode != "no":
             "flushsink._speedups",
             sources=["ext/_speedups.pyx", "ext/b64.c", "ext/frame.c"],
             include_dirs=["ext"],
-            depends=["ext/b64.h", "ext/frame.h"],
+            depends=["ext/b64.h", "ext/frame.h", "ext/pycompat.h"],
+            py_limited_api=limited_api,
+            define_macros=[("Py_LIMITED_API", "0x030B0000"), ("CYTHON_LIMITED_API", "1")]
+            if limited_api else [],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         )
@@ -48,4 +58,7 @@ if mode != "no":
         for ext in ext_modules:
             ext.optional = mode == "auto"
 
-setup(ext_modules=ext_modules)
+setup(
+    ext_modules=ext_modules,
+    options={"bdist_wheel": {"py_limited_api": "cp311"}} if limited_api and ext_modules else {},
+)

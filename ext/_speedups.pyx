@@ -10,7 +10,7 @@ behave identically; tests compare them frame by frame.
 
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBuffer_FillInfo,
                              PyBuffer_Release, PyObject_GetBuffer)
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc, realloc
@@ -32,6 +32,10 @@ from .segments import (ContextDone, Segment, SegmentReady, Timestamps, Unknown,
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
+
+cdef extern from "pycompat.h":
+    const char *FS_BYTES_DATA(object) except NULL
+    Py_ssize_t FS_BYTES_SIZE(object) except -1
 
 cdef extern from "b64.h":
     ctypedef enum b64_status:
@@ -236,8 +240,8 @@ cdef class Sink:
         if type(frame) is bytes:  # the common case: no buffer request needed
             self._busy = True
             try:
-                return self._feed(<const uint8_t *>PyBytes_AS_STRING(frame),
-                                  <size_t>PyBytes_GET_SIZE(frame))
+                return self._feed(<const uint8_t *>FS_BYTES_DATA(frame),
+                                  <size_t>FS_BYTES_SIZE(frame))
             finally:
                 self._busy = False
         if isinstance(frame, str):
