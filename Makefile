@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed
 
 SDK_VENV ?= .venv-sdk
 
-.PHONY: demo test test-compiled test-pure test-sdk build clean sanitize
+PY310 ?= $(shell command -v python3.10)
+PY312 ?= $(shell command -v python3.12)
+DIST ?= dist
+
+.PHONY: demo test test-compiled test-pure test-sdk build clean sanitize wheels test-wheels
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +59,35 @@ sanitize: $(BIN)/python
 	ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  FLUSHSINK_EXPECT=compiled $(BIN)/python -m pytest -q -x tests -p no:cacheprovider
+
+# The wheels a release ships: one cp311-abi3 wheel for every CPython >= 3.11, a
+# version-specific one for 3.10, a pure py3-none-any one (the twin), and the sdist.
+wheels: $(BIN)/python
+	$(BIN)/python -m pip install -q build
+	rm -rf $(DIST)
+	$(BIN)/python -m build --sdist --outdir $(DIST) .
+	FLUSHSINK_BUILD_EXT=required FLUSHSINK_LIMITED_API=1 $(BIN)/python -m pip wheel -q --no-deps -w $(DIST) .
+	FLUSHSINK_BUILD_EXT=no $(BIN)/python -m pip wheel -q --no-deps -w $(DIST) .
+	test -z "$(PY310)" || FLUSHSINK_BUILD_EXT=required $(PY310) -m pip wheel -q --no-deps -w $(DIST) .
+	ls -l $(DIST)
+
+# Each wheel installed in a fresh venv, tests run from an unpacked sdist (not this
+# checkout): abi3 on 3.11 and 3.12, the pure wheel through the twin, and a wheel built
+# from the sdist alone.
+test-wheels: wheels
+	rm -rf build/wheeltest && mkdir -p build/wheeltest/sdist
+	tar -xzf $(DIST)/flushsink-*.tar.gz -C build/wheeltest/sdist --strip-components=1
+	set -e; for py in $(PYTHON) $(PY312); do \
+	  v=build/wheeltest/abi3-$$(basename $$py); $$py -m venv $$v; \
+	  $$v/bin/pip install -q $(DIST)/*-abi3-*.whl pytest hypothesis soundfile; \
+	  (cd build/wheeltest/sdist && FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 ../../../$$v/bin/python -m pytest -q -p no:cacheprovider tests); \
+	done
+	$(PYTHON) -m venv build/wheeltest/pure
+	build/wheeltest/pure/bin/pip install -q $(DIST)/*-py3-none-any.whl pytest hypothesis soundfile
+	cd build/wheeltest/sdist && FLUSHSINK_EXPECT=pure ../pure/bin/python -m pytest -q -p no:cacheprovider tests
+	$(PYTHON) -m venv build/wheeltest/fromsdist
+	cd build/wheeltest/sdist && FLUSHSINK_BUILD_EXT=required ../fromsdist/bin/pip install -q ".[test]"
+	cd build/wheeltest/sdist && FLUSHSINK_EXPECT=compiled ../fromsdist/bin/python -m pytest -q -p no:cacheprovider tests
 
 clean:
 	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html $(VENV) $(SDK_VENV)
