@@ -7,8 +7,11 @@ STAMP := $(VENV)/.installed
 
 SDK_VENV ?= .venv-sdk
 
-PY310 ?= $(shell command -v python3.10)
-PY312 ?= $(shell command -v python3.12)
+# an interpreter of that version that really runs (pyenv's shims exist for every version)
+find_python = $(shell for p in $(HOME)/.pyenv/versions/$(1)*/bin/python$(1) $$(command -v python$(1)); do \
+                "$$p" -c "" >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+PY310 ?= $(call find_python,3.10)
+PY312 ?= $(call find_python,3.12)
 DIST ?= dist
 
 .PHONY: demo test test-compiled test-pure test-sdk build clean sanitize wheels test-wheels
