@@ -257,7 +257,7 @@ cdef class Sink:
                 self._busy = False
         try:
             PyObject_GetBuffer(frame, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
-        except BufferError:
+        except (BufferError, ValueError):  # numpy says ValueError for non-contiguous
             raise TypeError("frame buffer must be C-contiguous") from None
         except TypeError:
             raise frame_type_error(frame) from None
@@ -412,6 +412,9 @@ cdef class Sink:
                 return None
             seg = ctx.open.get(label)
             if seg is not None:
+                # the server's label equals the one we gave an unlabelled segment: now
+                # it is the server's, and no later label may adopt it
+                adopt[0] = (<_Segment>seg).unlabelled
                 return seg
             if cur is not None and cur.unlabelled:
                 adopt[0] = True

@@ -94,10 +94,15 @@ static fs_status check_string(const uint8_t *buf, size_t n, size_t start, size_t
             if (unit == -2) { *error_offset = n; return FS_E_TRUNCATED; }
             if (unit == -1) { *error_offset = i; return FS_E_ESCAPE; }
             if (unit >= 0xD800 && unit <= 0xDBFF) {
-                /* a high surrogate must be followed at once by an escaped low one */
+                /* a high surrogate must be followed at once by an escaped low one; a
+                 * frame that ends before that escape is complete is truncated */
+                size_t k = i + 6;
                 long low = -1;
-                if (i + 7 < n && buf[i + 6] == '\\' && buf[i + 7] == 'u')
-                    low = read_u_escape(buf, n, i + 6);
+                if (k >= n || (buf[k] == '\\' && k + 1 >= n)) { *error_offset = n; return FS_E_TRUNCATED; }
+                if (buf[k] == '\\' && buf[k + 1] == 'u') {
+                    low = read_u_escape(buf, n, k);
+                    if (low == -2) { *error_offset = n; return FS_E_TRUNCATED; }
+                }
                 if (low < 0xDC00 || low > 0xDFFF) { *error_offset = i; return FS_E_SURROGATE; }
                 i += 12;
             } else if (unit >= 0xDC00 && unit <= 0xDFFF) {

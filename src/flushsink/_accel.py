@@ -7,6 +7,7 @@ package imports ``_speedups`` directly.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 
@@ -28,7 +29,7 @@ else:
         if _flag("FLUSHSINK_REQUIRE_EXT"):
             raise
         # A wheel built without the extension is a choice; a present but broken one is not.
-        if not (isinstance(exc, ModuleNotFoundError) and exc.name == "flushsink._speedups"):
+        if importlib.util.find_spec(f"{__package__}._speedups") is not None:
             warnings.warn(
                 f"flushsink: the compiled core failed to load ({exc}); using the pure-Python twin",
                 RuntimeWarning,

@@ -108,6 +108,7 @@ _STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
 _HEX4 = re.compile(rb"[0-9a-fA-F]{4}")
 _DIGITS = re.compile(rb"[0-9]*")
 _SIMPLE_ESCAPES = frozenset(b'"\\/bfnrt')
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
 class _Value:
@@ -192,9 +193,17 @@ class _Scanner:
                 raise _Reject("escape", i)
             unit = self._u_escape(i)
             if 0xD800 <= unit <= 0xDBFF:
+                # a low surrogate escape must follow; a frame ending first is truncated
+                k = i + 6
+                if k >= n or (buf[k] == 0x5C and k + 1 >= n):
+                    raise _Reject("truncated", n)
                 low = -1
-                if buf[i + 6:i + 8] == b"\\u" and _HEX4.match(buf, i + 8):
-                    low = int(buf[i + 8:i + 12], 16)
+                if buf[k:k + 2] == b"\\u":
+                    hex_digits = buf[k + 2:k + 6]
+                    if len(hex_digits) < 4 and all(c in _HEX_DIGITS for c in hex_digits):
+                        raise _Reject("truncated", n)
+                    if _HEX4.fullmatch(hex_digits):
+                        low = int(hex_digits, 16)
                 if not 0xDC00 <= low <= 0xDFFF:
                     raise _Reject("surrogate", i)
                 i += 12
@@ -504,7 +513,9 @@ class Sink:
                 return None, False, False
             seg = ctx.open.get(label)
             if seg is not None:
-                return seg, False, False
+                # the server's label equals the one we gave an unlabelled segment: now
+                # it is the server's, and no later label may adopt it
+                return seg, seg.unlabelled, False
             if current is not None and current.unlabelled:
                 return current, True, False
             return None, False, True
