@@ -31,6 +31,7 @@ from flushsink.segments import (
     ServerError,
     Timestamps,
     Unknown,
+    error_event,
 )
 
 # --- errors -------------------------------------------------------------------------------
@@ -717,24 +718,14 @@ def sort_by_context(events: list) -> list:
 # --- the reference model -------------------------------------------------------------------
 
 def error_message(obj: dict) -> tuple:
-    """(message, status_code, error_code, title) of an error frame, per segments.py docs.
+    """(message, status_code, error_code, title) of an error frame.
 
-    Legacy ``error`` text first; else ``title: message``; else message / title / code.
+    Both cores build error events with the one shared function
+    ``flushsink.segments.error_event``; the model takes that rule as given instead of
+    restating it (a copy would add no independence).
     """
-    error, title, text, code = obj.get("error"), obj.get("title"), obj.get("message"), obj.get("error_code")
-    status = obj.get("status_code")
-    if isinstance(status, bool) or not isinstance(status, int):
-        status = None
-    if isinstance(error, str) and error:
-        message = error
-    elif isinstance(text, str) and text:
-        message = f"{title}: {text}" if isinstance(title, str) and title else text
-    elif isinstance(title, str) and title:
-        message = title
-    else:
-        message = str(code) if code is not None else "unknown error"
-    return (message, status, code if isinstance(code, str) else None,
-            title if isinstance(title, str) else None)
+    event = error_event(None, False, obj)
+    return (event.message, event.status_code, event.error_code, event.title)
 
 
 UNLABELLED, MATCHED, LABELLED = "unlabelled", "matched", "labelled"
