@@ -137,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Receive Cartesia-style TTS websocket audio fast: one file per flush.",
         epilog="Without --url and without an API key, 'say' and 'demo' run against the "
                "embedded emulator on 127.0.0.1.")
-    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the version, the core (compiled or pure), the SIMD path "
+                             "and the Python, and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def server_options(p: argparse.ArgumentParser) -> None:
@@ -148,17 +150,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=float, default=60.0,
                        help="seconds to wait for the next event (default: %(default)s)")
 
-    say = commands.add_parser("say", help="speak texts, one flush segment and file each",
-                              description="Speak each TEXT as one flush segment of one "
-                                          "context and write one file per segment.")
-    say.add_argument("text", nargs="+", metavar="TEXT")
+    say = commands.add_parser(
+        "say", help="speak texts, one flush segment and file each",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Speak each TEXT as one flush segment of one context and write one file "
+                    "per segment\n(OUT/CONTEXT_ID/FLUSH_ID.wav), then print a table of them.",
+        epilog="example:\n  flushsink say 'Stay hungry, ' 'stay foolish.' --out out "
+               "--encoding pcm_f32le --sample-rate 24000")
+    say.add_argument("text", nargs="+", metavar="TEXT", help="text of one segment")
     server_options(say)
-    say.add_argument("--container", choices=("wav", "raw"), default="wav")
-    say.add_argument("--encoding", choices=tuple(ENCODINGS), default="pcm_s16le")
-    say.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=44100)
-    say.add_argument("--model", default="sonic-latest")
-    say.add_argument("--voice", default=DEMO_VOICE, help="voice id")
-    say.add_argument("--language", default="en")
+    say.add_argument("--container", choices=("wav", "raw"), default="wav",
+                     help="file format (default: %(default)s)")
+    say.add_argument("--encoding", choices=tuple(ENCODINGS), default="pcm_s16le",
+                     metavar="ENCODING", help=f"one of {', '.join(ENCODINGS)} "
+                                              "(default: %(default)s)")
+    say.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=44100,
+                     metavar="HZ", help=f"one of {', '.join(map(str, SAMPLE_RATES))} "
+                                        "(default: %(default)s)")
+    say.add_argument("--model", default="sonic-latest", help="model id (default: %(default)s)")
+    say.add_argument("--voice", default=DEMO_VOICE, help="voice id (default: %(default)s)")
+    say.add_argument("--language", default="en", help="language code (default: %(default)s)")
     say.set_defaults(run=_cmd_say)
 
     demo = commands.add_parser("demo", help="the seed scenario: two flushes, two WAV files")
@@ -166,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_cmd_demo, out=os.path.join("out", "demo"))
 
     serve = commands.add_parser("serve", help="run the Cartesia emulator")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8765,
+                       help="port, 0 for any free one (default: %(default)s)")
     serve.add_argument("--api-key", help="require this key (default: accept any)")
     serve.add_argument("--chunk-ms", type=float, default=100.0, help="audio per chunk")
     serve.add_argument("--flush-id-base", type=int, choices=(0, 1), default=1)

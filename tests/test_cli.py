@@ -1,0 +1,97 @@
+"""The flushsink command, run as a user would: a subprocess, on loopback only."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import soundfile
+
+from flushsink.cli import DEMO_VOICE
+from flushsink.emulator import render
+from flushsink.formats import AudioFormat
+
+
+def flushsink(*args, cwd, timeout=60, env=None):
+    environment = {**os.environ, **(env or {})}
+    environment.pop("CARTESIA_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "flushsink", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def wav_files(root):
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
+
+
+def test_demo_writes_the_seed_scenario(tmp_path):
+    result = flushsink("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "embedded emulator" in result.stderr
+    assert "2 segments" in result.stdout
+    first, second = wav_files(tmp_path / "out" / "demo")
+    fmt = AudioFormat("pcm_s16le", 44100)
+    for path, text in ((first, "Stay hungry, "), (second, "stay foolish.")):
+        data, rate = soundfile.read(path, dtype="int16")
+        assert rate == 44100
+        assert data.tobytes() == render(text, DEMO_VOICE, fmt)
+        assert os.path.relpath(path, tmp_path) in result.stdout
+
+
+def test_say_in_another_format_with_progress(tmp_path):
+    texts = [f"Sentence number {i}." for i in range(5)]
+    result = flushsink("say", *texts, "--out", "o", "--encoding", "pcm_f32le",
+                       "--sample-rate", "24000", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "5/5 segments" in result.stderr  # the progress line
+    files = wav_files(tmp_path / "o")
+    assert [os.path.basename(f) for f in files] == ["1.wav", "2.wav", "3.wav", "4.wav", "5.wav"]
+    fmt = AudioFormat("pcm_f32le", 24000)
+    for path, text in zip(files, texts):
+        data, rate = soundfile.read(path, dtype="float32")
+        assert rate == 24000
+        assert np.array_equal(data, np.frombuffer(render(text, DEMO_VOICE, fmt), "<f4"))
+
+
+def test_say_raw_container(tmp_path):
+    result = flushsink("say", "Raw bytes.", "--container", "raw", "--encoding", "pcm_mulaw",
+                       "--sample-rate", "8000", "--out", "o", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (path,) = wav_files(tmp_path / "o")
+    assert path.endswith("1.raw")
+    with open(path, "rb") as f:
+        assert f.read() == render("Raw bytes.", DEMO_VOICE, AudioFormat("pcm_mulaw", 8000))
+
+
+def test_say_against_a_served_emulator(tmp_path):
+    server = subprocess.Popen([sys.executable, "-m", "flushsink", "serve", "--port", "0",
+                               "--api-key", "k"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        url = re.search(r"ws://\S+", line).group(0)
+        ok = flushsink("say", "Served.", "--url", url, "--api-key", "k", "--out", "o",
+                       cwd=tmp_path)
+        assert ok.returncode == 0, ok.stderr
+        assert "embedded" not in ok.stderr
+        wrong = flushsink("say", "Served.", "--url", url, "--api-key", "nope", cwd=tmp_path)
+        assert wrong.returncode != 0 and "401" in wrong.stderr + wrong.stdout
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=10)
+        server.stdout.close()
+
+
+def test_help_reads_well(tmp_path):
+    for args in (["--help"], ["say", "--help"], ["serve", "--help"], ["demo", "--help"],
+                 ["bench", "--help"]):
+        result = flushsink(*args, cwd=tmp_path)
+        assert result.returncode == 0 and "usage: flushsink" in result.stdout
+
+
+def test_bench_runs_and_checks_its_output(tmp_path):
+    result = flushsink("bench", "--seconds", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"ratio\s+[\d.]+x", result.stdout)
