@@ -31,7 +31,9 @@ size_t b64_decoded_size(const uint8_t *src, size_t n);
 b64_status b64_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
                       size_t *written, size_t *error_pos);
 
-/* The kernel in use: "scalar" (SIMD kernels plug in here, chosen once at run time). */
+/* The kernel in use: "scalar", "avx2" (AVX2) or "avx512" (AVX-512 F/BW/VBMI). Until
+ * b64_set_kernel is called, the first call (or the first decode) picks the best one this
+ * CPU supports. Every kernel gives the same bytes, status and error_pos. */
 const char *b64_kernel_name(void);
 
 /* Force a kernel by name ("scalar", or a SIMD one this CPU supports); "auto" picks the

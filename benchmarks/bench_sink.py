@@ -1,0 +1,594 @@
+#!/usr/bin/env python3
+"""Receive-path benchmark: flushsink's Sink next to the ways people decode Cartesia's
+websocket audio today, and next to the floor, all measured in one process.
+
+Workload: one 10 s segment of pcm_s16le audio per run, sent as chunk frames the way the
+server sends them ({"type":"chunk","context_id":...,"status_code":206,"done":false,
+"step_time":...,"flush_id":1,"data":"<base64>"}) and ended by flush_done, for 20, 100
+and 500 ms chunks at 16, 24 and 44.1 kHz. Every pipeline turns the frames into the
+segment's PCM (one buffer per (context_id, flush_id), handed over at flush_done); the
+result is checked against the PCM the frames were made from before anything is timed.
+
+Reported: ns per chunk message = time of the whole segment (its chunks, the flush_done
+and handing the segment over) / number of chunks; median over interleaved repeats (each
+round runs every pipeline once per config, in a rotating order, so drifts of a shared
+machine hit all pipelines alike). Per-run state (a new Sink, a dict of buffers) is made
+outside the timed region. The clock is the thread's CPU time by default (--clock wall for
+perf_counter): on a shared machine wall time counts other processes' time slices.
+
+Pipelines:
+  flushsink[<kernel>]   the compiled Sink on each base64 kernel this CPU supports
+  flushsink pure        the pure-Python twin
+  cartesia SDK          cartesia==3.2.0's receive path: parse_event (json.loads +
+                        construct_type_unchecked into the WebsocketResponse union), the
+                        routing by event.context_id, then event.audio (base64.b64decode)
+                        onto a bytearray - what ctx.receive() hands the user, without the
+                        asyncio queue hop (so the SDK number is a lower bound)
+  stdlib                json.loads + base64.b64decode + bytearray
+  orjson+pybase64       orjson.loads + pybase64.b64decode(validate=True) + bytearray
+  simdjson+pybase64     pysimdjson's lazy Parser.parse + pybase64.b64decode(validate=True)
+  floor                 a C call per message that reads every frame byte (checksum) and
+                        memcpy's the message's PCM, decoded beforehand, into the segment:
+                        no JSON, no base64 (benchmarks/_floor.c, built on the fly with
+                        -O3 -march=native)
+  floor, one C loop     the same for the whole segment in one C call (no Python call per
+                        message): shown for reference only
+
+Usage: python benchmarks/bench_sink.py [--rounds N] [--quick] [--json] [--only NAME,...]
+                                       [--clock cpu|wall]
+Missing baseline packages are skipped with a note (pip install flushsink[bench]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import _cbuild  # noqa: E402
+
+RATES = (16000, 24000, 44100)
+CHUNK_MS = (20, 100, 500)
+SEGMENT_SECONDS = 10.0
+
+# the issue's targets (medians, same run)
+TARGET_VS_SDK = 60.0
+TARGET_VS_SIMDJSON = 6.0
+TARGET_VS_FLOOR = 1.5          # for 100 and 500 ms chunks
+TARGET_NS_20MS_44K = 150.0
+TARGET_AVX2_VS_SDK = 40.0
+
+notes: list[str] = []
+
+
+# --- workload ------------------------------------------------------------------------------
+
+def segment_frames(sample_rate: int, chunk_ms: int, seconds: float = SEGMENT_SECONDS):
+    """(frames, per-frame PCM, whole PCM, context_id) of one s16le segment."""
+    rng = random.Random(sample_rate * 1000 + chunk_ms)
+    context_id = str(uuid.UUID(int=rng.getrandbits(128)))
+    per_chunk = sample_rate * chunk_ms // 1000 * 2
+    total = int(seconds * sample_rate) * 2
+    # speech-like amplitude does not matter to any decoder; random bytes are the worst case
+    # for nothing and keep the PCM honest (no long runs a decoder could shortcut)
+    pcm = rng.randbytes(total)
+    frames, pieces = [], []
+    for start in range(0, total, per_chunk):
+        piece = pcm[start:start + per_chunk]
+        frames.append(json.dumps({
+            "type": "chunk", "context_id": context_id, "status_code": 206, "done": False,
+            "step_time": round(rng.uniform(20.0, 80.0), 6), "flush_id": 1,
+            "data": base64.b64encode(piece).decode("ascii"),
+        }).encode())
+        pieces.append(piece)
+    frames.append(json.dumps({
+        "type": "flush_done", "context_id": context_id, "status_code": 206, "done": False,
+        "flush_done": True, "flush_id": 1,
+    }).encode())
+    pieces.append(b"")
+    return frames, pieces, pcm, context_id
+
+
+# --- pipelines -----------------------------------------------------------------------------
+# Each pipeline: setup(work) makes fresh per-run state (untimed); run() processes the whole
+# segment and returns what the user gets; as_bytes(result) converts it for the check.
+
+class Pipeline:
+    name = ""
+
+    def setup(self, work):
+        self.work = work
+
+    def run(self):
+        raise NotImplementedError
+
+    def as_bytes(self, result) -> bytes:
+        return bytes(result)
+
+
+class FlushsinkCompiled(Pipeline):
+    def __init__(self, speedups, kernel):
+        self.speedups = speedups
+        self.kernel = kernel
+        self.name = f"flushsink[{kernel}]"
+
+    def setup(self, work):
+        from flushsink import AudioFormat
+        self.speedups._set_simd_path(self.kernel)
+        self.frames = work["frames"]
+        self.sink = self.speedups.Sink(AudioFormat("pcm_s16le", work["rate"]))
+
+    def run(self):
+        feed = self.sink.feed
+        for frame in self.frames:
+            events = feed(frame)
+        return events[0].segment.pcm()
+
+
+class FlushsinkPure(Pipeline):
+    name = "flushsink pure"
+
+    def setup(self, work):
+        from flushsink import AudioFormat, _fallback
+        self.frames = work["frames"]
+        self.sink = _fallback.Sink(AudioFormat("pcm_s16le", work["rate"]))
+
+    def run(self):
+        feed = self.sink.feed
+        for frame in self.frames:
+            events = feed(frame)
+        return events[0].segment.pcm()
+
+
+class CartesiaSDK(Pipeline):
+    name = "cartesia SDK"
+
+    def __init__(self):
+        from cartesia.lib._tts import AsyncTTSResourceConnection
+        # the connection's own method (it does not use self): json.loads, then
+        # construct_type_unchecked into the WebsocketResponse discriminated union
+        self.parse_event = AsyncTTSResourceConnection.parse_event
+
+    def setup(self, work):
+        self.frames = work["frames"]
+        self.queues = {work["context_id"]: None}     # the SDK routes by registered context
+        self.segments = {}
+
+    def run(self):
+        parse_event, queues, segments = self.parse_event, self.queues, self.segments
+        done = None
+        for frame in self.frames:
+            event = parse_event(None, frame)
+            event_ctx = event.context_id if hasattr(event, "context_id") else None
+            if event_ctx is None or event_ctx not in queues:
+                continue
+            if event.type == "chunk":
+                key = (event_ctx, event.flush_id)
+                segment = segments.get(key)
+                if segment is None:
+                    segment = segments[key] = bytearray()
+                audio = event.audio
+                if audio:
+                    segment += audio
+            elif event.type == "flush_done":
+                done = segments.pop((event_ctx, event.flush_id))
+        return done
+
+
+class JsonB64(Pipeline):
+    """loads + b64decode + a bytearray per (context_id, flush_id)."""
+
+    def __init__(self, name, loads, b64decode):
+        self.name = name
+        self.loads = loads
+        self.b64decode = b64decode
+
+    def setup(self, work):
+        self.frames = work["frames"]
+        self.segments = {}
+
+    def run(self):
+        loads, b64decode, segments = self.loads, self.b64decode, self.segments
+        done = None
+        for frame in self.frames:
+            message = loads(frame)
+            kind = message["type"]
+            if kind == "chunk":
+                key = (message["context_id"], message.get("flush_id"))
+                segment = segments.get(key)
+                if segment is None:
+                    segment = segments[key] = bytearray()
+                segment += b64decode(message["data"])
+            elif kind == "flush_done":
+                done = segments.pop((message["context_id"], message.get("flush_id")))
+        return done
+
+
+class SimdjsonPybase64(Pipeline):
+    name = "simdjson+pybase64"
+
+    def __init__(self, simdjson, pybase64):
+        self.parser = simdjson.Parser()
+        self.b64decode = pybase64.b64decode
+
+    def setup(self, work):
+        self.frames = work["frames"]
+        self.segments = {}
+
+    def run(self):
+        parse, b64decode, segments = self.parser.parse, self.b64decode, self.segments
+        done = None
+        message = None
+        for frame in self.frames:
+            message = parse(frame)
+            kind = message["type"]
+            if kind == "chunk":
+                key = (message["context_id"], message.get("flush_id"))
+                segment = segments.get(key)
+                if segment is None:
+                    segment = segments[key] = bytearray()
+                segment += b64decode(message["data"], validate=True)
+            elif kind == "flush_done":
+                done = segments.pop((message["context_id"], message.get("flush_id")))
+            message = None   # the parser refuses to parse again while a document is alive
+        return done
+
+
+class Floor(Pipeline):
+    name = "floor"
+
+    def __init__(self, floor):
+        self.floor = floor
+
+    def setup(self, work):
+        self.pairs = list(zip(work["frames"], work["pieces"]))
+        self.capacity = len(work["pcm"])
+
+    def run(self):
+        floor = self.floor
+        floor.begin(self.capacity)
+        feed = floor.feed
+        for frame, pcm in self.pairs:
+            feed(frame, pcm)
+        return floor.finish()
+
+    def as_bytes(self, result) -> bytes:
+        return self.floor.result()
+
+
+class FloorLoop(Floor):
+    name = "floor, one C loop"
+
+    def setup(self, work):
+        self.frames = list(work["frames"])
+        self.pieces = list(work["pieces"])
+        self.capacity = len(work["pcm"])
+
+    def run(self):
+        floor = self.floor
+        floor.begin(self.capacity)
+        floor.loop(self.frames, self.pieces)
+        return floor.finish()
+
+
+def build_floor():
+    source = HERE / "_floor.c"
+    for flags in (["-O3", "-march=native"], ["-O3"]):
+        try:
+            return _cbuild.build("_flushsink_floor", source, flags), " ".join(flags)
+        except OSError as exc:
+            error = exc
+    notes.append(f"floor skipped: could not build benchmarks/_floor.c ({error})")
+    return None, None
+
+
+def make_pipelines(only=None):
+    pipelines = []
+    versions = {}
+    try:
+        import flushsink
+        versions["flushsink"] = f"{flushsink.__version__} (core {flushsink.BACKEND}, default simd {flushsink.SIMD})"
+    except ImportError as exc:
+        sys.exit(f"flushsink is not importable: {exc}")
+    try:
+        from flushsink import _speedups
+    except ImportError as exc:
+        _speedups = None
+        notes.append(f"flushsink compiled core skipped: {exc}")
+    kernels = []
+    if _speedups is not None:
+        default = _speedups.simd_path()
+        for kernel in ("avx512", "avx2", "scalar"):
+            try:
+                _speedups._set_simd_path(kernel)
+            except ValueError:
+                notes.append(f"flushsink[{kernel}] skipped: not supported by this CPU")
+                continue
+            kernels.append(kernel)
+            pipelines.append(FlushsinkCompiled(_speedups, kernel))
+        _speedups._set_simd_path(default)
+    versions["simd kernels"] = ", ".join(kernels) or "none"
+    pipelines.append(FlushsinkPure())
+    try:
+        import cartesia
+        versions["cartesia"] = cartesia.__version__
+        if cartesia.__version__ != "3.2.0":
+            notes.append(f"cartesia {cartesia.__version__} installed; the issue measures 3.2.0")
+        pipelines.append(CartesiaSDK())
+    except ImportError as exc:
+        notes.append(f"cartesia SDK skipped: {exc} (pip install 'cartesia[websockets]==3.2.0')")
+    pipelines.append(JsonB64("stdlib", json.loads, base64.b64decode))
+    try:
+        import pybase64
+        versions["pybase64"] = pybase64.get_version()
+    except ImportError as exc:
+        pybase64 = None
+        notes.append(f"pybase64 pipelines skipped: {exc}")
+    try:
+        import orjson
+        versions["orjson"] = orjson.__version__
+        if pybase64 is not None:
+            decode = pybase64.b64decode
+            pipelines.append(JsonB64("orjson+pybase64", orjson.loads,
+                                     lambda data: decode(data, validate=True)))
+    except ImportError as exc:
+        notes.append(f"orjson+pybase64 skipped: {exc}")
+    try:
+        import simdjson
+        from importlib.metadata import version
+        versions["pysimdjson"] = version("pysimdjson")
+        if pybase64 is not None:
+            pipelines.append(SimdjsonPybase64(simdjson, pybase64))
+    except ImportError as exc:
+        notes.append(f"simdjson+pybase64 skipped: {exc} (pip install pysimdjson)")
+    floor, flags = build_floor()
+    if floor is not None:
+        versions["floor"] = f"benchmarks/_floor.c, {_cbuild.compiler()} {flags}"
+        pipelines.append(Floor(floor))
+        pipelines.append(FloorLoop(floor))
+    if only:
+        wanted = set(only)
+        pipelines = [p for p in pipelines if p.name in wanted or p.name.split("[")[0] in wanted]
+    return pipelines, versions
+
+
+# --- environment ---------------------------------------------------------------------------
+
+def cpu_description() -> str:
+    model = platform.processor() or platform.machine()
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", platform.machine(), "x86_64"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "avx512f", "avx512bw", "avx512vbmi") if f in flags]
+    cores = os.cpu_count()
+    return f"{model}, {cores} CPUs, {' '.join(simd) or 'no AVX2/AVX-512'}"
+
+
+def compiler_version() -> str:
+    cc = _cbuild.compiler()
+    if not cc:
+        return "none"
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        return cc
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+def check(pipeline, work):
+    pipeline.setup(work)
+    result = pipeline.run()
+    got = pipeline.as_bytes(result)
+    assert got == work["pcm"], f"{pipeline.name} gave wrong PCM ({len(got)} vs {len(work['pcm'])} bytes)"
+
+
+# The clock. On a shared machine wall time includes the slices other processes take: a run
+# of a few ms is often preempted and then looks 2-3x slower. The thread's CPU time does not
+# count them (it still counts our own page faults and system calls), so it is the default;
+# reading it costs a system call, whose median cost is measured and subtracted.
+CLOCKS = {"cpu": time.thread_time_ns, "wall": time.perf_counter_ns}
+clock = time.thread_time_ns
+clock_overhead = 0
+
+
+def set_clock(name: str) -> str:
+    global clock, clock_overhead
+    clock = CLOCKS[name]
+    empty = []
+    for _ in range(501):
+        start = clock()
+        empty.append(clock() - start)
+    clock_overhead = statistics.median(empty)
+    label = ("thread CPU time (CLOCK_THREAD_CPUTIME_ID)" if name == "cpu"
+             else "wall time (perf_counter)")
+    return f"{label}, {clock_overhead:.0f} ns read cost subtracted"
+
+
+def time_once(pipeline, work) -> float:
+    pipeline.setup(work)
+    start = clock()
+    pipeline.run()
+    return clock() - start - clock_overhead
+
+
+def measure(pipelines, configs, rounds: int, budget_ns: float, log) -> dict:
+    works = {}
+    for rate, ms in configs:
+        frames, pieces, pcm, context_id = segment_frames(rate, ms)
+        works[(rate, ms)] = {"frames": frames, "pieces": pieces, "pcm": pcm, "rate": rate,
+                             "context_id": context_id, "chunks": len(frames) - 1}
+    # correctness first, and a warm-up; then how many runs per round keep short runs
+    # above the timer's noise
+    inner = {}
+    for key, work in works.items():
+        for p in pipelines:
+            check(p, work)
+            one = min(time_once(p, work) for _ in range(3))
+            inner[(p.name, key)] = max(1, min(25, int(budget_ns // max(one, 1))))
+    samples = {(p.name, key): [] for p in pipelines for key in works}
+    for r in range(rounds):
+        for key, work in works.items():
+            order = pipelines[r % len(pipelines):] + pipelines[:r % len(pipelines)]
+            for p in order:
+                for _ in range(inner[(p.name, key)]):
+                    samples[(p.name, key)].append(time_once(p, work) / work["chunks"])
+        log(f"  round {r + 1}/{rounds}")
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+# --- report --------------------------------------------------------------------------------
+
+def config_label(key) -> str:
+    rate, ms = key
+    return f"{rate / 1000:g}k/{ms}ms"
+
+
+def fmt_ns(ns: float) -> str:
+    if ns >= 100_000:
+        return f"{ns / 1000:,.0f}us"
+    if ns >= 10_000:
+        return f"{ns / 1000:.1f}us"
+    return f"{ns:,.0f}"
+
+
+def ratios(results, pipelines, configs):
+    names = {p.name for p in pipelines}
+    best = next((n for n in ("flushsink[avx512]", "flushsink[avx2]", "flushsink[scalar]")
+                 if n in names), None)
+    rows, verdicts = [], []
+
+    def ratio(a, b, key):
+        if a not in names or b not in names:
+            return None
+        return results[(a, key)] / results[(b, key)]
+
+    if best is None:
+        return rows, verdicts, best
+    checks = [
+        (f"cartesia SDK / {best}", "cartesia SDK", best, TARGET_VS_SDK, "min", None),
+        (f"simdjson+pybase64 / {best}", "simdjson+pybase64", best, TARGET_VS_SIMDJSON, "min", None),
+        (f"{best} / floor", best, "floor", TARGET_VS_FLOOR, "max", (100, 500)),
+        ("cartesia SDK / flushsink[avx2]", "cartesia SDK", "flushsink[avx2]", TARGET_AVX2_VS_SDK, "min", None),
+        (f"stdlib / {best}", "stdlib", best, None, None, None),
+        (f"orjson+pybase64 / {best}", "orjson+pybase64", best, None, None, None),
+        (f"{best} / floor, one C loop", best, "floor, one C loop", None, None, None),
+    ]
+    for label, a, b, target, sense, only_ms in checks:
+        values = {key: ratio(a, b, key) for key in configs}
+        if all(v is None for v in values.values()):
+            continue
+        rows.append((label, values, target, sense, only_ms))
+        if target is None:
+            continue
+        for key, v in values.items():
+            if v is None or (only_ms and key[1] not in only_ms):
+                continue
+            ok = v >= target if sense == "min" else v <= target
+            verdicts.append({"target": f"{label} {'>=' if sense == 'min' else '<='} {target:g}",
+                             "config": config_label(key), "value": round(v, 2), "met": ok})
+    if best in names and (44100, 20) in configs:
+        v = results[(best, (44100, 20))]
+        verdicts.append({"target": f"{best} <= {TARGET_NS_20MS_44K:g} ns per 20 ms chunk at 44.1 kHz",
+                         "config": "44.1k/20ms", "value": round(v, 1), "met": v <= TARGET_NS_20MS_44K})
+    return rows, verdicts, best
+
+
+def print_report(env, results, pipelines, configs, rounds):
+    print("flushsink receive-path benchmark")
+    for k, v in env.items():
+        print(f"  {k:14} {v}")
+    print(f"  workload       10 s pcm_s16le segment per run, chunk frames + flush_done; "
+          f"median ns per chunk message over {rounds} interleaved rounds")
+    print()
+    width = max(len(p.name) for p in pipelines) + 2
+    header = "".join(f"{config_label(k):>12}" for k in configs)
+    print(f"{'ns/message':{width}}{header}")
+    for p in pipelines:
+        print(f"{p.name:{width}}" + "".join(f"{fmt_ns(results[(p.name, k)]):>12}" for k in configs))
+    rows, verdicts, best = ratios(results, pipelines, configs)
+    if rows:
+        print()
+        print(f"{'ratios':{width + 18}}" + header)
+        for label, values, target, sense, only_ms in rows:
+            tgt = "" if target is None else f" ({'>=' if sense == 'min' else '<='}{target:g})"
+            cells = "".join(
+                f"{'' if values[k] is None else f'{values[k]:.2f}x':>12}" for k in configs)
+            print(f"{label + tgt:{width + 18}}{cells}")
+    if verdicts:
+        print()
+        met = [v for v in verdicts if v["met"]]
+        missed = [v for v in verdicts if not v["met"]]
+        print(f"targets: {len(met)} of {len(verdicts)} met")
+        for v in missed:
+            print(f"  MISSED  {v['target']}  at {v['config']}: {v['value']}")
+    for note in notes:
+        print(f"note: {note}")
+    return verdicts
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 44.1 kHz only")
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--only", help="comma-separated pipeline names")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                        help="cpu: the thread's CPU time (default, robust on a shared "
+                             "machine); wall: perf_counter")
+    args = parser.parse_args(argv)
+    rounds = 3 if args.quick else args.rounds
+    configs = [(r, ms) for r in ((44100,) if args.quick else RATES) for ms in CHUNK_MS]
+    pipelines, versions = make_pipelines(args.only.split(",") if args.only else None)
+    env = {
+        "cpu": cpu_description(),
+        "clock": set_clock(args.clock),
+        "python": f"{platform.python_implementation()} {platform.python_version()} ({platform.platform()})",
+        **versions,
+        "compiler": compiler_version(),
+    }
+    try:
+        import numpy
+        env["numpy"] = numpy.__version__
+    except ImportError:
+        pass
+    log = (lambda msg: print(msg, file=sys.stderr)) if not args.json else (lambda msg: None)
+    gc.collect()
+    results = measure(pipelines, configs, rounds, budget_ns=2e6, log=log)
+    if args.json:
+        _, verdicts, best = ratios(results, pipelines, configs)
+        json.dump({
+            "environment": env, "rounds": rounds, "unit": "ns per chunk message",
+            "configs": [config_label(k) for k in configs],
+            "results": {p.name: {config_label(k): round(results[(p.name, k)], 1) for k in configs}
+                        for p in pipelines},
+            "targets": verdicts, "notes": notes,
+        }, sys.stdout, indent=2)
+        print()
+    else:
+        print_report(env, results, pipelines, configs, rounds)
+
+
+if __name__ == "__main__":
+    main()
