@@ -1,6 +1,9 @@
 #include "frame.h"
 
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* Byte classes for the string scanner: 0 = plain ASCII (fast path), 1 = quote,
  * 2 = backslash, 3 = control, 4 = start of a multi-byte UTF-8 sequence or invalid. */
@@ -14,6 +17,41 @@ static const uint8_t string_class[256] = {
     4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4, 4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,
     4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4, 4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,
 };
+
+/* Offset of the first byte at or after i that is not plain ASCII string content (a
+ * quote, a backslash, a control byte or a non-ASCII byte), or n. Most of a frame is
+ * short keys and ids: 16 bytes at a time, with SSE2 (baseline on x86-64) or 8 with SWAR. */
+static inline size_t skip_plain(const uint8_t *buf, size_t n, size_t i)
+{
+#if defined(__SSE2__)
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+    const __m128i space = _mm_set1_epi8(0x20);
+    while (i + 16 <= n) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(buf + i));
+        /* signed compare: bytes >= 0x80 are negative, so "< 0x20" flags them too */
+        __m128i special = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote),
+                                                    _mm_cmpeq_epi8(v, backslash)),
+                                       _mm_cmplt_epi8(v, space));
+        unsigned mask = (unsigned)_mm_movemask_epi8(special);
+        if (mask) return i + (size_t)__builtin_ctz(mask);
+        i += 16;
+    }
+#else
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    while (i + 8 <= n) {
+        uint64_t w;
+        memcpy(&w, buf + i, 8);
+        uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+        /* a byte of each is flagged when zero, i.e. a quote or a backslash; then the
+         * bytes below 0x20 and the bytes with the top bit set */
+        uint64_t flags = ((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w) | w;
+        if (flags & highs) break;   /* the scalar loop finds the exact byte */
+        i += 8;
+    }
+#endif
+    while (i < n && string_class[buf[i]] == 0) i++;
+    return i;
+}
 
 static int hex_value(uint8_t c)
 {
@@ -76,7 +114,7 @@ static fs_status check_string(const uint8_t *buf, size_t n, size_t start, size_t
     size_t i = start;
     int escaped = 0;
     for (;;) {
-        while (i < n && string_class[buf[i]] == 0) i++;
+        i = skip_plain(buf, n, i);
         if (i >= n) { *error_offset = n; return FS_E_TRUNCATED; }
         switch (string_class[buf[i]]) {
         case 1:
@@ -171,6 +209,10 @@ typedef struct {
 
 static inline size_t skip_ws(const uint8_t *buf, size_t n, size_t i)
 {
+    /* fast exits for the two layouts servers use: no whitespace (compact JSON) and the
+     * single space Python's json.dumps puts after ':' and ',' */
+    if (i < n && buf[i] > ' ') return i;
+    if (i + 1 < n && buf[i] == ' ' && buf[i + 1] > ' ') return i + 1;
     while (i < n && (buf[i] == ' ' || buf[i] == '\n' || buf[i] == '\r' || buf[i] == '\t')) i++;
     return i;
 }
@@ -413,7 +455,9 @@ static fs_status scan_value(scanner *s, size_t *pos, int depth)
 fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset)
 {
     scanner s = {buf, n, 0, frame};
-    memset(frame, 0, sizeof(*frame));
+    /* only the kinds need clearing: the other fields are read once a kind is set */
+    for (int k = 0; k < FS_NKEYS; k++) frame->keys[k].kind = FS_ABSENT;
+    frame->object_offset = 0;
     frame->data_checked = 1;
     size_t i = skip_ws(buf, n, 0);
     fs_status st;
