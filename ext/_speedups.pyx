@@ -67,6 +67,7 @@ cdef extern from "frame.h":
         fs_value keys[6]
         size_t object_offset
         int data_checked
+        int data_tentative
     int FS_KEY_TYPE, FS_KEY_CONTEXT_ID, FS_KEY_FLUSH_ID, FS_KEY_DATA
     int FS_KEY_WORD_TIMESTAMPS, FS_KEY_PHONEME_TIMESTAMPS
     ctypedef enum fs_type:
@@ -81,7 +82,8 @@ cdef extern from "frame.h":
         FS_TYPE_BAD
     fs_type fs_frame_type(const uint8_t *buf, const fs_frame *frame)
     int fs_label(const uint8_t *buf, const fs_value *value, int64_t *label)
-    fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset)
+    fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
+                      int tentative_data)
     fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
                               int *has_escape, size_t *error_offset)
     size_t fs_unescape_chars(const uint8_t *buf, size_t start, size_t end,
@@ -94,6 +96,10 @@ cdef enum:
     GIL_RELEASE_BYTES = 65536
 
 cdef tuple _EMPTY = ()
+
+
+class _Restart(Exception):
+    """The tentative end of data was wrong: scan the frame again, the exact way."""
 _FIELD_NAMES = ("type", "context_id", "flush_id", "data", "word_timestamps",
                 "phoneme_timestamps")
 
@@ -278,13 +284,24 @@ cdef class Sink:
         cdef fs_frame fr
         cdef size_t offset = 0
         self._fed += 1
-        cdef fs_status st = fs_scan(buf, n, &fr, &offset)
+        cdef fs_status st = fs_scan(buf, n, &fr, &offset, 1)
+        if st != FS_OK:
+            raise FrameError(SCAN_CODES[st], offset)
+        if not fr.data_tentative:
+            return self._dispatch(buf, n, &fr)
+        try:
+            return self._dispatch(buf, n, &fr)
+        except _Restart:
+            pass  # data was not the last member after all: scan it the exact way
+        st = fs_scan(buf, n, &fr, &offset, 0)
         if st != FS_OK:
             raise FrameError(SCAN_CODES[st], offset)
         return self._dispatch(buf, n, &fr)
 
     cdef int _check_data(self, const uint8_t *buf, size_t n, fs_frame *fr) except -1:
-        """Validate the data string the scanner skipped: its JSON errors come first."""
+        """Validate the data string the scanner skipped: its JSON errors come first.
+        Every path but a successful decode calls this before it changes anything, so
+        it is also where a tentative end of data is confirmed (or the frame rescanned)."""
         cdef size_t end = 0, offset = 0
         cdef int escaped = 0
         cdef fs_status st
@@ -293,6 +310,10 @@ cdef class Sink:
         st = fs_check_string(buf, n, fr.keys[FS_KEY_DATA].start, &end, &escaped, &offset)
         if st != FS_OK:
             raise FrameError(SCAN_CODES[st], offset)
+        if fr.data_tentative:
+            if end != fr.keys[FS_KEY_DATA].end:
+                raise _Restart()
+            fr.data_tentative = 0
         fr.data_checked = 1
         fr.keys[FS_KEY_DATA].has_escape = escaped
         return 0

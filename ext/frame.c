@@ -205,7 +205,23 @@ typedef struct {
     size_t n;
     size_t error_offset;
     fs_frame *frame;
+    int tentative_data;
 } scanner;
+
+static inline int is_ws(uint8_t c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
+
+/* If the frame ends with '"' ws* '}' ws* after position quote, the offset of that last
+ * '"' (the tentative end of a string opened at quote), else 0. */
+static size_t tail_quote(const uint8_t *b, size_t n, size_t quote)
+{
+    size_t j = n;
+    while (j > quote + 1 && is_ws(b[j - 1])) j--;
+    if (j <= quote + 2 || b[j - 1] != '}') return 0;
+    j--;
+    while (j > quote + 1 && is_ws(b[j - 1])) j--;
+    if (j <= quote + 1 || b[j - 1] != '"') return 0;
+    return j - 1;
+}
 
 static inline size_t skip_ws(const uint8_t *buf, size_t n, size_t i)
 {
@@ -374,6 +390,15 @@ static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
                 v->kind = FS_STRING;
                 v->start = i + 1;
                 const uint8_t *q = NULL;
+                size_t last;
+                if (key == FS_KEY_DATA && s->tentative_data && (last = tail_quote(b, n, i)) != 0) {
+                    v->end = last;
+                    v->has_escape = 0;
+                    s->frame->data_checked = 0;
+                    s->frame->data_tentative = 1;
+                    *pos = n;   /* the rest is '"}' and whitespace: nothing left to scan */
+                    return FS_OK;
+                }
                 if (key == FS_KEY_DATA)
                     q = memchr(b + i + 1, '"', n - i - 1);
                 if (q != NULL && (q == b + i + 1 || q[-1] != '\\')) {
@@ -452,13 +477,15 @@ static fs_status scan_value(scanner *s, size_t *pos, int depth)
     }
 }
 
-fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset)
+fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
+                  int tentative_data)
 {
-    scanner s = {buf, n, 0, frame};
+    scanner s = {buf, n, 0, frame, tentative_data};
     /* only the kinds need clearing: the other fields are read once a kind is set */
     for (int k = 0; k < FS_NKEYS; k++) frame->keys[k].kind = FS_ABSENT;
     frame->object_offset = 0;
     frame->data_checked = 1;
+    frame->data_tentative = 0;
     size_t i = skip_ws(buf, n, 0);
     fs_status st;
     if (i >= n || buf[i] != '{') {

@@ -46,10 +46,19 @@ typedef struct {
     fs_value keys[FS_NKEYS];
     size_t object_offset;  /* offset of the top-level '{' */
     int data_checked;      /* 0 when the data string's content was skipped unchecked */
+    int data_tentative;    /* 1 when data's end was assumed, see fs_scan */
 } fs_frame;
 
-/* Scan buf[0:n]. On error returns the status and sets *error_offset. */
-fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset);
+/* Scan buf[0:n]. On error returns the status and sets *error_offset.
+ *
+ * With tentative_data, a top-level data string followed by nothing but the frame's
+ * closing '"}' (Cartesia puts data last) is not searched for its end at all: the last
+ * quote is taken as its end and frame->data_tentative is set. That is right exactly
+ * when the span holds no unescaped quote, which a successful base64 decode of the span
+ * proves for free; anything else must confirm it with fs_check_string (the string must
+ * end at keys[FS_KEY_DATA].end) or scan again without tentative_data. */
+fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
+                  int tentative_data);
 
 /* Validate the string whose content starts at buf[start] (just past the opening quote):
  * escapes, surrogate pairs, control bytes, UTF-8. On success *end is the offset of the
