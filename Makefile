@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 SDK_VENV ?= .venv-sdk
+TYPE_VENV ?= .venv-type
 
 # an interpreter of that version that really runs (pyenv's shims exist for every version)
 find_python = $(shell for p in $(HOME)/.pyenv/versions/$(1)*/bin/python$(1) $$(command -v python$(1)); do \
@@ -14,7 +15,7 @@ PY310 ?= $(call find_python,3.10)
 PY312 ?= $(call find_python,3.12)
 DIST ?= dist
 
-.PHONY: demo test test-compiled test-pure test-sdk build clean sanitize wheels test-wheels
+.PHONY: demo test test-compiled test-pure test-sdk build clean sanitize wheels test-wheels typecheck
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +56,18 @@ $(SDK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src
 	FLUSHSINK_BUILD_EXT=required $(SDK_VENV)/bin/python -m pip install -q --no-build-isolation ".[test,sdk]"
 	touch $@
 
+# mypy --strict on the package and the examples (settings in pyproject.toml). Nothing is
+# compiled: src/flushsink/_speedups.pyi stands in for the extension. The versions are
+# pinned because new numpy stubs or mypy rules change the verdict; bump them together.
+typecheck: $(TYPE_VENV)/.installed
+	$(TYPE_VENV)/bin/python -m mypy
+
+$(TYPE_VENV)/.installed:
+	test -x $(TYPE_VENV)/bin/python || $(PYTHON) -m venv $(TYPE_VENV)
+	$(TYPE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TYPE_VENV)/bin/python -m pip install -q mypy==2.4.1 numpy==2.4.6 websockets==17.4
+	touch $@
+
 # Debug build of the extension with AddressSanitizer + UBSan, then the compiled suite.
 sanitize: $(BIN)/python
 	FLUSHSINK_SANITIZE=1 FLUSHSINK_BUILD_EXT=required $(BIN)/python -m pip install -q --no-build-isolation --force-reinstall --no-deps .
@@ -93,4 +106,4 @@ test-wheels: wheels
 	cd build/wheeltest/sdist && FLUSHSINK_EXPECT=compiled ../fromsdist/bin/python -m pytest -q -p no:cacheprovider tests
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html $(VENV) $(SDK_VENV)
+	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV)

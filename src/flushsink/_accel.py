@@ -35,7 +35,7 @@ else:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        from . import _fallback as core  # type: ignore[no-redef]
+        from . import _fallback as core
 
         BACKEND = "pure"
 

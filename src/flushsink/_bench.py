@@ -7,12 +7,13 @@ import base64
 import json
 import statistics
 import time
-from typing import Callable
+from typing import Callable, cast
 
 import numpy as np
 
 from ._accel import BACKEND, SIMD, Sink
 from .formats import AudioFormat
+from .segments import SegmentReady
 
 
 def segment_frames(seconds: float, chunk_ms: float, sample_rate: int,
@@ -36,7 +37,7 @@ def _with_sink(frames: list[bytes], sample_rate: int) -> bytes:
     feed = sink.feed
     for frame in frames:
         events = feed(frame)
-    return bytes(events[0].segment.pcm())
+    return bytes(cast(SegmentReady, events[0]).segment.pcm())
 
 
 def _stdlib(frames: list[bytes], sample_rate: int) -> bytes:

@@ -12,7 +12,7 @@ import binascii
 import json
 import re
 import threading
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol, cast
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from .errors import FrameError
 from .formats import DEFAULT_FORMAT, AudioFormat
 from .segments import (
     ContextDone,
+    Event,
     Segment,
     SegmentReady,
     Timestamps,
@@ -38,6 +39,9 @@ from .segments import (
     parse_timed_text,
     shift,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 __all__ = ["Sink", "SinkStats", "b64decode", "simd_path"]
 
@@ -90,7 +94,7 @@ def _b64_decode(raw: bytes, clean: bool = False) -> bytes:
     return binascii.a2b_base64(raw)
 
 
-def b64decode(data: Any) -> bytes:
+def b64decode(data: ReadableBuffer) -> bytes:
     """Strict base64 decode (the rule of docs/sink.md); FrameError offsets are into data."""
     try:
         return _b64_decode(bytes(memoryview(data)))
@@ -106,10 +110,16 @@ class _Reject(Exception):
         self.code, self.offset, self.detail = code, offset, detail
 
 
-_WS = re.compile(rb"[ \t\n\r]*")
-_STRING_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
+class _Run(Protocol):
+    """A pattern that matches the empty string, so ``match`` never returns None."""
+
+    def match(self, string: bytes, pos: int = ...) -> re.Match[bytes]: ...
+
+
+_WS = cast(_Run, re.compile(rb"[ \t\n\r]*"))
+_STRING_RUN = cast(_Run, re.compile(rb'[^"\\\x00-\x1f]*'))
 _HEX4 = re.compile(rb"[0-9a-fA-F]{4}")
-_DIGITS = re.compile(rb"[0-9]*")
+_DIGITS = cast(_Run, re.compile(rb"[0-9]*"))
 _SIMPLE_ESCAPES = frozenset(b'"\\/bfnrt')
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
@@ -435,7 +445,7 @@ class Sink:
 
     # ---- intake -------------------------------------------------------------------
 
-    def feed(self, frame: Any) -> tuple[Any, ...]:
+    def feed(self, frame: ReadableBuffer | str) -> tuple[Event, ...]:
         """Feed one websocket message; returns a tuple of events (``()`` for audio).
 
         Raises FrameError (a ValueError) for a malformed frame and CapacityError when
@@ -499,7 +509,8 @@ class Sink:
             raise _Reject("field_type", value.offset, "data")
         cid_value = fields.get("context_id")
         has_context = cid_value is not None and cid_value.kind == "string"
-        cid = self._string_value(buf, cid_value) if has_context else None
+        cid = (self._string_value(buf, cid_value)
+               if cid_value is not None and has_context else None)
         if ftype == "chunk":
             return self._chunk(buf, scanner, cid, label)
         return self._other(buf, scanner, ftype, has_context, cid, label)
@@ -507,7 +518,7 @@ class Sink:
     @staticmethod
     def _string_value(buf: bytes, value: _Value) -> str:
         if value.escaped:
-            return json.loads(buf[value.start - 1:value.end + 1])
+            return cast(str, json.loads(buf[value.start - 1:value.end + 1]))
         return buf[value.start:value.end].decode("utf-8")
 
     # ---- contexts and segments ----------------------------------------------------
@@ -613,7 +624,7 @@ class Sink:
             seg_label = label if label is not None else ctx.next_label
             current = 0
         else:
-            seg_label = label if adopt else found.label
+            seg_label = label if adopt and label is not None else found.label
             current = len(found.data)
         if current + size > self.max_segment_bytes:
             raise segment_cap_error(ctx.context_id, seg_label, current + size,
@@ -623,12 +634,14 @@ class Sink:
                                   self.max_total_bytes)
         try:
             if isinstance(text, str):
+                assert data is not None  # text is a str only when data had escapes
                 decoded = self._decode_escaped(buf, data, text)
             else:
                 decoded = _b64_decode(text, data is not None and data.clean)
         except _Reject as exc:
             if isinstance(text, str):
                 raise
+            assert data is not None  # an absent data decodes to b"" without error
             raise _Reject(exc.code, data.start + exc.offset) from None
         seg = self._open_segment(ctx, label) if new_segment else found
         self._register(ctx, new_context, seg, new_segment, adopt, label)
@@ -680,7 +693,7 @@ class Sink:
             self._counts["frames"] += 1
             return (Unknown(cid, message.get("type"), message),)
         if ftype in ("done", "error"):
-            event = error_event(cid, True, message) if ftype == "error" else ContextDone(cid)
+            event: Any = error_event(cid, True, message) if ftype == "error" else ContextDone(cid)
             events = self._finish_all(ctx, ftype == "done",
                                       None if ftype == "done" else event.message)
             events.append(event)
@@ -720,14 +733,14 @@ class Sink:
 
     # ---- ending -------------------------------------------------------------------
 
-    def cancel(self, context_id: Any) -> tuple[Any, ...]:
+    def cancel(self, context_id: Optional[str]) -> tuple[SegmentReady, ...]:
         """Finish the context's open segments as incomplete ("cancelled") and drop its
         later frames. Returns the SegmentReady events."""
         events = self._finish_all(self._contexts.get(context_id), False, "cancelled")
         self._end(context_id)
         return tuple(events)
 
-    def close(self, reason: str = "closed") -> tuple[Any, ...]:
+    def close(self, reason: str = "closed") -> tuple[SegmentReady, ...]:
         """Finish every open segment as incomplete with ``error=reason`` (for example
         when the connection dropped) and end those contexts. The sink stays usable."""
         events: list[Any] = []

@@ -185,7 +185,8 @@ class Client(ClientBase):
                 **defaults: Any) -> Context:
         """A new context; ``defaults`` (language, add_timestamps, max_buffer_delay_ms,
         generation_config, ...) are sent with each of its requests."""
-        return self._new_context(model_id, voice, output_format, context_id, defaults)
+        context: Context = self._new_context(model_id, voice, output_format, context_id, defaults)
+        return context
 
     # ---- connection ---------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, cast
 
 import numpy as np
 
@@ -152,9 +152,9 @@ def _encode_table(encoding: str) -> np.ndarray:
 def decode_g711(codes: np.ndarray, encoding: str) -> np.ndarray:
     """Expand mu-law or A-law codes (uint8) to int16 samples."""
     if encoding == "pcm_mulaw":
-        return MULAW_TO_INT16[codes]
+        return cast(np.ndarray, MULAW_TO_INT16[codes])
     if encoding == "pcm_alaw":
-        return ALAW_TO_INT16[codes]
+        return cast(np.ndarray, ALAW_TO_INT16[codes])
     raise FormatError(f"{encoding!r} is not a G.711 encoding")
 
 

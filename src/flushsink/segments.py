@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, cast
 
 import numpy as np
 
@@ -76,12 +76,13 @@ class Segment:
         if encoding == "pcm_s16le":
             return self.samples
         if encoding == "pcm_f32le":
-            return np.rint(np.clip(self.samples, -1.0, 1.0) * 32767.0).astype("<i2")
+            pcm16 = np.rint(np.clip(self.samples, -1.0, 1.0) * 32767.0).astype("<i2")
+            return cast(np.ndarray, pcm16)
         return decode_g711(self.samples, encoding)
 
     def pcm(self) -> memoryview:
         """The raw little-endian audio bytes (a view, no copy)."""
-        return memoryview(self.samples).cast("B")
+        return self.samples.data.cast("B")
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else f"incomplete: {self.error}"
@@ -166,7 +167,7 @@ class Unknown:
     message: dict[str, Any] = field(compare=False, repr=False)
 
 
-Event = SegmentReady | ContextDone | ContextError | ServerError | Timestamps | Unknown  # type: ignore[operator]
+Event = SegmentReady | ContextDone | ContextError | ServerError | Timestamps | Unknown
 
 
 # --- helpers shared by both cores for the rare, non-audio frames -------------------------

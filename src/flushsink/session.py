@@ -80,7 +80,8 @@ class Session:
 
     # ---- outgoing -----------------------------------------------------------------
 
-    def new_context(self, *, model_id: str, voice: Any, output_format: Optional[dict] = None,
+    def new_context(self, *, model_id: str, voice: Any,
+                    output_format: Optional[dict[str, Any]] = None,
                     context_id: Optional[str] = None, **defaults: Any) -> ContextState:
         """Register a context; ``defaults`` (language, add_timestamps, generation_config,
         max_buffer_delay_ms, ...) go into every request of it."""

@@ -24,7 +24,8 @@ __all__ = ["connect", "Client", "Context", "ReceiveTimeout"]
 
 # websockets 17 wants connect() used as a context manager unless legacy=True is passed,
 # which older versions (the official SDK pins < 16) do not accept: ask only where known.
-_DIRECT = {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {}
+_DIRECT: dict[str, Any] = (
+    {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {})
 
 
 class Context:
@@ -113,7 +114,9 @@ class Client(ClientBase):
                 **defaults: Any) -> Context:
         """A new context; ``defaults`` are sent with each of its requests."""
         with self._state_lock:
-            return self._new_context(model_id, voice, output_format, context_id, defaults)
+            context: Context = self._new_context(model_id, voice, output_format, context_id,
+                                                 defaults)
+            return context
 
     def _connected(self) -> bool:
         return self._ws is not None and self._reader is not None and self._reader.is_alive()

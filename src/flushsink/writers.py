@@ -16,7 +16,7 @@ import hashlib
 import os
 import re
 import string
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import FormatError, WriteError
 from .formats import AudioFormat, wav_header, wav_padding
@@ -32,6 +32,7 @@ MAX_NAME_BYTES = 80
 
 _HASH_CHARS = 12  # 48 bits of sha256: accidental collisions are out of reach
 _FIELDS = ("context_id", "flush_id", "encoding", "sample_rate")
+_CONVERSIONS: dict[str, Callable[[object], str]] = {"r": repr, "s": str, "a": ascii}
 _DEFAULT_PATTERNS = {"wav": "{context_id}/{flush_id}.wav", "raw": "{context_id}/{flush_id}.raw"}
 _PARTIAL = ".partial"
 
@@ -325,7 +326,7 @@ class FileWriter:
                 value = segment.format.sample_rate
             if value is not None:
                 if conversion:
-                    value = {"r": repr, "s": str, "a": ascii}[conversion](value)
+                    value = _CONVERSIONS[conversion](value)
                 if spec or not isinstance(value, str):
                     value = format(value, spec)
             pieces.append(safe_name(value))
@@ -382,7 +383,7 @@ class FileWriter:
         if samples.flags.c_contiguous:
             pcm = segment.pcm()
         else:  # only a hand-made Segment over a strided array; the Sink's are contiguous
-            pcm = memoryview(samples.copy(order="C")).cast("B")
+            pcm = samples.copy(order="C").data.cast("B")
         if self.container == "wav":
             return [header, pcm, wav_padding(nbytes)]
         return [pcm, segment.trailing_bytes]

@@ -1,0 +1,42 @@
+"""Every ```python block of README.md runs, as a user pasting it into a file would run it:
+a subprocess of its own in an empty directory. The blocks use the embedded emulator, so
+they need no network and no API key."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def python_blocks() -> list[tuple[int, str]]:
+    """(line number of the opening fence, code) of each python block."""
+    text = README.read_text(encoding="utf-8")
+    return [(text.count("\n", 0, m.start()) + 1, m.group(1)) for m in _BLOCK.finditer(text)]
+
+
+BLOCKS = python_blocks()
+
+
+def test_readme_has_the_quickstarts():
+    # guards the extraction itself: a changed fence must not make the test below vacuous
+    assert len(BLOCKS) >= 3
+
+
+@pytest.mark.parametrize("line,code", BLOCKS, ids=[f"README.md:{line}" for line, _ in BLOCKS])
+def test_readme_block_runs(tmp_path, line, code):
+    script = tmp_path / f"readme_line_{line}.py"
+    script.write_text(code, encoding="utf-8")
+    # the parent's environment, so the block runs on the core this suite tests
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"README.md block at line {line} failed:\n{result.stderr}"
+    # a failure in a background thread or task does not set the exit status
+    for sign in ("Traceback", "was never retrieved"):
+        assert sign not in result.stderr, result.stderr
