@@ -186,8 +186,8 @@ cdef class Sink:
     """
 
     cdef readonly object format
-    cdef double prealloc_seconds
-    cdef size_t max_segment_bytes, max_total_bytes, max_ended_contexts
+    cdef readonly double prealloc_seconds
+    cdef readonly size_t max_segment_bytes, max_total_bytes, max_ended_contexts
     cdef dict _contexts, _ended, _formats
     cdef _Context _last
     cdef object _cid              # scratch: the id _lookup found

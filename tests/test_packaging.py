@@ -233,9 +233,8 @@ def _return(node: ast.FunctionDef) -> object:
 
 def test_stub_describes_the_twin():
     functions, methods, properties, reexports = _stub()
-    # _set_simd_path is compiled-only: the twin has one path, "none"
-    assert set(_fallback.__all__) == set(functions) - {"_set_simd_path"} | {"Sink"} | reexports
-    for name in set(functions) - {"_set_simd_path"}:
+    assert set(_fallback.__all__) == set(functions) | {"Sink"} | reexports
+    for name in functions:
         twin = getattr(_fallback, name)
         assert_same_signature(functions[name], twin)
         assert _return(functions[name]) == eval(inspect.signature(twin).return_annotation,

@@ -26,6 +26,7 @@ from .segments import (
     SegmentReady,
     ServerError,
     TimedText,
+    Event,
     Timestamps,
     Unknown,
 )
@@ -34,12 +35,12 @@ from .writers import FileWriter
 from .client import connect
 from . import sync
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "BACKEND", "SIMD", "Sink", "SinkStats", "AudioFormat", "DEFAULT_FORMAT",
     "Segment", "SegmentReady", "ContextDone", "ContextError", "ServerError",
-    "Timestamps", "Unknown", "TimedText",
+    "Timestamps", "Unknown", "TimedText", "Event",
     "FileWriter", "connect", "sync",
     "FlushsinkError", "FrameError", "CapacityError", "FormatError", "WriteError",
     "ContextFailed", "ConnectionLost", "ContextClosed", "ReceiveTimeout",

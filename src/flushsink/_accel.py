@@ -7,6 +7,7 @@ package imports ``_speedups`` directly.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import warnings
@@ -22,7 +23,9 @@ if _flag("FLUSHSINK_PURE_PYTHON"):
     BACKEND = "pure"
 else:
     try:
-        from . import _speedups as core  # type: ignore[no-redef]
+        # import_module, not "from . import": a missing module then says so plainly
+        # instead of blaming a circular import
+        core = importlib.import_module(f"{__package__}._speedups")  # type: ignore[assignment]
 
         BACKEND = "compiled"
     except ImportError as exc:

@@ -43,7 +43,7 @@ from .segments import (
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["Sink", "SinkStats", "b64decode", "simd_path"]
+__all__ = ["Sink", "SinkStats", "b64decode", "simd_path", "_set_simd_path"]
 
 MAX_DEPTH = 64
 KNOWN_KEYS = ("type", "context_id", "flush_id", "data", "word_timestamps", "phoneme_timestamps")
@@ -51,7 +51,15 @@ _KNOWN = {k.encode(): k for k in KNOWN_KEYS}
 
 
 def simd_path() -> str:
+    """The twin decodes with binascii: no SIMD kernel of its own."""
     return "none"
+
+
+def _set_simd_path(name: str) -> str:
+    """The twin has no kernels to choose from; "auto" and "none" are accepted."""
+    if name not in ("auto", "none"):
+        raise ValueError(f"base64 kernel {name!r} is unknown or not supported by this CPU")
+    return simd_path()
 
 
 # --- base64 ----------------------------------------------------------------------------
@@ -411,10 +419,10 @@ class Sink:
         check_sink_args(format, prealloc_seconds, max_segment_bytes, max_total_bytes,
                         max_ended_contexts)
         self._format = format
-        self.prealloc_seconds = prealloc_seconds
-        self.max_segment_bytes = max_segment_bytes
-        self.max_total_bytes = max_total_bytes
-        self.max_ended_contexts = max_ended_contexts
+        self._prealloc_seconds = float(prealloc_seconds)
+        self._max_segment_bytes = max_segment_bytes
+        self._max_total_bytes = max_total_bytes
+        self._max_ended_contexts = max_ended_contexts
         self._contexts: dict[Any, _Context] = {}
         self._ended: dict[Any, bool] = {}
         self._formats: dict[Any, AudioFormat] = {}
@@ -427,6 +435,23 @@ class Sink:
     @property
     def format(self) -> AudioFormat:
         return self._format
+
+    # read-only, as in the compiled core: the caps hold for the sink's whole life
+    @property
+    def prealloc_seconds(self) -> float:
+        return self._prealloc_seconds
+
+    @property
+    def max_segment_bytes(self) -> int:
+        return self._max_segment_bytes
+
+    @property
+    def max_total_bytes(self) -> int:
+        return self._max_total_bytes
+
+    @property
+    def max_ended_contexts(self) -> int:
+        return self._max_ended_contexts
 
     @property
     def stats(self) -> SinkStats:
@@ -592,7 +617,7 @@ class Sink:
         self._formats.pop(cid, None)
         self._ended.pop(cid, None)
         self._ended[cid] = True
-        while len(self._ended) > self.max_ended_contexts:
+        while len(self._ended) > self._max_ended_contexts:
             del self._ended[next(iter(self._ended))]
 
     def _drop(self) -> tuple[Any, ...]:
@@ -626,12 +651,12 @@ class Sink:
         else:
             seg_label = label if adopt and label is not None else found.label
             current = len(found.data)
-        if current + size > self.max_segment_bytes:
+        if current + size > self._max_segment_bytes:
             raise segment_cap_error(ctx.context_id, seg_label, current + size,
-                                    self.max_segment_bytes)
-        if self._open_bytes + size > self.max_total_bytes:
+                                    self._max_segment_bytes)
+        if self._open_bytes + size > self._max_total_bytes:
             raise total_cap_error(ctx.context_id, seg_label, self._open_bytes + size,
-                                  self.max_total_bytes)
+                                  self._max_total_bytes)
         try:
             if isinstance(text, str):
                 assert data is not None  # text is a str only when data had escapes
