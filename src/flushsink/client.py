@@ -94,12 +94,16 @@ class Context:
                     raise event.failure
                 return
             yield event
+            del event  # do not pin the last event (and its audio) while waiting for the next
 
     async def segments(self, timeout: Optional[float] = None) -> AsyncIterator[Segment]:
         """The finished segments of this context, in order, until it ends."""
         async for event in self.events(timeout):
             if isinstance(event, SegmentReady):
-                yield event.segment
+                segment = event.segment
+                del event
+                yield segment
+                del segment  # released as soon as the caller lets go of it
 
     async def collect(self, timeout: Optional[float] = None) -> list[Segment]:
         """All segments of the context, once it is done."""
