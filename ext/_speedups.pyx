@@ -240,12 +240,14 @@ cdef class Sink:
     cdef Py_ssize_t _open_segments
     cdef unsigned long long _fed, _frames, _chunks, _audio_bytes, _dropped, _segments
     cdef bint _busy
+    cdef public bint drop_unannounced
 
     def __init__(self, format=DEFAULT_FORMAT, *, prealloc_seconds=10.0,
                  max_segment_bytes=256 * 2**20, max_total_bytes=1024 * 2**20,
-                 max_ended_contexts=10_000):
+                 max_ended_contexts=10_000, drop_unannounced=False):
         check_sink_args(format, prealloc_seconds, max_segment_bytes, max_total_bytes,
                         max_ended_contexts)
+        self.drop_unannounced = bool(drop_unannounced)
         self.format = format
         self.prealloc_seconds = prealloc_seconds
         self.max_segment_bytes = max_segment_bytes
@@ -426,23 +428,10 @@ cdef class Sink:
         self._apply_format(ctx, self._formats.get(cid, self.format))
         return ctx
 
-    cdef _Segment _new_segment(self, _Context ctx, int64_t label, bint unlabelled,
-                               size_t size):
+    cdef _Segment _new_segment(self, _Context ctx, int64_t label, bint unlabelled):
+        # No buffer yet: it is reserved with the first audio (_reserve), so that segments
+        # that never get any (flush_done, timestamps, empty chunks) cost no memory.
         cdef _Segment seg = _Segment.__new__(_Segment)
-        cdef size_t capacity = ctx.prealloc if ctx.prealloc > size else size
-        cdef size_t pooled = 0
-        cdef uint8_t *warm = _pool_take(&pooled)
-        if warm != NULL and pooled >= size and pooled >= capacity // 4:
-            # a released segment of a similar length: warm pages, no faults
-            seg.data = warm
-            seg.capacity = pooled
-        else:
-            free(warm)  # too small to be worth keeping for this format
-            # the reservation is address space: malloc does not touch (commit) the pages
-            seg.data = <uint8_t *>malloc(capacity if capacity else 1)
-            if seg.data == NULL:
-                raise MemoryError()
-            seg.capacity = capacity
         seg.label = label
         seg.unlabelled = unlabelled
         seg.format = ctx.format
@@ -450,6 +439,39 @@ cdef class Sink:
         seg.words = []
         seg.phonemes = []
         return seg
+
+    cdef int _reserve(self, _Context ctx, _Segment seg, size_t needed) except -1:
+        """Make room for needed bytes: the first time a warm pooled buffer or the
+        prealloc reservation, then geometric growth (never past the cap unless needed)."""
+        cdef size_t capacity, pooled = 0
+        cdef uint8_t *grown
+        cdef uint8_t *warm
+        if seg.data == NULL:
+            capacity = ctx.prealloc if ctx.prealloc > needed else needed
+            warm = _pool_take(&pooled)
+            if warm != NULL and pooled >= needed and pooled >= capacity // 4:
+                # a released segment of a similar length: warm pages, no faults
+                seg.data = warm
+                seg.capacity = pooled
+                return 0
+            free(warm)  # too small to be worth keeping for this format
+            # the reservation is address space: malloc does not touch (commit) the pages
+            seg.data = <uint8_t *>malloc(capacity if capacity else 1)
+            if seg.data == NULL:
+                raise MemoryError()
+            seg.capacity = capacity
+            return 0
+        capacity = seg.capacity * 2
+        if capacity > self.max_segment_bytes:
+            capacity = self.max_segment_bytes
+        if capacity < needed:
+            capacity = needed
+        grown = <uint8_t *>realloc(seg.data, capacity)
+        if grown == NULL:
+            raise MemoryError()
+        seg.data = grown
+        seg.capacity = capacity
+        return 0
 
     cdef int _register(self, _Context ctx, bint new_context, _Segment seg, bint new_segment,
                        bint adopt, int64_t label) except -1:
@@ -505,9 +527,10 @@ cdef class Sink:
         cdef uint8_t *trimmed
         cdef size_t width = seg.format.sample_width
         cdef size_t whole = seg.length // width * width
-        trimmed = <uint8_t *>realloc(seg.data, seg.length if seg.length else 1)
-        if trimmed != NULL:
-            seg.data = trimmed
+        if seg.data != NULL:
+            trimmed = <uint8_t *>realloc(seg.data, seg.length if seg.length else 1)
+            if trimmed != NULL:
+                seg.data = trimmed
         audio.data = seg.data
         audio.length = seg.length
         seg.data = NULL
@@ -544,6 +567,10 @@ cdef class Sink:
         while len(self._ended) > self.max_ended_contexts:
             del self._ended[next(iter(self._ended))]
 
+    cdef bint _unwelcome(self, object cid) except -1:
+        """A context that may not start: ended, or never announced (drop_unannounced)."""
+        return cid in self._ended or (self.drop_unannounced and cid not in self._formats)
+
     cdef object _drop(self):
         self._frames += 1
         self._dropped += 1
@@ -564,8 +591,8 @@ cdef class Sink:
         # has (or none given), unescaped data that fits in the buffer and under the caps.
         # Anything else, or any failure, takes the general path below, which decides the
         # same way and reports errors exactly.
-        if not new_context and ctx.current is not None and data.kind == FS_STRING \
-                and not data.has_escape and (not has_flush or (
+        if not new_context and ctx.current is not None and ctx.current.data != NULL \
+                and data.kind == FS_STRING and not data.has_escape and (not has_flush or (
                     ctx.current.label == label and not ctx.current.unlabelled)):
             seg = ctx.current
             length = data.end - data.start
@@ -583,7 +610,7 @@ cdef class Sink:
                     self._chunks += 1
                     self._frames += 1
                     return _EMPTY
-        if new_context and cid in self._ended:
+        if new_context and self._unwelcome(cid):
             self._check_data(buf, n, fr)
             return self._drop()
         found = self._resolve(ctx, has_flush, label, &adopt, &new_segment)
@@ -632,6 +659,7 @@ cdef class Sink:
         cdef int64_t seg_label
         cdef size_t current
         cdef uint8_t *target
+        cdef uint8_t no_output = 0
         if new_segment:
             seg_label = label if has_flush else ctx.next_label
             current = 0
@@ -655,21 +683,14 @@ cdef class Sink:
             raise total_cap_error(ctx.context_id, seg_label, self._open_bytes + size,
                                   self.max_total_bytes)
         if new_segment:
-            seg = self._new_segment(ctx, seg_label, not has_flush, size)
+            seg = self._new_segment(ctx, seg_label, not has_flush)
         needed = seg.length + size
-        if needed > seg.capacity:
-            # geometric growth, but never past the cap unless this chunk needs it
-            capacity = seg.capacity * 2
-            if capacity > self.max_segment_bytes:
-                capacity = self.max_segment_bytes
-            if capacity < needed:
-                capacity = needed
-            grown = <uint8_t *>realloc(seg.data, capacity)
-            if grown == NULL:
-                raise MemoryError()
-            seg.data = grown
-            seg.capacity = capacity
-        target = seg.data + seg.length
+        if size == 0:
+            target = &no_output  # still decoded: "=" has no output but is invalid
+        else:
+            if needed > seg.capacity or seg.data == NULL:
+                self._reserve(ctx, seg, needed)
+            target = seg.data + seg.length
         if length >= GIL_RELEASE_BYTES:
             with nogil:
                 st = b64_decode(src, length, target, size, &written, &pos)
@@ -721,7 +742,7 @@ cdef class Sink:
             return (error_event(None, False, message),)
         ctx = self._lookup(buf, fr)
         cid = self._cid
-        if ctx is None and cid in self._ended:
+        if ctx is None and self._unwelcome(cid):
             return self._drop()
         if ftype == FS_TYPE_NONE or ftype == FS_TYPE_UNKNOWN:
             self._frames += 1
@@ -749,8 +770,7 @@ cdef class Sink:
             else:
                 found = ctx.current
             if found is None:
-                seg = self._new_segment(ctx, label if has_flush else ctx.next_label,
-                                        False, 0)
+                seg = self._new_segment(ctx, label if has_flush else ctx.next_label, False)
                 self._register(ctx, new_context, seg, True, False, label)
                 found = seg
             self._frames += 1
@@ -761,8 +781,7 @@ cdef class Sink:
         if found is None and not new_segment:
             return self._drop()
         if new_segment:
-            seg = self._new_segment(ctx, label if has_flush else ctx.next_label,
-                                    not has_flush, 0)
+            seg = self._new_segment(ctx, label if has_flush else ctx.next_label, not has_flush)
         else:
             seg = <_Segment>found
         self._register(ctx, new_context, seg, new_segment, adopt, label)

@@ -370,12 +370,14 @@ def test_session_routes_events_and_ignores_foreign_done():
     session.request(a, "x")
     session.receive(frame(type="chunk", context_id="a", flush_id=1, data="AAAA"))
     session.receive(frame(type="error", error="connection-level"))  # no context_id
-    session.receive(frame(type="done", context_id="zzz"))  # unknown context
+    session.receive(frame(type="done", context_id="zzz"))  # never opened: dropped by the Sink
+    session.receive(frame(type="chunk", context_id="zzz", data="AAAA"))
     session.receive(frame(type="done", context_id="a"))
     kinds = [(cid, type(e).__name__) for cid, e in delivered]
     assert kinds == [("a", "SegmentReady"), ("a", "ContextDone"), ("a", "_End")]
     assert [e.message for e in session.server_errors] == ["connection-level"]
-    assert session.unrouted == 1 and "b" in session.contexts
+    assert session.sink.stats.dropped_frames == 2 and session.sink.stats.open_bytes == 0
+    assert "b" in session.contexts
 
 
 def test_session_request_json_matches_the_sdk_key_order():

@@ -169,7 +169,10 @@ def _stub() -> tuple[dict[str, ast.FunctionDef], dict[str, ast.FunctionDef], set
     tree = ast.parse(STUB.read_text(encoding="utf-8"))
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     (sink,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Sink"]
-    methods = {n.name: n for n in sink.body if isinstance(n, ast.FunctionDef)}
+    methods: dict[str, ast.FunctionDef] = {}
+    for node in sink.body:  # a property's setter shares its name: keep the getter
+        if isinstance(node, ast.FunctionDef):
+            methods.setdefault(node.name, node)
     properties = {name for name, n in methods.items()
                   if any(isinstance(d, ast.Name) and d.id == "property" for d in n.decorator_list)}
     reexports = {a.asname for n in tree.body if isinstance(n, ast.ImportFrom)

@@ -415,9 +415,10 @@ class Sink:
 
     def __init__(self, format: AudioFormat = DEFAULT_FORMAT, *, prealloc_seconds: float = 10.0,
                  max_segment_bytes: int = 256 * 2**20, max_total_bytes: int = 1024 * 2**20,
-                 max_ended_contexts: int = 10_000) -> None:
+                 max_ended_contexts: int = 10_000, drop_unannounced: bool = False) -> None:
         check_sink_args(format, prealloc_seconds, max_segment_bytes, max_total_bytes,
                         max_ended_contexts)
+        self._drop_unannounced = bool(drop_unannounced)
         self._format = format
         self._prealloc_seconds = float(prealloc_seconds)
         self._max_segment_bytes = max_segment_bytes
@@ -452,6 +453,14 @@ class Sink:
     @property
     def max_ended_contexts(self) -> int:
         return self._max_ended_contexts
+
+    @property
+    def drop_unannounced(self) -> bool:
+        return self._drop_unannounced
+
+    @drop_unannounced.setter
+    def drop_unannounced(self, value: bool) -> None:
+        self._drop_unannounced = bool(value)
 
     @property
     def stats(self) -> SinkStats:
@@ -620,6 +629,10 @@ class Sink:
         while len(self._ended) > self._max_ended_contexts:
             del self._ended[next(iter(self._ended))]
 
+    def _unwelcome(self, cid: Any) -> bool:
+        """A context that may not start: ended, or never announced (drop_unannounced)."""
+        return cid in self._ended or (self._drop_unannounced and cid not in self._formats)
+
     def _drop(self) -> tuple[Any, ...]:
         self._counts["frames"] += 1
         self._counts["dropped"] += 1
@@ -629,7 +642,7 @@ class Sink:
 
     def _chunk(self, buf: bytes, scanner: _Scanner, cid: Any, label: Optional[int]) -> tuple[Any, ...]:
         ctx = self._contexts.get(cid)
-        if ctx is None and cid in self._ended:
+        if ctx is None and self._unwelcome(cid):
             return self._drop()
         found, adopt, new_segment = self._resolve(ctx, label)
         if found is None and not new_segment:
@@ -712,7 +725,7 @@ class Sink:
             self._counts["frames"] += 1
             return (error_event(None, False, message),)
         ctx = self._contexts.get(cid)
-        if ctx is None and cid in self._ended:
+        if ctx is None and self._unwelcome(cid):
             return self._drop()
         if not known:
             self._counts["frames"] += 1

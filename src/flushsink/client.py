@@ -26,6 +26,7 @@ from .session import (
     ContextState,
     Session,
     _End,
+    _Failed,
     auth_headers,
     normalize_url,
 )
@@ -93,6 +94,8 @@ class Context:
                 if event.failure is not None:
                     raise event.failure
                 return
+            if isinstance(event, _Failed):
+                raise event.error  # e.g. a WriteError: iterate again to go on
             yield event
             del event  # do not pin the last event (and its audio) while waiting for the next
 

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ._accel import Sink
-from .errors import CapacityError, ConnectionLost, ContextClosed, ContextFailed, FrameError
+from .errors import (
+    CapacityError,
+    ConnectionLost,
+    ContextClosed,
+    ContextFailed,
+    FrameError,
+    WriteError,
+)
 from .formats import AudioFormat
 from .segments import ContextDone, ContextError, SegmentReady, ServerError
 
@@ -71,10 +78,14 @@ class Session:
     def __init__(self, sink: Sink, deliver: Callable[[ContextState, Any], None],
                  writer: Optional[Callable[[Any], Any]] = None) -> None:
         self.sink = sink
+        # only the contexts this client opens may store audio: a server sending frames
+        # for others cannot fill the caps or make files with them
+        sink.drop_unannounced = True
         self.writer = writer
         self.deliver = deliver
         self.contexts: dict[str, ContextState] = {}
         self.server_errors: list[ServerError] = []
+        self.write_errors: list[WriteError] = []
         self.rejected_frames = 0
         self.unrouted = 0
 
@@ -123,8 +134,7 @@ class Session:
         if state.ended:
             return None
         for event in self.sink.cancel(state.context_id):
-            self._segment_ready(event)
-            self.deliver(state, event)
+            self._deliver_segment(state, event)
         self._end(state, None)
         return json.dumps({"context_id": state.context_id, "cancel": True}) if state.started else None
 
@@ -143,6 +153,11 @@ class Session:
             self.rejected_frames += 1
             log.warning("flushsink: rejected a frame from the server: %s", exc)
             return
+        except MemoryError:
+            # the frame is lost (nothing was stored), the connection and contexts go on
+            self.rejected_frames += 1
+            log.error("flushsink: out of memory storing a frame from the server")
+            return
         for event in events:
             self._route(event)
 
@@ -155,23 +170,40 @@ class Session:
             if not state.ended and state.started:
                 self._end(state, ConnectionLost(f"connection lost: {reason}"))
 
-    def _segment_ready(self, event: SegmentReady) -> None:
+    def _deliver_segment(self, state: Optional[ContextState], event: SegmentReady) -> None:
+        """Write the segment, then hand it to its context. A failed write never reaches
+        the reader (the connection and the other contexts go on): the context gets the
+        segment and then the WriteError, which carries the segment for a retry."""
+        failure: Optional[WriteError] = None
+        if state is None:
+            return  # not a context of this client: nothing of it is written
         if self.writer is not None:
-            self.writer(event)
+            try:
+                self.writer(event)
+            except WriteError as exc:
+                log.error("flushsink: %s", exc)
+                self.write_errors.append(exc)
+                failure = exc
+        self.deliver(state, event)
+        # an incomplete segment's stream ends with its own failure (lost connection,
+        # server error) right after it: the write error is only logged and kept then
+        if failure is not None and event.segment.complete:
+            self.deliver(state, _Failed(failure))
 
     def _route(self, event: Any) -> None:
         if isinstance(event, ServerError):
             self.server_errors.append(event)
             log.warning("flushsink: server error without context: %s", event.message)
             return
-        if isinstance(event, SegmentReady):
-            self._segment_ready(event)
         state = self.contexts.get(event.context_id)
+        if isinstance(event, SegmentReady):
+            self._deliver_segment(state, event)
+        elif state is not None:
+            self.deliver(state, event)
         if state is None:
             self.unrouted += 1
             log.debug("flushsink: event for unknown context %r dropped", event.context_id)
             return
-        self.deliver(state, event)
         if isinstance(event, ContextDone):
             self._end(state, None)
         elif isinstance(event, ContextError):
@@ -201,3 +233,10 @@ class _End:
     """Internal marker closing a context's event stream (with the failure, if any)."""
 
     failure: Optional[BaseException]
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """Internal marker: raise this error in the context's stream, which goes on."""
+
+    error: BaseException

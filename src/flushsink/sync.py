@@ -18,7 +18,7 @@ from websockets.sync.client import connect as ws_connect
 from .client import ClientBase
 from .errors import ReceiveTimeout
 from .segments import Segment, SegmentReady
-from .session import ConnectionLost, ContextState, _End, log
+from .session import ConnectionLost, ContextState, _End, _Failed, log
 
 __all__ = ["connect", "Client", "Context", "ReceiveTimeout"]
 
@@ -79,6 +79,8 @@ class Context:
                 if event.failure is not None:
                     raise event.failure
                 return
+            if isinstance(event, _Failed):
+                raise event.error  # e.g. a WriteError: iterate again to go on
             yield event
             del event  # do not pin the last event (and its audio) while waiting for the next
 
