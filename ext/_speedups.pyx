@@ -603,12 +603,7 @@ cdef class Sink:
                 st = b64_decode(buf + data.start, length, seg.data + seg.length, size,
                                 &written, &pos)
                 if st == B64_OK:
-                    seg.length += size
-                    ctx.stored += size
-                    self._open_bytes += size
-                    self._audio_bytes += size
-                    self._chunks += 1
-                    self._frames += 1
+                    self._stored(ctx, seg, size)
                     return _EMPTY
         if new_context and self._unwelcome(cid):
             self._check_data(buf, n, fr)
@@ -706,13 +701,17 @@ cdef class Sink:
                 raise FrameError(BASE64_CODES[st], fr.keys[FS_KEY_DATA].start + pos)
             raise FrameError(BASE64_CODES[st], offsets[pos])
         self._register(ctx, new_context, seg, new_segment, adopt, label)
+        self._stored(ctx, seg, size)
+        return _EMPTY
+
+    cdef inline void _stored(self, _Context ctx, _Segment seg, size_t size) noexcept:
+        """Commit a decoded chunk: the one place the counters of stored audio move."""
         seg.length += size
         ctx.stored += size
         self._open_bytes += size
         self._audio_bytes += size
         self._chunks += 1
         self._frames += 1
-        return _EMPTY
 
     # ---- everything but chunks ----------------------------------------------------
 
