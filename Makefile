@@ -69,12 +69,19 @@ $(TYPE_VENV)/.installed:
 	touch $@
 
 # Debug build of the extension with AddressSanitizer + UBSan, then the compiled suite.
-sanitize: $(BIN)/python
-	FLUSHSINK_SANITIZE=1 FLUSHSINK_BUILD_EXT=required $(BIN)/python -m pip install -q --no-build-isolation --force-reinstall --no-deps .
+# The sanitized objects get a build directory of their own (DIST_EXTRA_CONFIG): in build/
+# they would be newer than the sources, and the next `make test` would install them as they
+# are (setuptools skips an up-to-date extension whatever the flags) and fail to import.
+sanitize: $(STAMP)
+	mkdir -p build/sanitize
+	printf '[build]\nbuild_base = $(CURDIR)/build/sanitize\n' > build/sanitize/setup.cfg
+	DIST_EXTRA_CONFIG=$(CURDIR)/build/sanitize/setup.cfg FLUSHSINK_SANITIZE=1 FLUSHSINK_BUILD_EXT=required \
+	  $(BIN)/python -m pip install -q --no-build-isolation --force-reinstall --no-deps .
 	rm -f $(STAMP)
+	ldd $(VENV)/lib/python3*/site-packages/flushsink/_speedups*.so | grep -q libasan  # the sanitized build is in place
 	ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  FLUSHSINK_EXPECT=compiled $(BIN)/python -m pytest -q -x tests -p no:cacheprovider
+	  FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 $(BIN)/python -m pytest -q -x tests -p no:cacheprovider
 
 # The wheels a release ships: one cp311-abi3 wheel for every CPython >= 3.11, a
 # version-specific one for 3.10, a pure py3-none-any one (the twin), and the sdist.
@@ -107,3 +114,55 @@ test-wheels: wheels
 
 clean:
 	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV)
+
+# --- fuzzing: the compiled Sink against the pure twin (fuzz/fuzz_sink.py) --------------------
+# `make fuzz` builds the extension with ASan + UBSan and gcc's coverage hooks (fuzz/covshim.c
+# hands them to atheris' libFuzzer) into a venv and build directory of their own, then fuzzes
+# for FUZZ_SECONDS. FUZZ_MODE=raw|structured picks the input format, FUZZ_SIMD=auto|scalar|
+# avx2|avx512 the base64 kernel. Crashes (disagreements included) land in build/fuzz/crashes/;
+# the corpus in build/fuzz/corpus-MODE grows from run to run. `make fuzz-all` runs every
+# kernel this CPU has in both modes.
+FUZZ_SECONDS ?= 60
+FUZZ_MODE ?= raw
+FUZZ_SIMD ?= auto
+FUZZ_VENV ?= .venv-fuzz
+FUZZ_WORK ?= build/fuzz
+SAN_RUNTIME = $$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)
+# covshim.so must come before libasan (see fuzz/covshim.c), hence verify_asan_link_order=0;
+# a smaller quarantine and shorter malloc stacks keep a long run under the RSS limit
+FUZZ_ENV = ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:quarantine_size_mb=64:malloc_context_size=8 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  LD_PRELOAD="$(abspath $(FUZZ_WORK))/covshim.so $(SAN_RUNTIME)" \
+  FUZZ_MODE=$(FUZZ_MODE) FLUSHSINK_SIMD=$(FUZZ_SIMD)
+
+.PHONY: fuzz fuzz-all
+
+$(FUZZ_VENV)/.installed:
+	test -x $(FUZZ_VENV)/bin/python || $(PYTHON) -m venv $(FUZZ_VENV)
+	$(FUZZ_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=64" wheel "Cython>=3.0" atheris numpy websockets
+	touch $@
+
+# DIST_EXTRA_CONFIG gives the sanitized build a build directory of its own: setuptools skips
+# an extension whose output in build/ is newer than its sources, whatever the flags.
+$(FUZZ_WORK)/.built: $(FUZZ_VENV)/.installed setup.py fuzz/covshim.c $(wildcard ext/*.c ext/*.h ext/*.pyx) $(wildcard src/flushsink/*.py)
+	mkdir -p $(FUZZ_WORK)
+	printf '[build]\nbuild_base = $(FUZZ_WORK)/build\n' > $(FUZZ_WORK)/setup.cfg
+	DIST_EXTRA_CONFIG=$(FUZZ_WORK)/setup.cfg FLUSHSINK_SANITIZE=1 FLUSHSINK_BUILD_EXT=required \
+	  CFLAGS="-fsanitize-coverage=trace-pc,trace-cmp" \
+	  $(FUZZ_VENV)/bin/python -m pip install -q --no-build-isolation --force-reinstall --no-deps .
+	gcc -shared -fPIC -O2 -Wall -o $(FUZZ_WORK)/covshim.so fuzz/covshim.c -ldl
+	touch $@
+
+fuzz: $(FUZZ_WORK)/.built
+	mkdir -p $(FUZZ_WORK)/corpus-$(FUZZ_MODE) $(FUZZ_WORK)/crashes
+	cd $(FUZZ_WORK) && $(FUZZ_ENV) $(abspath $(FUZZ_VENV))/bin/python $(CURDIR)/fuzz/fuzz_sink.py --make-corpus seed-$(FUZZ_MODE)
+	cd $(FUZZ_WORK) && $(FUZZ_ENV) $(abspath $(FUZZ_VENV))/bin/python $(CURDIR)/fuzz/fuzz_sink.py \
+	  -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
+	  -artifact_prefix=crashes/ corpus-$(FUZZ_MODE) seed-$(FUZZ_MODE)
+
+fuzz-all: $(FUZZ_WORK)/.built
+	for simd in scalar avx2 avx512; do \
+	  if $(FUZZ_ENV) FLUSHSINK_SIMD=auto $(FUZZ_VENV)/bin/python -c "import sys; from flushsink import _speedups as s; s._set_simd_path(sys.argv[1])" $$simd 2>/dev/null; then \
+	    for mode in raw structured; do $(MAKE) fuzz FUZZ_SIMD=$$simd FUZZ_MODE=$$mode || exit 1; done; \
+	  else echo "fuzz-all: this CPU has no $$simd kernel, skipped"; fi; \
+	done

@@ -1,0 +1,612 @@
+"""A hostile or broken server: every bad frame is a typed error or a counted drop, the
+connection's other contexts keep working, and nothing already received is lost.
+
+Three layers: a deterministic differential fuzz smoke run (the same engine as the atheris
+target in fuzz/, compiled core against the pure twin, fixed seeds); hand-made frames
+through the sans-I/O Session on both cores; and the same frames through the asyncio and
+sync clients from a scripted websocket server of our own on loopback (for frames the
+emulator cannot send), each stopped by its test, every wait bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import random
+import re
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from websockets.asyncio.server import serve
+
+import flushsink
+from flushsink import _fallback, sync
+from flushsink.errors import CapacityError, ConnectionLost, FrameError
+from flushsink.formats import AudioFormat
+from flushsink.segments import ContextDone, SegmentReady
+from flushsink.session import Session
+
+try:
+    from flushsink import _speedups
+except ImportError:  # pragma: no cover
+    _speedups = None
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
+import differential  # noqa: E402  (fuzz/differential.py: shared with the atheris target)
+
+CORES = [pytest.param(_speedups, id="compiled",
+                      marks=pytest.mark.skipif(_speedups is None, reason="not built")),
+         pytest.param(_fallback, id="pure")]
+S16 = AudioFormat("pcm_s16le", 24000)
+TIMEOUT = 10
+
+
+# --- 1. the fuzz smoke run -------------------------------------------------------------------
+#
+# Deterministic: fixed seeds, a fixed number of programs. It needs both cores, whichever one
+# the suite runs on, so it runs once, in the compiled pass.
+
+smoke = pytest.mark.skipif(_speedups is None or flushsink.BACKEND != "compiled",
+                           reason="differential: needs the compiled core; runs in the compiled pass")
+
+
+def _supported_kernels() -> list[str]:
+    if _speedups is None:
+        return []
+    before, found = _speedups.simd_path(), []
+    for name in ("scalar", "avx2", "avx512"):
+        try:
+            found.append(_speedups._set_simd_path(name))
+        except ValueError:
+            pass
+    _speedups._set_simd_path(before)
+    return found
+
+
+@smoke
+def test_fuzz_smoke_structured():
+    counts = {"FrameError": 0, "CapacityError": 0, "segments": 0}
+    for seed in range(3000):
+        config, ops = differential.generate_structured(differential.RandomProvider(seed))
+        try:
+            result = differential.run_program(config, ops)
+        except differential.Finding as exc:
+            raise AssertionError(f"seed {seed}: {exc}\nops: {ops!r}") from None
+        for key in counts:
+            counts[key] += result[key]
+    # the generator must keep reaching every outcome, or the smoke run tests nothing
+    assert all(n > 100 for n in counts.values()), counts
+
+
+@smoke
+@pytest.mark.parametrize("kernel", ["scalar", "avx2", "avx512"])
+def test_fuzz_smoke_on_every_base64_kernel(kernel):
+    if kernel not in _supported_kernels():
+        pytest.skip(f"this CPU has no {kernel} kernel")
+    before = _speedups.simd_path()
+    _speedups._set_simd_path(kernel)
+    try:
+        for seed in range(50_000, 50_600):
+            config, ops = differential.generate_structured(differential.RandomProvider(seed))
+            try:
+                differential.run_program(config, ops)
+            except differential.Finding as exc:
+                raise AssertionError(f"{kernel}, seed {seed}: {exc}\nops: {ops!r}") from None
+    finally:
+        _speedups._set_simd_path(before)
+
+
+@smoke
+def test_fuzz_smoke_raw_mutations():
+    rng = random.Random(20251125)
+    seeds = [differential.encode_raw(c, o) for c, o in differential.seed_programs()]
+    seeds += differential.big_seed_inputs()
+    counts = {"FrameError": 0, "CapacityError": 0, "segments": 0}
+    for i in range(4000):
+        data = differential.mutate_raw(rng, rng.choice(seeds))
+        config, ops = differential.decode_raw(data)
+        try:
+            result = differential.run_program(config, ops)
+        except differential.Finding as exc:
+            raise AssertionError(f"input {data!r}: {exc}") from None
+        for key in counts:
+            counts[key] += result[key]
+    assert all(n > 100 for n in counts.values()), counts
+
+
+@smoke
+def test_fuzz_engine_catches_a_disagreement():
+    """The comparison is not vacuous: a twin that differs by one byte is caught."""
+    class Skewed:
+        class Sink(_fallback.Sink):
+            def feed(self, frame):
+                events = super().feed(frame)
+                for ev in events:
+                    if isinstance(ev, SegmentReady) and len(ev.segment.samples):
+                        ev.segment.samples = ev.segment.samples.copy()
+                        ev.segment.samples[0] ^= 1
+                return events
+
+    frames = [chunk("a", 1, b"\x01\x02"), flush_done("a", 1)]
+    with pytest.raises(differential.Finding, match="cores differ"):
+        differential.run_program(differential.DEFAULT_CONFIG,
+                                 [("feed", f, "bytes") for f in frames], pure=Skewed)
+
+
+# --- frames by hand -------------------------------------------------------------------------
+
+def b64(audio: bytes) -> str:
+    return base64.b64encode(audio).decode("ascii")
+
+
+def chunk(cid, fid, audio: bytes, **extra) -> bytes:
+    frame = {"type": "chunk", "context_id": cid, "status_code": 206, "done": False}
+    if fid is not None:
+        frame["flush_id"] = fid
+    frame["data"] = b64(audio)
+    frame.update(extra)
+    return json.dumps(frame).encode()
+
+
+def flush_done(cid, fid) -> bytes:
+    return json.dumps({"type": "flush_done", "context_id": cid, "status_code": 206, "done": False,
+                       "data": "", "flush_id": fid, "flush_done": True}).encode()
+
+
+def done(cid) -> bytes:
+    return json.dumps({"type": "done", "context_id": cid, "status_code": 206, "done": True}).encode()
+
+
+def audio_of(cid: str, part: int, n: int = 96) -> bytes:
+    return bytes((hash((cid, part)) + k * 7) & 0xFF for k in range(n))
+
+
+# Base64 broken at every position class: (label, data text, code, index in the text).
+# "QUJD" is "ABC"; a body of 12 full quanta (48 chars) spans the 32-byte AVX2 and 16-byte
+# blocks; the longer one (400 chars) crosses the AVX2 and AVX-512 bulk loops.
+_GOOD48 = b64(bytes(range(36)))
+_GOOD400 = b64(bytes(range(256)) + bytes(range(44)))
+B64_CASES = [
+    ("first char", "!" + _GOOD48[1:], "base64_char", 0),
+    ("second char", _GOOD48[:1] + "-" + _GOOD48[2:], "base64_char", 1),
+    ("middle", _GOOD48[:21] + "_" + _GOOD48[22:], "base64_char", 21),
+    ("in a SIMD block", _GOOD400[:200] + "*" + _GOOD400[201:], "base64_char", 200),
+    ("SIMD block edge", _GOOD400[:255] + "." + _GOOD400[256:], "base64_char", 255),
+    ("last quantum 0", _GOOD48[:44] + "%" + _GOOD48[45:], "base64_char", 44),
+    ("last quantum 1", _GOOD48[:45] + "%" + _GOOD48[46:], "base64_char", 45),
+    ("last quantum 2", _GOOD48[:46] + "%" + _GOOD48[47:], "base64_char", 46),
+    ("last char", _GOOD48[:47] + "%", "base64_char", 47),
+    ("pad in the body", _GOOD48[:8] + "=" + _GOOD48[9:], "base64_padding", 9),
+    ("third pad", "QQ===", "base64_padding", 4),
+    ("char after pad", "QQ==QUJD", "base64_padding", 4),
+    ("pad then char", "QUI=D", "base64_padding", 4),
+    ("length 1", "Q", "base64_length", 1),
+    ("length 5", "QUJDR", "base64_length", 5),
+    ("unpadded", "QUI", "base64_length", 3),
+    ("space", "QUJD QUJD", "base64_char", 4),
+    ("url-safe", "-_-_", "base64_char", 0),
+    ("non-ASCII", "QUJDé", "base64_char", 4),
+]
+
+
+def data_frame(text: str, cid="a", fid=1) -> tuple[bytes, int]:
+    """A chunk frame whose data is text (written as JSON); the offset where data starts."""
+    head = '{"type":"chunk","context_id":%s,"flush_id":%d,"data":"' % (json.dumps(cid), fid)
+    body = json.dumps(text, ensure_ascii=False)[1:-1]
+    return (head + body + '"}').encode(), len(head.encode())
+
+
+def _escaped_data_frame() -> bytes:
+    text = b64(bytes(range(48)))  # has '/' and '+'
+    escaped = "".join("\\/" if ch == "/" else "\\u%04x" % ord(ch) if ch in "AQg+" else ch
+                      for ch in text)
+    return ('{"type":"chunk","context_id":"b","flush_id":1,"data":"' + escaped + '"}').encode()
+
+
+# (name, frame, expected FrameError code or None for a frame that is accepted).
+HOSTILE = [
+    ("truncated", b'{"type":"chunk","context_id":"a","data":"AAAA', "truncated"),
+    ("no colon", b'{"type" "chunk"}', "syntax"),
+    ("single quotes", b"{'type':'chunk'}", "syntax"),
+    ("trailing comma", b'{"type":"chunk",}', "syntax"),
+    ("two objects", b'{"type":"done","context_id":"zz"}{}', "trailing"),
+    ("not an object", b'["chunk"]', "not_object"),
+    ("empty", b"", "not_object"),
+    ("BOM", b'\xef\xbb\xbf{"type":"done","context_id":"a"}', "not_object"),
+    ("NaN", b'{"type":"chunk","context_id":"a","step_time":NaN,"data":""}', "syntax"),
+    ("Infinity", b'{"type":"chunk","context_id":"a","x":-Infinity,"data":""}', "number"),
+    ("bad utf-8 id", b'{"type":"chunk","context_id":"a\xff","data":"QUJD"}', "utf8"),
+    ("overlong utf-8", b'{"type":"chunk","context_id":"\xc0\xaf","data":"QUJD"}', "utf8"),
+    ("utf-8 surrogate", b'{"type":"chunk","x":"\xed\xa0\x80","context_id":"a","data":""}', "utf8"),
+    ("cut utf-8", b'{"type":"chunk","context_id":"a","data":"QUJD\xe2\x82"}', "utf8"),
+    ("raw control", b'{"type":"chunk","context_id":"a\n","data":""}', "control"),
+    ("bad escape", b'{"type":"chunk","context_id":"a\\x41","data":""}', "escape"),
+    ("lone surrogate escape", b'{"type":"chunk","context_id":"\\ud800","data":""}', "surrogate"),
+    ("duplicate type", b'{"type":"chunk","context_id":"a","type":"done"}', "duplicate"),
+    ("duplicate escaped key", b'{"context_id":"a","type":"chunk","t\\u0079pe":"done"}', "duplicate"),
+    ("depth 65", b'{"type":"chunk","x":' + b"[" * 64 + b"]" * 64 + b',"context_id":"a"}', "depth"),
+    ("flush_id negative", b'{"type":"chunk","context_id":"a","flush_id":-1,"data":""}', "field_type"),
+    ("flush_id 2**62+1", b'{"type":"chunk","context_id":"a","flush_id":4611686018427387905,"data":""}',
+     "field_type"),
+    ("flush_id float", b'{"type":"chunk","context_id":"a","flush_id":1.0,"data":""}', "field_type"),
+    ("data number", b'{"type":"chunk","context_id":"a","flush_id":1,"data":12}', "field_type"),
+    ("context_id object", b'{"type":"chunk","context_id":{"a":1},"data":""}', "field_type"),
+    ("escaped bad base64", b'{"type":"chunk","context_id":"a","flush_id":1,"data":"QU\\u0021D"}',
+     "base64_char"),
+] + [("base64 " + label, data_frame(text)[0], code) for label, text, code, _ in B64_CASES] + [
+    # accepted: unknown duplicate keys, depth 64, escapes in data, unknown types
+    ("depth 64", b'{"type":"nothing","x":' + b"[" * 63 + b"]" * 63 + b"}", None),
+    ("unknown duplicate keys", b'{"type":"nothing","x":1,"x":2}', None),
+    ("unknown type", b'{"type":"voice_changed","context_id":"a"}', None),
+    ("error without context", b'{"type":"error","error":"rate limited"}', None),
+]
+
+
+@pytest.mark.parametrize("label, text, code, index", B64_CASES, ids=[c[0] for c in B64_CASES])
+@pytest.mark.parametrize("core", CORES)
+def test_base64_error_offsets_at_every_position_class(core, label, text, code, index):
+    frame, start = data_frame(text)
+    with pytest.raises(FrameError) as info:
+        core.Sink().feed(frame)
+    assert info.value.code == code
+    assert info.value.offset == start + len(text[:index].encode())
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_escapes_in_data_decode_like_plain_base64(core):
+    sink = core.Sink(S16)
+    assert sink.feed(_escaped_data_frame()) == ()
+    (ready,) = sink.feed(flush_done("b", 1))
+    assert ready.segment.samples.tobytes() == bytes(range(48))
+
+
+def interleaved_script(bad_frames: list[bytes]) -> tuple[list[bytes], dict[str, bytes]]:
+    """Frames of contexts a and b with every bad frame in between; the audio each must get."""
+    frames, audio = [], {"a": b"", "b": b""}
+    for part in range(2):
+        for cid in ("a", "b"):
+            piece = audio_of(cid, part)
+            frames.append(chunk(cid, 1, piece))
+            audio[cid] += piece
+        frames += bad_frames[part::2]
+    frames += [flush_done("a", 1), flush_done("b", 1), done("a"), done("b")]
+    return frames, audio
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_session_survives_every_hostile_frame(core):
+    delivered = {"a": [], "b": []}
+    session = Session(core.Sink(S16), lambda state, ev: delivered[state.context_id].append(ev))
+    for cid in ("a", "b"):
+        session.request(session.new_context(model_id="m", voice="v", context_id=cid), "x")
+    rejected = 0
+    for name, frame, code in HOSTILE:
+        if code is None:
+            continue
+        with pytest.raises(FrameError) as info:
+            core.Sink(S16).feed(frame)
+        assert info.value.code == code, name
+        rejected += 1
+    frames, audio = interleaved_script([f for _, f, _ in HOSTILE])
+    for frame in frames:
+        session.receive(frame)
+    assert session.rejected_frames == rejected
+    assert session.sink.stats.rejected_frames == rejected
+    for cid in ("a", "b"):
+        segments = [e.segment for e in delivered[cid] if isinstance(e, SegmentReady)]
+        assert [(s.flush_id, s.complete) for s in segments] == [(1, True)]
+        assert segments[0].samples.tobytes() == audio[cid]
+        assert any(isinstance(e, ContextDone) for e in delivered[cid])
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_late_and_duplicate_frames_are_dropped_and_counted(core, tmp_path):
+    writer = flushsink.FileWriter(tmp_path)
+    sink = core.Sink(S16)
+    events = []
+    for frame in [chunk("a", 1, b"\x01\x00\x02\x00"), flush_done("a", 1),
+                  flush_done("a", 1),                 # flush_done twice
+                  chunk("a", 1, b"\x09\x09"),          # a chunk for a finished segment
+                  flush_done("a", 7),                  # flush_done for a segment never seen
+                  done("a"), done("a"),                # done twice
+                  chunk("a", 2, b"\x05\x05"), chunk("a", None, b"\x05\x05"),  # after done
+                  flush_done("a", 8),
+                  b'{"type":"timestamps","context_id":"a","flush_id":1,'
+                  b'"word_timestamps":{"words":["x"],"start":[0],"end":[1]}}']:
+        events += sink.feed(frame)
+    for event in events:
+        writer(event)
+    ready = [e.segment for e in events if isinstance(e, SegmentReady)]
+    assert [(s.flush_id, s.samples.tobytes(), s.complete) for s in ready] == [
+        (1, b"\x01\x00\x02\x00", True), (7, b"", True)]  # an unknown flush_done: an empty segment
+    assert sink.stats.dropped_frames == 7
+    assert sorted(os.listdir(tmp_path / "a")) == ["1.wav", "7.wav"]
+    data, _ = soundfile.read(tmp_path / "a" / "1.wav", dtype="int16")
+    assert data.tolist() == [1, 2]
+
+
+# --- a scripted websocket server ---------------------------------------------------------------
+
+class ScriptedServer:
+    """Loopback websocket server that waits for ``wait_for`` client messages, then plays a
+    script: bytes (sent as a text frame, valid UTF-8 or not), ("binary", bytes),
+    ("close", code), ("abort",), ("sleep", seconds), ("wait", n) for n more client
+    messages. Stopped on exit; every wait is bounded."""
+
+    def __init__(self, script, wait_for: int = 1) -> None:
+        self.script = script
+        self.wait_for = wait_for
+        self.received: list = []
+
+    async def __aenter__(self) -> "ScriptedServer":
+        self._server = await serve(self._handle, "127.0.0.1", 0, max_size=None)
+        self.url = f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+        await asyncio.wait_for(self._server.wait_closed(), TIMEOUT)
+
+    async def _recv(self, ws, n: int) -> None:
+        for _ in range(n):
+            self.received.append(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+    async def _handle(self, ws) -> None:
+        await self._recv(ws, self.wait_for)
+        for step in self.script:
+            if isinstance(step, bytes):
+                await ws.send(step, text=True)
+            elif step[0] == "binary":
+                await ws.send(step[1])
+            elif step[0] == "close":
+                await ws.close(step[1], "scripted")
+                return
+            elif step[0] == "abort":
+                ws.transport.abort()
+                return
+            elif step[0] == "sleep":
+                await asyncio.sleep(step[1])
+            elif step[0] == "wait":
+                await self._recv(ws, step[1])
+        try:
+            await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+        except asyncio.TimeoutError:
+            pass
+
+    def running_in_thread(self):
+        """For the sync client: the server on a loop in a thread; a context manager."""
+        return _Threaded(self)
+
+
+class _Threaded:
+    def __init__(self, server: ScriptedServer) -> None:
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.stop: asyncio.Event | None = None
+
+    def __enter__(self) -> ScriptedServer:
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),),
+                                       daemon=True)
+        self.thread.start()
+        assert self.ready.wait(TIMEOUT)
+        return self.server
+
+    async def _main(self) -> None:
+        self.stop = asyncio.Event()
+        async with self.server:
+            self.ready.set()
+            await self.stop.wait()
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(TIMEOUT)
+        self.loop.close()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+async def collect_all(contexts):
+    """Each context's segments, or the exception it ended with."""
+    results = {}
+    for ctx in contexts:
+        segments = []
+        try:
+            async for segment in ctx.segments(timeout=TIMEOUT):
+                segments.append(segment)
+        except Exception as exc:  # noqa: BLE001 - the test looks at which one
+            results[ctx.context_id] = (segments, exc)
+        else:
+            results[ctx.context_id] = (segments, None)
+    return results
+
+
+async def run_script(script, *, ids=("a", "b"), wait_for=None, **options):
+    async with ScriptedServer(script, wait_for=len(ids) if wait_for is None else wait_for) as server:
+        async with flushsink.connect(server.url, receive_timeout=TIMEOUT, **options) as tts:
+            contexts = [tts.context(voice="v", context_id=cid,
+                                    output_format={"container": "raw", "encoding": "pcm_s16le",
+                                                   "sample_rate": 24000}) for cid in ids]
+            for ctx in contexts:
+                await ctx.push("text")
+            results = await collect_all(contexts)
+            return results, tts
+
+
+def test_client_survives_every_hostile_frame_in_text_and_binary_frames(tmp_path):
+    bad = [f for _, f, code in HOSTILE if code is not None]
+    bad = [f if i % 2 else ("binary", f) for i, f in enumerate(bad)]
+    frames, audio = interleaved_script(bad)
+    results, tts = run(run_script(frames, writer=flushsink.FileWriter(tmp_path)))
+    assert tts.session.rejected_frames == len(bad)
+    for cid in ("a", "b"):
+        segments, failure = results[cid]
+        assert failure is None
+        assert [s.samples.tobytes() for s in segments] == [audio[cid]]
+        data, _ = soundfile.read(segments[0].path, dtype="int16")
+        assert data.tobytes() == audio[cid]
+
+
+def test_sync_client_survives_hostile_frames():
+    bad = [f for _, f, code in HOSTILE if code is not None][:12]
+    frames, audio = interleaved_script(bad)
+    with ScriptedServer(frames, wait_for=2).running_in_thread() as server:
+        with sync.connect(server.url, receive_timeout=TIMEOUT) as tts:
+            contexts = [tts.context(voice="v", context_id=cid) for cid in ("a", "b")]
+            for ctx in contexts:
+                ctx.push("text")
+            got = {ctx.context_id: ctx.collect() for ctx in contexts}
+            assert tts.session.rejected_frames == len(bad)
+    for cid in ("a", "b"):
+        assert [s.samples.tobytes() for s in got[cid]] == [audio[cid]]
+
+
+def test_frame_over_max_size_closes_1009_and_keeps_what_arrived(tmp_path):
+    a1, b1 = audio_of("a", 0), audio_of("b", 0)
+    big = chunk("a", 1, bytes(60_000))
+    script = [chunk("a", 1, a1), chunk("b", 1, b1), big, chunk("b", 1, b1)]
+    results, tts = run(run_script(script, max_size=50_000, writer=flushsink.FileWriter(tmp_path)))
+    assert tts.close_code == 1009
+    for cid, audio in (("a", a1), ("b", b1)):
+        segments, failure = results[cid]
+        assert isinstance(failure, ConnectionLost) and "1009" in str(failure)
+        assert [(s.samples.tobytes(), s.complete) for s in segments] == [(audio, False)]
+        assert segments[0].path.endswith(".partial.wav")
+        data, _ = soundfile.read(segments[0].path, dtype="int16")
+        assert data.tobytes() == audio
+
+
+def test_flood_of_flush_ids_fails_that_context_only():
+    flood = [chunk("a", fid, bytes(1000)) for fid in range(1, 40)]  # never flushed
+    b1 = audio_of("b", 0)
+    script = [chunk("b", 1, b1)] + flood + [flush_done("b", 1), done("b")]
+    sink = flushsink.Sink(S16, max_total_bytes=10_000)
+    results, tts = run(run_script(script, sink=sink))
+    segments, failure = results["a"]
+    assert isinstance(failure, CapacityError) and failure.context_id == "a"
+    assert all(not s.complete and s.error == "cancelled" for s in segments)
+    assert sum(len(s.samples) * 2 for s in segments) <= 10_000 - len(b1)  # what fitted is kept
+    assert [s.samples.tobytes() for s in results["b"][0]] == [b1] and results["b"][1] is None
+    assert tts.sink.stats.open_bytes == 0
+
+
+@pytest.mark.parametrize("fault, dropped", [("flood_contexts:60@done", 120),
+                                             ("flood_flushes:60@done", 121)])
+def test_emulator_floods_are_dropped_and_counted(fault, dropped):
+    """The emulator's floods (a chunk for each of 60 contexts the client never opened, all
+    open at once, then their dones; or 60 chunk + flush_done pairs of one such context)
+    against a cap with room for the client's own segment and 10 flood chunks: every frame
+    of the flood is a counted drop, nothing of it is stored, the client's context is
+    untouched."""
+    from flushsink.emulator import Emulator, render
+
+    voice = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
+    output_format = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 44100}
+    want = render("Stay hungry, stay foolish.", voice, AudioFormat("pcm_s16le", 44100))
+
+    async def main():
+        async with Emulator(chunk_ms=20) as emu:
+            flood_chunk = emu.chunk_bytes(AudioFormat("pcm_s16le", 44100))
+            sink = flushsink.Sink(max_total_bytes=len(want) + 10 * flood_chunk)
+            async with flushsink.connect(f"{emu.ws_url}?fault={fault}", sink=sink,
+                                         receive_timeout=TIMEOUT) as tts:
+                ctx = tts.context(voice=voice, output_format=output_format)
+                await ctx.push("Stay hungry, stay foolish.")
+                await ctx.no_more_inputs()
+                return await ctx.collect(), tts.session, sink.stats
+
+    segments, session, stats = run(main())
+    assert [(s.samples.tobytes(), s.complete) for s in segments] == [(want, True)]
+    assert stats.dropped_frames == dropped
+    assert session.rejected_frames == stats.rejected_frames == 0
+    assert session.unrouted == 0 and stats.open_bytes == 0
+    assert stats.audio_bytes == len(want)  # not one byte of the flood was stored
+
+
+HOSTILE_IDS = ["../../escape", "../escape", "/etc/passwd", "..", ".", "a/b", "a_b", "a:b",
+               "a\\b", "A/B", "con", "x.partial", "\u00e9t\u00e9", "e\u0301t\u0065\u0301",
+               "a" * 300, "a" * 299 + "b", " ", "\u202e"]
+
+
+def test_hostile_ids_from_the_server_stay_inside_and_apart(tmp_path):
+    out = tmp_path / "nested" / "out"
+    script = []
+    for k, cid in enumerate(HOSTILE_IDS):
+        script += [chunk(cid, 1, bytes([k, 0]) * 3), flush_done(cid, 1), done(cid)]
+    results, tts = run(run_script(script, ids=HOSTILE_IDS, wait_for=len(HOSTILE_IDS),
+                                  writer=flushsink.FileWriter(out)))
+    paths = []
+    for k, cid in enumerate(HOSTILE_IDS):
+        segments, failure = results[cid]
+        assert failure is None, cid
+        assert [s.samples.tobytes() for s in segments] == [bytes([k, 0]) * 3], cid
+        paths.append(segments[0].path)
+    assert len(set(paths)) == len(HOSTILE_IDS)  # no two ids share a file
+    written = sorted(str(p) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == sorted(paths)  # nothing anywhere else, no temp file left
+    for k, path in enumerate(paths):
+        assert Path(path).resolve().is_relative_to(out.resolve())
+        data, _ = soundfile.read(path, dtype="int16")
+        assert data.tolist() == [k] * 3  # each id's own audio: nothing overwritten
+
+
+def test_chunks_after_done_and_done_twice_change_no_file(tmp_path):
+    a1 = audio_of("a", 0)
+    script = [chunk("a", 1, a1), done("a"), chunk("a", 1, bytes(8)), chunk("a", 2, bytes(8)),
+              done("a"), flush_done("a", 1), chunk("b", 1, b"\x07\x00"), done("b")]
+    results, tts = run(run_script(script, writer=flushsink.FileWriter(tmp_path)))
+    assert [s.samples.tobytes() for s in results["a"][0]] == [a1]
+    assert [s.samples.tobytes() for s in results["b"][0]] == [b"\x07\x00"]
+    assert tts.sink.stats.dropped_frames == 4
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.wav")) == \
+        ["a/1.wav", "b/1.wav"]
+    data, _ = soundfile.read(tmp_path / "a" / "1.wav", dtype="int16")
+    assert data.tobytes() == a1
+
+
+def test_server_errors_end_only_their_context():
+    a1 = audio_of("a", 0)
+    script = [chunk("a", 1, a1), chunk("b", 1, a1),
+              json.dumps({"type": "error", "error": "connection-level"}).encode(),
+              json.dumps({"type": "error", "context_id": "a", "status_code": 500,
+                          "error_code": "internal", "title": "Boom", "message": "it broke"}).encode(),
+              done("b")]
+    results, tts = run(run_script(script))
+    segments, failure = results["a"]
+    assert type(failure).__name__ == "ContextFailed" and "it broke" in str(failure)
+    assert [(s.samples.tobytes(), s.complete) for s in segments] == [(a1, False)]
+    assert [s.samples.tobytes() for s in results["b"][0]] == [a1] and results["b"][1] is None
+    assert [e.message for e in tts.session.server_errors] == ["connection-level"]
+
+
+def test_no_file_name_is_shared_by_two_ids_even_case_or_unicode_variants(tmp_path):
+    ids = ["Ab", "aB", "a/b", "a_b", "a:b", "a?b", "a*b", "a b", "\u00c5", "A\u030a"]
+    writer = flushsink.FileWriter(tmp_path, "{context_id}.raw", container="raw")
+    sink = flushsink.Sink(S16)
+    for k, cid in enumerate(ids):
+        sink.feed(chunk(cid, 1, bytes([k]) * 4))
+        for event in sink.feed(done(cid)):
+            writer(event)
+    names = sorted(os.listdir(tmp_path))
+    assert len(names) == len(ids)
+    contents = sorted((tmp_path / n).read_bytes() for n in names)
+    assert contents == sorted(bytes([k]) * 4 for k in range(len(ids)))
+    for name in names:
+        assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._~-]*", name), name
+
+
+def test_incomplete_last_sample_is_reported_not_lost():
+    sink = flushsink.Sink(AudioFormat("pcm_f32le", 24000))
+    sink.feed(chunk("a", 1, b"\x00\x00\x80\x3f\x01\x02\x03"))  # one float and 3 stray bytes
+    (ready,) = sink.feed(flush_done("a", 1))
+    assert ready.segment.samples.tolist() == [1.0]
+    assert ready.segment.trailing_bytes == b"\x01\x02\x03"
+    assert np.array_equal(ready.segment.samples, np.array([1.0], "<f4"))
