@@ -857,6 +857,14 @@ class _Connection:
         deadline = self.loop.time() + 5.0
         while transport.get_write_buffer_size() and self.loop.time() < deadline:
             await asyncio.sleep(0.001)
+        # A reset (abort with the client's requests still unread here) makes the client's
+        # kernel discard chunks it has not handed to the application yet. Send a FIN
+        # first and give the client a moment to read up to it: the connection still ends
+        # without a close frame, and every chunk sent is received.
+        if transport.can_write_eof():
+            transport.write_eof()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.ws.wait_closed(), 1.0)
         transport.abort()
 
     async def _send_oversized(self, context_id: str, flush_id: int, size: int) -> None:
