@@ -15,7 +15,7 @@ PY310 ?= $(call find_python,3.10)
 PY312 ?= $(call find_python,3.12)
 DIST ?= dist
 
-.PHONY: demo test test-compiled test-pure test-sdk build clean sanitize wheels test-wheels typecheck
+.PHONY: demo test test-compiled test-pure test-kernels test-sdk build clean sanitize wheels test-wheels typecheck
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,10 +35,20 @@ demo: build
 
 # The whole suite twice: on the compiled core, then on the pure-Python twin. Tests import
 # the installed package (the src layout keeps the checkout off sys.path).
-test: build test-compiled test-pure test-sdk
+test: build test-compiled test-pure test-kernels test-sdk typecheck
 
 test-compiled: $(STAMP)
 	FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 $(BIN)/python -m pytest -q tests
+
+# The decoder and Sink suites again on each other base64 kernel this CPU has (the main run
+# uses the best one; tests/test_simd.py compares the kernels with each other).
+test-kernels: $(STAMP)
+	for kernel in scalar avx2; do \
+	  if FLUSHSINK_SIMD=$$kernel $(BIN)/python -c "import flushsink" 2>/dev/null; then \
+	    FLUSHSINK_SIMD=$$kernel FLUSHSINK_EXPECT=compiled $(BIN)/python -m pytest -q -p no:cacheprovider \
+	      tests/test_b64.py tests/test_frames.py tests/test_sink.py tests/test_differential.py || exit 1; \
+	  else echo "kernel $$kernel: not supported by this CPU, skipped"; fi; \
+	done
 
 test-pure: $(STAMP)
 	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests
