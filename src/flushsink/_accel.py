@@ -25,7 +25,7 @@ else:
     try:
         # import_module, not "from . import": a missing module then says so plainly
         # instead of blaming a circular import
-        core = importlib.import_module(f"{__package__}._speedups")  # type: ignore[assignment]
+        core = importlib.import_module(f"{__package__}._speedups")
 
         BACKEND = "compiled"
     except ImportError as exc:
