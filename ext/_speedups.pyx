@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from ._common import (BASE64_CODES, SCAN_CODES, SinkStats, check_sink_args,
-                      frame_type_error, prealloc_bytes,
+                      frame_type_error, open_segments_cap_error, prealloc_bytes,
                       segment_cap_error, str_frame_error, total_cap_error)
 from .errors import FrameError
 from .formats import DEFAULT_FORMAT, AudioFormat
@@ -233,6 +233,7 @@ cdef class Sink:
     cdef readonly object format
     cdef readonly double prealloc_seconds
     cdef readonly size_t max_segment_bytes, max_total_bytes, max_ended_contexts
+    cdef readonly size_t max_open_segments
     cdef dict _contexts, _ended, _formats
     cdef _Context _last
     cdef object _cid              # scratch: the id _lookup found
@@ -244,9 +245,11 @@ cdef class Sink:
 
     def __init__(self, format=DEFAULT_FORMAT, *, prealloc_seconds=10.0,
                  max_segment_bytes=256 * 2**20, max_total_bytes=1024 * 2**20,
-                 max_ended_contexts=10_000, drop_unannounced=False):
+                 max_ended_contexts=10_000, max_open_segments=100_000,
+                 drop_unannounced=False):
         check_sink_args(format, prealloc_seconds, max_segment_bytes, max_total_bytes,
-                        max_ended_contexts)
+                        max_ended_contexts, max_open_segments)
+        self.max_open_segments = max_open_segments
         self.drop_unannounced = bool(drop_unannounced)
         self.format = format
         self.prealloc_seconds = prealloc_seconds
@@ -663,6 +666,12 @@ cdef class Sink:
             seg_label = label if adopt else seg.label
             current = seg.length
         # caps, after the data is known to be valid JSON (its errors come first)
+        if new_segment and <size_t>self._open_segments >= self.max_open_segments:
+            self._check_data(buf, n, fr)
+            if fr.keys[FS_KEY_DATA].has_escape and offsets == NULL:
+                return self._store_escaped(ctx, new_context, found, new_segment, adopt,
+                                           has_flush, label, buf, n, fr)
+            raise open_segments_cap_error(ctx.context_id, seg_label, self.max_open_segments)
         if current + size > self.max_segment_bytes:
             self._check_data(buf, n, fr)
             if fr.keys[FS_KEY_DATA].has_escape and offsets == NULL:
@@ -780,6 +789,9 @@ cdef class Sink:
         if found is None and not new_segment:
             return self._drop()
         if new_segment:
+            if <size_t>self._open_segments >= self.max_open_segments:
+                raise open_segments_cap_error(cid, label if has_flush else ctx.next_label,
+                                              self.max_open_segments)
             seg = self._new_segment(ctx, label if has_flush else ctx.next_label, not has_flush)
         else:
             seg = <_Segment>found

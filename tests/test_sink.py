@@ -903,3 +903,28 @@ def test_released_buffers_are_reused_within_bounds(compiled_core):
         gc.collect()
         count, size = compiled_core._pool_state()
         assert 1 <= count <= 8 and size <= 64 * 2**20
+
+
+def test_max_open_segments(any_core):
+    """A frame that would open one segment too many is a CapacityError that changes
+    nothing; finishing a segment makes room again; a flush_done that opens and finishes
+    an empty segment at once is not held against the cap."""
+    import flushsink
+
+    sink = any_core.Sink(max_open_segments=2)
+    sink.feed(json.dumps({"type": "chunk", "context_id": "c", "flush_id": 1, "data": "AAAA"}))
+    sink.feed(json.dumps({"type": "chunk", "context_id": "c", "flush_id": 2, "data": ""}))
+    third = json.dumps({"type": "chunk", "context_id": "c", "flush_id": 3, "data": "AAAA"})
+    stamps = json.dumps({"type": "timestamps", "context_id": "d",
+                         "word_timestamps": {"words": ["a"], "start": [0.0], "end": [0.1]}})
+    for frame in (third, stamps):
+        before = sink.stats
+        with pytest.raises(flushsink.CapacityError, match="max_open_segments=2"):
+            sink.feed(frame)
+        after = sink.stats
+        assert after._replace(rejected_frames=0) == before._replace(rejected_frames=0)
+    (ready_event,) = sink.feed(json.dumps({"type": "flush_done", "context_id": "x", "flush_id": 7}))
+    assert ready_event.segment.flush_id == 7
+    sink.feed(json.dumps({"type": "flush_done", "context_id": "c", "flush_id": 1}))
+    assert sink.feed(third) == ()
+    assert sink.stats.open_segments == 2

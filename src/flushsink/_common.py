@@ -38,7 +38,8 @@ class SinkStats(NamedTuple):
 
 
 def check_sink_args(format: Any, prealloc_seconds: Any, max_segment_bytes: Any,
-                    max_total_bytes: Any, max_ended_contexts: Any) -> None:
+                    max_total_bytes: Any, max_ended_contexts: Any,
+                    max_open_segments: Any) -> None:
     if not isinstance(format, AudioFormat):
         raise TypeError(f"format must be an AudioFormat, not {type(format).__name__}")
     if isinstance(prealloc_seconds, bool) or not isinstance(prealloc_seconds, (int, float)):
@@ -47,7 +48,8 @@ def check_sink_args(format: Any, prealloc_seconds: Any, max_segment_bytes: Any,
         raise ValueError("prealloc_seconds must be between 0 and 3600")
     for name, value in (("max_segment_bytes", max_segment_bytes),
                         ("max_total_bytes", max_total_bytes),
-                        ("max_ended_contexts", max_ended_contexts)):
+                        ("max_ended_contexts", max_ended_contexts),
+                        ("max_open_segments", max_open_segments)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int")
         if not 0 <= value <= 2**62:
@@ -78,6 +80,13 @@ def segment_cap_error(context_id: Any, flush_id: int, size: int, cap: int) -> Ca
     return CapacityError(
         f"chunk would grow segment {context_id!r}/{flush_id} to {size} bytes, "
         f"over max_segment_bytes={cap}",
+        context_id, flush_id,
+    )
+
+
+def open_segments_cap_error(context_id: Any, flush_id: int, cap: int) -> CapacityError:
+    return CapacityError(
+        f"frame would open segment {context_id!r}/{flush_id}, over max_open_segments={cap}",
         context_id, flush_id,
     )
 

@@ -22,6 +22,7 @@ from ._common import (
     check_sink_args,
     flush_id_value,
     frame_type_error,
+    open_segments_cap_error,
     segment_cap_error,
     str_frame_error,
     total_cap_error,
@@ -415,9 +416,11 @@ class Sink:
 
     def __init__(self, format: AudioFormat = DEFAULT_FORMAT, *, prealloc_seconds: float = 10.0,
                  max_segment_bytes: int = 256 * 2**20, max_total_bytes: int = 1024 * 2**20,
-                 max_ended_contexts: int = 10_000, drop_unannounced: bool = False) -> None:
+                 max_ended_contexts: int = 10_000, max_open_segments: int = 100_000,
+                 drop_unannounced: bool = False) -> None:
         check_sink_args(format, prealloc_seconds, max_segment_bytes, max_total_bytes,
-                        max_ended_contexts)
+                        max_ended_contexts, max_open_segments)
+        self._max_open_segments = max_open_segments
         self._drop_unannounced = bool(drop_unannounced)
         self._format = format
         self._prealloc_seconds = float(prealloc_seconds)
@@ -453,6 +456,10 @@ class Sink:
     @property
     def max_ended_contexts(self) -> int:
         return self._max_ended_contexts
+
+    @property
+    def max_open_segments(self) -> int:
+        return self._max_open_segments
 
     @property
     def drop_unannounced(self) -> bool:
@@ -664,6 +671,8 @@ class Sink:
         else:
             seg_label = label if adopt and label is not None else found.label
             current = len(found.data)
+        if new_segment and self._open_segments >= self._max_open_segments:
+            raise open_segments_cap_error(ctx.context_id, seg_label, self._max_open_segments)
         if current + size > self._max_segment_bytes:
             raise segment_cap_error(ctx.context_id, seg_label, current + size,
                                     self._max_segment_bytes)
@@ -762,6 +771,9 @@ class Sink:
         found, adopt, new_segment = self._resolve(None if new_context else ctx, label)
         if found is None and not new_segment:
             return self._drop()
+        if new_segment and self._open_segments >= self._max_open_segments:
+            raise open_segments_cap_error(cid, label if label is not None else ctx.next_label,
+                                          self._max_open_segments)
         seg = self._open_segment(ctx, label) if new_segment else found
         self._register(ctx, new_context, seg, new_segment, adopt, label)
         (seg.words if ftype == "timestamps" else seg.phonemes).extend(items)

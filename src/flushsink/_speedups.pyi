@@ -21,6 +21,7 @@ class Sink:
         max_segment_bytes: int = 268435456,
         max_total_bytes: int = 1073741824,
         max_ended_contexts: int = 10000,
+        max_open_segments: int = 100000,
         drop_unannounced: bool = False,
     ) -> None: ...
     @property
@@ -35,6 +36,8 @@ class Sink:
     def max_total_bytes(self) -> int: ...
     @property
     def max_ended_contexts(self) -> int: ...
+    @property
+    def max_open_segments(self) -> int: ...
     @property
     def drop_unannounced(self) -> bool: ...
     @drop_unannounced.setter
