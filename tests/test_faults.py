@@ -458,8 +458,10 @@ def _line(proc, timeout: float = TIMEOUT) -> str:
 
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="needs fork")
 def test_sigkill_while_finalizing_never_leaves_a_truncated_final_file(tmp_path):
-    """20 writers (0.2-0.6 MB files, overwriting the same names, as a client writing a
-    context's flushes again would) killed at random moments."""
+    """At least 20 writers (0.2-0.6 MB files, overwriting the same names, as a client
+    writing a context's flushes again would) killed at random moments; more, up to 200,
+    until a kill has landed inside a write, so that the test cannot pass vacuously on a
+    machine fast enough to finish every write before its kill."""
     import flushsink.writers
     out = tmp_path / "out"
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(flushsink.writers.__file__)))
@@ -470,7 +472,9 @@ def test_sigkill_while_finalizing_never_leaves_a_truncated_final_file(tmp_path):
     rng = random.Random(4)
     leftovers = 0
     try:
-        for run_index in range(20):
+        run_index = 0
+        while run_index < 20 or (leftovers == 0 and run_index < 200):
+            run_index += 1
             proc.stdin.write(f"{run_index}\n")
             proc.stdin.flush()
             pid = int(_line(proc))
