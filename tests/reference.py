@@ -794,8 +794,9 @@ class RefSink:
             self.stats["rejected_frames"] += 1
             raise
         if parsed.payload_error is not None:
-            if self._would_drop(parsed):
-                raise Ambiguous("an invalid payload in a frame that would be dropped")
+            if parsed.type == "chunk":
+                return self._invalid_base64(frame, parsed)
+            # a timestamps payload is a field type (phase 2): checked before any drop
             self.stats["rejected_frames"] += 1
             raise parsed.payload_error
         saved = self._save()
@@ -824,11 +825,25 @@ class RefSink:
         return sort_by_context(events)
 
     # -- internals -------------------------------------------------------------------------
-    def _would_drop(self, p: Parsed) -> bool:
-        if p.context_id in self.ended or p.context_id in self.maybe_ended:
-            return True
-        ctx = self.contexts.get(p.context_id)
-        return ctx is not None and p.flush_id is not None and p.flush_id in ctx.finished
+    def _invalid_base64(self, frame, parsed: Parsed) -> list:
+        """docs/sink.md phases 3-5 for a chunk whose base64 is invalid: a frame that would
+        be dropped is dropped unchecked; then the caps, with the size the text would decode
+        to (3 bytes per 4 characters, less the '=' among the last two); then the error."""
+        chars = [c for c, _ in scan_frame(frame_bytes(frame))["data"].chars]
+        size = len(chars) * 3 // 4 - (chars[-1:] == ["="]) - (chars[-2:-1] == ["="])
+        parsed.audio = bytes(max(size, 0))
+        saved = self._save()
+        try:
+            events = self._apply(parsed)
+        except RefCapacityError:
+            self._restore(saved)
+            self.stats["rejected_frames"] += 1
+            raise
+        if self.stats["dropped_frames"] > saved[2]["dropped_frames"]:
+            return events  # dropped: no base64 check
+        self._restore(saved)
+        self.stats["rejected_frames"] += 1
+        raise parsed.payload_error
 
     def _save(self):
         return (copy.deepcopy(self.contexts), self.ended.copy(), dict(self.stats))
