@@ -138,19 +138,18 @@ class FlushsinkCompiled(Pipeline):
         return events[0].segment.pcm()
 
 
-class FlushsinkPure(Pipeline):
+class FlushsinkPure(FlushsinkCompiled):
+    """The same feed loop (run) on the pure-Python twin."""
+
     name = "flushsink pure"
+
+    def __init__(self):
+        pass
 
     def setup(self, work):
         from flushsink import AudioFormat, _fallback
         self.frames = work["frames"]
         self.sink = _fallback.Sink(AudioFormat("pcm_s16le", work["rate"]))
-
-    def run(self):
-        feed = self.sink.feed
-        for frame in self.frames:
-            events = feed(frame)
-        return events[0].segment.pcm()
 
 
 class CartesiaSDK(Pipeline):
