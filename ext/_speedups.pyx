@@ -96,6 +96,7 @@ cdef enum:
     GIL_RELEASE_BYTES = 65536
 
 cdef tuple _EMPTY = ()
+_frombuffer = np.frombuffer
 
 
 class _Restart(Exception):
@@ -194,12 +195,30 @@ cdef class _AudioBuffer:
             _pool_give(self.data, <size_t>self.length)
 
 
+cdef class _Format:
+    """An AudioFormat with what the store needs of it computed once (its properties
+    are Python-level and a numpy dtype costs ~150 ns to make)."""
+    cdef object format            # the AudioFormat
+    cdef object dtype             # its numpy dtype
+    cdef size_t width, bytes_per_second, prealloc
+
+    @staticmethod
+    cdef _Format of(object format, double prealloc_seconds, size_t max_segment_bytes):
+        cdef _Format f = _Format.__new__(_Format)
+        f.format = format
+        f.dtype = format.dtype
+        f.width = format.sample_width
+        f.bytes_per_second = format.bytes_per_second
+        f.prealloc = prealloc_bytes(format, prealloc_seconds, max_segment_bytes)
+        return f
+
+
 cdef class _Segment:
     cdef uint8_t *data
     cdef size_t length, capacity
     cdef int64_t label
     cdef bint unlabelled
-    cdef object format
+    cdef _Format fmt
     cdef double start
     cdef list words, phonemes
 
@@ -210,9 +229,7 @@ cdef class _Segment:
 cdef class _Context:
     cdef object context_id        # str, or None for frames without context_id
     cdef bytes raw_id             # the id's UTF-8, to recognise it without decoding
-    cdef object format
-    cdef size_t prealloc
-    cdef size_t bytes_per_second
+    cdef _Format fmt
     cdef dict open                # label -> _Segment, in opening order
     cdef _Segment current         # the most recently opened segment still open
     cdef int64_t next_label
@@ -236,6 +253,7 @@ cdef class Sink:
     cdef readonly size_t max_open_segments
     cdef dict _contexts, _ended, _formats
     cdef _Context _last
+    cdef _Format _default         # self.format, prepared
     cdef object _cid              # scratch: the id _lookup found
     cdef size_t _open_bytes
     cdef Py_ssize_t _open_segments
@@ -259,6 +277,7 @@ cdef class Sink:
         self._contexts = {}
         self._ended = {}
         self._formats = {}
+        self._default = _Format.of(format, prealloc_seconds, max_segment_bytes)
 
     @property
     def stats(self):
@@ -275,10 +294,10 @@ cdef class Sink:
         if ctx is not None:
             self._apply_format(ctx, format)
 
-    cdef void _apply_format(self, _Context ctx, object format):
-        ctx.format = format
-        ctx.prealloc = prealloc_bytes(format, self.prealloc_seconds, self.max_segment_bytes)
-        ctx.bytes_per_second = format.bytes_per_second
+    cdef int _apply_format(self, _Context ctx, object format) except -1:
+        ctx.fmt = self._default if format is self.format else \
+            _Format.of(format, self.prealloc_seconds, self.max_segment_bytes)
+        return 0
 
     # ---- intake -------------------------------------------------------------------
 
@@ -437,10 +456,8 @@ cdef class Sink:
         cdef _Segment seg = _Segment.__new__(_Segment)
         seg.label = label
         seg.unlabelled = unlabelled
-        seg.format = ctx.format
-        seg.start = ctx.stored / <double>ctx.bytes_per_second
-        seg.words = []
-        seg.phonemes = []
+        seg.fmt = ctx.fmt
+        seg.start = ctx.stored / <double>ctx.fmt.bytes_per_second
         return seg
 
     cdef int _reserve(self, _Context ctx, _Segment seg, size_t needed) except -1:
@@ -450,7 +467,7 @@ cdef class Sink:
         cdef uint8_t *grown
         cdef uint8_t *warm
         if seg.data == NULL:
-            capacity = ctx.prealloc if ctx.prealloc > needed else needed
+            capacity = ctx.fmt.prealloc if ctx.fmt.prealloc > needed else needed
             warm = _pool_take(&pooled)
             if warm != NULL and pooled >= needed and pooled >= capacity // 4:
                 # a released segment of a similar length: warm pages, no faults
@@ -528,7 +545,7 @@ cdef class Sink:
     cdef object _finish(self, _Context ctx, _Segment seg, bint complete, object error):
         cdef _AudioBuffer audio = _AudioBuffer.__new__(_AudioBuffer)
         cdef uint8_t *trimmed
-        cdef size_t width = seg.format.sample_width
+        cdef size_t width = seg.fmt.width
         cdef size_t whole = seg.length // width * width
         if seg.data != NULL:
             trimmed = <uint8_t *>realloc(seg.data, seg.length if seg.length else 1)
@@ -539,10 +556,11 @@ cdef class Sink:
         seg.data = NULL
         trailing = PyBytes_FromStringAndSize(<const char *>audio.data + whole,
                                              seg.length - whole)
-        samples = np.frombuffer(audio, dtype=seg.format.dtype, count=whole // width)
-        segment = Segment(ctx.context_id, seg.label, seg.format, samples, complete, error,
-                          trailing, seg.start, shift(tuple(seg.words), seg.start),
-                          shift(tuple(seg.phonemes), seg.start))
+        samples = _frombuffer(audio, seg.fmt.dtype, whole // width)
+        segment = Segment(ctx.context_id, seg.label, seg.fmt.format, samples, complete, error,
+                          trailing, seg.start,
+                          shift(tuple(seg.words), seg.start) if seg.words else _EMPTY,
+                          shift(tuple(seg.phonemes), seg.start) if seg.phonemes else _EMPTY)
         if seg.label in ctx.open:
             del ctx.open[seg.label]
             self._open_segments -= 1
@@ -796,7 +814,14 @@ cdef class Sink:
         else:
             seg = <_Segment>found
         self._register(ctx, new_context, seg, new_segment, adopt, label)
-        (seg.words if ftype == FS_TYPE_TIMESTAMPS else seg.phonemes).extend(items)
+        if ftype == FS_TYPE_TIMESTAMPS:
+            if seg.words is None:
+                seg.words = []
+            seg.words.extend(items)
+        else:
+            if seg.phonemes is None:
+                seg.phonemes = []
+            seg.phonemes.extend(items)
         self._frames += 1
         return (Timestamps(cid, seg.label, "words" if ftype == FS_TYPE_TIMESTAMPS else "phonemes",
                            items, seg.start),)
