@@ -82,8 +82,10 @@ cdef extern from "frame.h":
         FS_TYPE_BAD
     fs_type fs_frame_type(const uint8_t *buf, const fs_frame *frame)
     int fs_label(const uint8_t *buf, const fs_value *value, int64_t *label)
+    ctypedef struct fs_memo:
+        pass
     fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
-                      int tentative_data)
+                      int tentative_data, fs_memo *memo)
     fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
                               int *has_escape, size_t *error_offset)
     size_t fs_unescape_chars(const uint8_t *buf, size_t start, size_t end,
@@ -254,6 +256,7 @@ cdef class Sink:
     cdef dict _contexts, _ended, _formats
     cdef _Context _last
     cdef _Format _default         # self.format, prepared
+    cdef fs_memo _memo            # the scanner's memory of recent envelopes (zeroed by tp_alloc)
     cdef object _cid              # scratch: the id _lookup found
     cdef size_t _open_bytes
     cdef Py_ssize_t _open_segments
@@ -353,7 +356,7 @@ cdef class Sink:
         cdef fs_frame fr
         cdef size_t offset = 0
         self._fed += 1
-        cdef fs_status st = fs_scan(buf, n, &fr, &offset, 1)
+        cdef fs_status st = fs_scan(buf, n, &fr, &offset, 1, &self._memo)
         if st != FS_OK:
             raise FrameError(SCAN_CODES[st], offset)
         if not fr.data_tentative:
@@ -362,7 +365,7 @@ cdef class Sink:
             return self._dispatch(buf, n, &fr)
         except _Restart:
             pass  # data was not the last member after all: scan it the exact way
-        st = fs_scan(buf, n, &fr, &offset, 0)
+        st = fs_scan(buf, n, &fr, &offset, 0, &self._memo)
         if st != FS_OK:
             raise FrameError(SCAN_CODES[st], offset)
         return self._dispatch(buf, n, &fr)

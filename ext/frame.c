@@ -206,6 +206,7 @@ typedef struct {
     size_t error_offset;
     fs_frame *frame;
     int tentative_data;
+    fs_memo *memo;
 } scanner;
 
 static inline int is_ws(uint8_t c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
@@ -363,15 +364,98 @@ int fs_label(const uint8_t *buf, const fs_value *value, int64_t *label)
     return 0;
 }
 
+/* The k-th top-level member, buf[member:comma + 1], was scanned and ends with ','. */
+static void memo_keep(fs_memo *memo, size_t k, const uint8_t *buf, size_t member,
+                      size_t comma, int key, const fs_value *v)
+{
+    size_t len = comma + 1 - member;
+    if (k >= FS_MEMO_MEMBERS || key == FS_KEY_DATA) return;
+    fs_memo_member *m = &memo->members[k];
+    if (len > FS_MEMO_BYTES) { m->len = 0; return; }
+    memcpy(m->bytes, buf + member, len);
+    m->len = (uint32_t)len;
+    m->key = (int8_t)key;
+    if (key >= 0) {
+        m->kind = (uint8_t)v->kind;
+        m->value_offset = (uint16_t)(v->value_offset - member);
+        if (v->kind == FS_STRING || v->kind == FS_NUMBER) {
+            m->start = (uint16_t)(v->start - member);
+            m->end = (uint16_t)(v->end - member);
+            m->has_escape = (uint8_t)(v->kind == FS_STRING && v->has_escape);
+        } else {
+            m->start = m->end = 0;
+            m->has_escape = 0;
+        }
+    }
+}
+
+/* a[0:len] == b[0:len], where b has room for 16 bytes (a member's bytes[]) and
+ * a has room for avail >= len bytes. Members are 10-60 bytes: memcmp's call costs
+ * more than the compare. */
+static inline int same_member(const uint8_t *a, size_t avail, const uint8_t *b, size_t len)
+{
+#if defined(__SSE2__)
+    if (avail >= 16) {
+        if (len <= 16) {
+            unsigned eq = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+                _mm_loadu_si128((const __m128i *)a), _mm_loadu_si128((const __m128i *)b)));
+            unsigned want = (1u << len) - 1u;
+            return (eq & want) == want;
+        }
+        for (size_t j = 0;; j += 16) {
+            if (j + 16 >= len) j = len - 16;   /* the last 16, overlapping */
+            unsigned eq = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+                _mm_loadu_si128((const __m128i *)(a + j)),
+                _mm_loadu_si128((const __m128i *)(b + j))));
+            if (eq != 0xFFFFu) return 0;
+            if (j + 16 == len) return 1;
+        }
+    }
+#endif
+    (void)avail;
+    return memcmp(a, b, len) == 0;
+}
+
+/* If buf[i:] starts with the k-th kept member (and its key is not a duplicate), take
+ * what the scan of those bytes found and return its length; else 0. */
+static inline size_t memo_take(const fs_memo *memo, size_t k, const uint8_t *buf, size_t n,
+                               size_t i, fs_frame *frame)
+{
+    if (k >= FS_MEMO_MEMBERS) return 0;
+    const fs_memo_member *m = &memo->members[k];
+    if (m->len == 0 || m->len > n - i || !same_member(buf + i, n - i, m->bytes, m->len))
+        return 0;
+    if (m->key >= 0) {
+        fs_value *v = &frame->keys[m->key];
+        if (v->kind != FS_ABSENT) return 0;   /* a duplicate: the full scan reports it */
+        v->kind = (fs_kind)m->kind;
+        v->value_offset = i + m->value_offset;
+        v->start = i + m->start;
+        v->end = i + m->end;
+        v->has_escape = m->has_escape;
+    }
+    return m->len;
+}
+
 static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
 {
     const uint8_t *b = s->buf;
     size_t n = s->n, i = *pos + 1;
     fs_status st;
+    fs_memo *memo = top ? s->memo : NULL;
+    size_t k = 0;   /* the member's index, for memo */
     i = skip_ws(b, n, i);
     if (i >= n) return fail(s, FS_E_TRUNCATED, n);
     if (b[i] == '}') { *pos = i + 1; return FS_OK; }
-    for (;;) {
+    for (;; k++) {
+        if (memo) {
+            size_t len = memo_take(memo, k, b, n, i, s->frame);
+            if (len) {
+                i = skip_ws(b, n, i + len);
+                if (i >= n) return fail(s, FS_E_TRUNCATED, n);
+                continue;
+            }
+        }
         if (b[i] != '"') return fail(s, FS_E_SYNTAX, i);
         size_t key_offset = i, ks, ke;
         int kesc;
@@ -430,6 +514,9 @@ static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
         if (i >= n) return fail(s, FS_E_TRUNCATED, n);
         if (b[i] == '}') { *pos = i + 1; return FS_OK; }
         if (b[i] != ',') return fail(s, FS_E_SYNTAX, i);
+        if (memo)
+            memo_keep(memo, k, b, key_offset, i, key,
+                      key >= 0 ? &s->frame->keys[key] : NULL);
         i = skip_ws(b, n, i + 1);
         if (i >= n) return fail(s, FS_E_TRUNCATED, n);
     }
@@ -478,9 +565,9 @@ static fs_status scan_value(scanner *s, size_t *pos, int depth)
 }
 
 fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
-                  int tentative_data)
+                  int tentative_data, fs_memo *memo)
 {
-    scanner s = {buf, n, 0, frame, tentative_data};
+    scanner s = {buf, n, 0, frame, tentative_data, memo};
     /* only the kinds need clearing: the other fields are read once a kind is set */
     for (int k = 0; k < FS_NKEYS; k++) frame->keys[k].kind = FS_ABSENT;
     frame->object_offset = 0;

@@ -49,6 +49,34 @@ typedef struct {
     int data_tentative;    /* 1 when data's end was assumed, see fs_scan */
 } fs_frame;
 
+/* What the scanner learnt from the top-level members of earlier frames, so that a member
+ * repeated byte for byte is not validated again. A server's frames repeat most of their
+ * envelope ("type":"chunk", the context id, "status_code":206, ...), each member at an
+ * offset that may shift when an earlier one changes (step_time).
+ *
+ * Sound because the scanner's verdict on one top-level member, from the quote of its key
+ * to the ',' after its value, depends on those bytes alone (each step stops at a byte
+ * inside them, and they are validated as a unit at depth 1); only the duplicate check
+ * depends on what came before, and it is made again. The data member is never kept.
+ * Members are matched by position (the k-th member with the k-th kept one). */
+#define FS_MEMO_MEMBERS 12
+#define FS_MEMO_BYTES 112
+
+typedef struct {
+    uint32_t len;          /* bytes from the key's quote to the ',' inclusive; 0: empty */
+    int8_t key;            /* FS_KEY_* or -1 for a key flushsink ignores */
+    uint8_t kind;          /* fs_kind of the value, for a known key */
+    uint8_t has_escape;
+    uint8_t unused;
+    uint16_t value_offset, start, end;  /* the value's offsets from the member's start */
+    uint16_t unused2;
+    uint8_t bytes[FS_MEMO_BYTES];
+} fs_memo_member;
+
+typedef struct {
+    fs_memo_member members[FS_MEMO_MEMBERS];
+} fs_memo;
+
 /* Scan buf[0:n]. On error returns the status and sets *error_offset.
  *
  * With tentative_data, a top-level data string followed by nothing but the frame's
@@ -56,9 +84,12 @@ typedef struct {
  * quote is taken as its end and frame->data_tentative is set. That is right exactly
  * when the span holds no unescaped quote, which a successful base64 decode of the span
  * proves for free; anything else must confirm it with fs_check_string (the string must
- * end at keys[FS_KEY_DATA].end) or scan again without tentative_data. */
+ * end at keys[FS_KEY_DATA].end) or scan again without tentative_data.
+ *
+ * memo (may be NULL) is read and updated: pass the same one for the frames of a stream,
+ * zero-initialised at first. The result is the same with or without it. */
 fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
-                  int tentative_data);
+                  int tentative_data, fs_memo *memo);
 
 /* Validate the string whose content starts at buf[start] (just past the opening quote):
  * escapes, surrogate pairs, control bytes, UTF-8. On success *end is the offset of the

@@ -18,7 +18,8 @@ from flushsink import AudioFormat, CapacityError, FrameError
 from flushsink import _fallback
 
 import reference as ref
-from test_frames import BAD_FRAMES, REJECTED, VALID_FRAMES, marked, mutated_frames
+from test_frames import (BAD_FRAMES, INTERESTING, REJECTED, VALID_FRAMES, marked,
+                         json_leaf, mutated_frames, server_objects)
 from test_sink_model import as_input, scenarios
 
 try:
@@ -72,6 +73,74 @@ def test_sequences_agree(scenario):
 @given(mutated_frames())
 def test_single_frames_agree(frame):
     run_both(("pcm_s16le", 44100), {}, [("feed", frame, "bytes")])
+
+
+@st.composite
+def near_copies(draw):
+    """A stream of near-copies of one frame: most members repeat byte for byte, some
+    change, move, repeat (duplicate keys), break or are cut off."""
+    obj = draw(server_objects())
+    for key in draw(st.lists(st.sampled_from(["type", "context_id", "flush_id", "data"]),
+                             max_size=2)):
+        obj[key] = draw(json_leaf)   # a wrong type is reported at its (remembered) offset
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    ws, escape = draw(st.sampled_from([0.0, 0.3])), draw(st.sampled_from([0.0, 0.2]))
+    base = ref.server_frame(obj, rng, ws=ws, escape=escape)
+    frames = []
+    for _ in range(draw(st.integers(2, 8))):
+        frame = bytearray(ref.server_frame(obj, rng, ws=ws, escape=escape)
+                          if draw(st.booleans()) else base)
+        for _ in range(draw(st.integers(0, 2))):
+            op = draw(st.sampled_from(["replace", "insert", "delete", "cut", "repeat", "drop"]))
+            # the envelope (before data) is what the scanner remembers: aim there
+            pos = draw(st.integers(0, max(0, min(len(frame), 80) - 1)))
+            comma = frame.find(b",", pos)
+            if op == "replace":
+                frame[pos:pos + 1] = draw(st.sampled_from(INTERESTING))
+            elif op == "insert":
+                frame[pos:pos] = draw(st.sampled_from(INTERESTING))
+            elif op == "delete":
+                del frame[pos:pos + draw(st.integers(1, 3))]
+            elif op == "cut":
+                del frame[pos:]
+            elif comma > 0:
+                start = frame.rfind(b",", 0, comma) + 1 or frame.find(b"{") + 1
+                if op == "repeat":   # the member ending at that comma, twice
+                    frame[comma + 1:comma + 1] = frame[start:comma + 1]
+                else:
+                    del frame[start:comma + 1]
+        frames.append(bytes(frame))
+    return frames
+
+
+@settings(max_examples=ref.examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(near_copies())
+def test_near_copy_streams_agree(frames):
+    """The compiled scanner remembers the top-level members of earlier frames (frame.c's
+    fs_memo) and does not validate a repeated member again; the twin remembers nothing.
+    Streams of frames that repeat, move, duplicate and break members must agree."""
+    run_both(("pcm_s16le", 44100), {}, [("feed", f, "bytes") for f in frames])
+
+
+def test_remembered_member_is_still_a_duplicate():
+    """A member seen (and remembered) in one frame and repeated in the next is still a
+    duplicate key, reported at the second occurrence, wherever the memory kicks in."""
+    first = b'{"context_id":"a","type":"chunk","flush_id":1,"data":"AAAA"}'
+    # the second "type" is where the first frame's "type" was: remembered, yet a duplicate
+    again = b'{"type":"chunk","type":"chunk","flush_id":1,"data":"AAAA"}'
+    # and here the first "type" is taken from memory, the second scanned: still a duplicate
+    later = b'{"flush_id":1,"type":"chunk","type":"chunk","context_id":"a","data":"AAAA"}'
+    sink = _speedups.Sink()
+    assert sink.feed(first) == ()
+    with pytest.raises(FrameError) as info:
+        sink.feed(again)
+    assert (info.value.code, info.value.offset) == ("duplicate", again.index(b'"type"', 2))
+    with pytest.raises(FrameError) as info:
+        sink.feed(later)
+    assert (info.value.code, info.value.offset) == ("duplicate", later.rindex(b'"type"'))
+    assert sink.feed(first) == ()
+    assert sink.stats.audio_bytes == 6
+    assert sink.stats.rejected_frames == 2
 
 
 @settings(max_examples=ref.examples(300), deadline=None)
