@@ -333,36 +333,33 @@ async def ws_recv_async(url: str, workload: Workload) -> Run:
     return Run(t.cpu, t.wall, ("frames", frames, last), t.faults)
 
 
-async def flushsink_async(url: str, workload: Workload) -> Run:
-    import flushsink
-
-    async with flushsink.connect(url, api_key="bench", max_size=MAX_SIZE) as tts:
-        await tts.connect()
-        ctx = tts.context(voice=VOICE_ID, output_format=OUTPUT_FORMAT)
-        with _Timer() as t:
-            await ctx.push(workload.transcript)
-            await ctx.no_more_inputs()
-            segments = [segment async for segment in ctx.segments()]
-    return Run(t.cpu, t.wall, ("segments", segments), t.faults)
-
-
 def digest(segment: Any) -> tuple[int, int, bytes, bytes]:
     """What a released row keeps of a segment, for the check."""
     pcm = segment.pcm()
     return segment.flush_id, len(pcm), bytes(pcm[:32]), bytes(pcm[-32:])
 
 
-async def flushsink_released_async(url: str, workload: Workload) -> Run:
+def _keeping(keep: bool) -> tuple[str, Callable[[Any], Any]]:
+    """What a row holds of each segment: the segment itself, or its digest (released)."""
+    return ("segments", lambda segment: segment) if keep else ("digests", digest)
+
+
+async def flushsink_async(url: str, workload: Workload, keep: bool = True) -> Run:
     import flushsink
 
+    kind, hold = _keeping(keep)
     async with flushsink.connect(url, api_key="bench", max_size=MAX_SIZE) as tts:
         await tts.connect()
         ctx = tts.context(voice=VOICE_ID, output_format=OUTPUT_FORMAT)
         with _Timer() as t:
             await ctx.push(workload.transcript)
             await ctx.no_more_inputs()
-            digests = [digest(segment) async for segment in ctx.segments()]
-    return Run(t.cpu, t.wall, ("digests", digests), t.faults)
+            held = [hold(segment) async for segment in ctx.segments()]
+    return Run(t.cpu, t.wall, (kind, held), t.faults)
+
+
+async def flushsink_released_async(url: str, workload: Workload) -> Run:
+    return await flushsink_async(url, workload, keep=False)
 
 
 async def sink_loop_async(url: str, workload: Workload, keep: bool = True) -> Run:
@@ -370,6 +367,7 @@ async def sink_loop_async(url: str, workload: Workload, keep: bool = True) -> Ru
     import flushsink
     from websockets.asyncio.client import connect
 
+    kind, hold = _keeping(keep)
     sink = flushsink.Sink(flushsink.AudioFormat("pcm_s16le", RATE))
     segments: list[Any] = []
     async with connect(url, compression=None, max_size=MAX_SIZE) as ws:
@@ -380,10 +378,10 @@ async def sink_loop_async(url: str, workload: Workload, keep: bool = True) -> Ru
             while not done:
                 for event in feed(await ws.recv(decode=False)):
                     if isinstance(event, flushsink.SegmentReady):
-                        segments.append(event.segment if keep else digest(event.segment))
+                        segments.append(hold(event.segment))
                     elif isinstance(event, (flushsink.ContextDone, flushsink.ContextError)):
                         done = True
-    return Run(t.cpu, t.wall, ("segments" if keep else "digests", segments), t.faults)
+    return Run(t.cpu, t.wall, (kind, segments), t.faults)
 
 
 async def sink_loop_released_async(url: str, workload: Workload) -> Run:
@@ -465,30 +463,22 @@ def ws_recv_sync(url: str, workload: Workload) -> Run:
     return Run(t.cpu, t.wall, ("frames", frames, last), t.faults)
 
 
-def flushsink_sync(url: str, workload: Workload) -> Run:
+def flushsink_sync(url: str, workload: Workload, keep: bool = True) -> Run:
     import flushsink.sync
 
+    kind, hold = _keeping(keep)
     with flushsink.sync.connect(url, api_key="bench", max_size=MAX_SIZE) as tts:
         tts.connect()
         ctx = tts.context(voice=VOICE_ID, output_format=OUTPUT_FORMAT)
         with _Timer() as t:
             ctx.push(workload.transcript)
             ctx.no_more_inputs()
-            segments = list(ctx.segments())
-    return Run(t.cpu, t.wall, ("segments", segments), t.faults)
+            held = [hold(segment) for segment in ctx.segments()]
+    return Run(t.cpu, t.wall, (kind, held), t.faults)
 
 
 def flushsink_released_sync(url: str, workload: Workload) -> Run:
-    import flushsink.sync
-
-    with flushsink.sync.connect(url, api_key="bench", max_size=MAX_SIZE) as tts:
-        tts.connect()
-        ctx = tts.context(voice=VOICE_ID, output_format=OUTPUT_FORMAT)
-        with _Timer() as t:
-            ctx.push(workload.transcript)
-            ctx.no_more_inputs()
-            digests = [digest(segment) for segment in ctx.segments()]
-    return Run(t.cpu, t.wall, ("digests", digests), t.faults)
+    return flushsink_sync(url, workload, keep=False)
 
 
 def sdk_sync(url: str, workload: Workload) -> Run:
