@@ -207,7 +207,21 @@ typedef struct {
     fs_frame *frame;
     int tentative_data;
     fs_memo *memo;
+    size_t members;                          /* top-level members seen, data excluded */
+    fs_tmpl_member member[FS_TMPL_MEMBERS];  /* the first of them, for the template */
 } scanner;
+
+/* A top-level member's value was buf[value:value_end] (for the template). */
+static inline void record_member(scanner *s, size_t value, size_t value_end, int key)
+{
+    if (s->members < FS_TMPL_MEMBERS && value_end <= FS_TMPL_BYTES) {
+        fs_tmpl_member *m = &s->member[s->members];
+        m->value = (uint16_t)value;
+        m->value_end = (uint16_t)value_end;
+        m->key = (int8_t)key;
+    }
+    s->members++;
+}
 
 static inline int is_ws(uint8_t c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
 
@@ -215,6 +229,7 @@ static inline int is_ws(uint8_t c) { return c == ' ' || c == '\n' || c == '\r' |
  * '"' (the tentative end of a string opened at quote), else 0. */
 static size_t tail_quote(const uint8_t *b, size_t n, size_t quote)
 {
+    if (n >= quote + 3 && b[n - 1] == '}' && b[n - 2] == '"') return n - 2;   /* compact */
     size_t j = n;
     while (j > quote + 1 && is_ws(b[j - 1])) j--;
     if (j <= quote + 2 || b[j - 1] != '}') return 0;
@@ -252,34 +267,59 @@ static fs_status scan_string(scanner *s, size_t *pos, size_t *start, size_t *end
     return FS_OK;
 }
 
-static fs_status scan_number(scanner *s, size_t *pos)
+/* The first offset at or after j that does not hold a digit, or n. */
+static inline size_t digits_end(const uint8_t *b, size_t n, size_t j)
 {
-    const uint8_t *b = s->buf;
-    size_t n = s->n, j = *pos;
-#define DIGIT(k) ((k) < n && b[k] >= '0' && b[k] <= '9')
+#if defined(__SSE2__)
+    if (j + 16 <= n) {   /* a number's digits are few: one load sees them all */
+        __m128i v = _mm_loadu_si128((const __m128i *)(b + j));
+        /* signed compares: bytes >= 0x80 are negative, so not digits */
+        __m128i digit = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8('0' - 1)),
+                                      _mm_cmplt_epi8(v, _mm_set1_epi8('9' + 1)));
+        unsigned others = ~(unsigned)_mm_movemask_epi8(digit) & 0xFFFFu;
+        if (others) return j + (size_t)__builtin_ctz(others);
+        j += 16;
+    }
+#endif
+    while (j < n && (uint8_t)(b[j] - '0') <= 9) j++;
+    return j;
+}
+
+/* The number starting at b[*pos] (a '-' or a digit): on success *pos is its end. */
+static inline fs_status number_end(const uint8_t *b, size_t n, size_t *pos, size_t *error_offset)
+{
+    size_t j = *pos;
+#define DIGIT(k) ((k) < n && (uint8_t)(b[k] - '0') <= 9)
+#define FAIL(status, offset) do { *error_offset = (offset); return (status); } while (0)
     if (b[j] == '-') {
         j++;
-        if (j >= n) return fail(s, FS_E_TRUNCATED, n);
-        if (!DIGIT(j)) return fail(s, FS_E_NUMBER, j);
+        if (j >= n) FAIL(FS_E_TRUNCATED, n);
+        if (!DIGIT(j)) FAIL(FS_E_NUMBER, j);
     }
     if (b[j] == '0') j++;
-    else while (DIGIT(j)) j++;
+    else j = digits_end(b, n, j);
     if (j < n && b[j] == '.') {
         j++;
-        if (j >= n) return fail(s, FS_E_TRUNCATED, n);
-        if (!DIGIT(j)) return fail(s, FS_E_NUMBER, j);
-        while (DIGIT(j)) j++;
+        if (j >= n) FAIL(FS_E_TRUNCATED, n);
+        if (!DIGIT(j)) FAIL(FS_E_NUMBER, j);
+        j = digits_end(b, n, j);
     }
-    if (j < n && (b[j] == 'e' || b[j] == 'E')) {
+    if (j < n && (b[j] | 0x20) == 'e') {
         j++;
         if (j < n && (b[j] == '+' || b[j] == '-')) j++;
-        if (j >= n) return fail(s, FS_E_TRUNCATED, n);
-        if (!DIGIT(j)) return fail(s, FS_E_NUMBER, j);
-        while (DIGIT(j)) j++;
+        if (j >= n) FAIL(FS_E_TRUNCATED, n);
+        if (!DIGIT(j)) FAIL(FS_E_NUMBER, j);
+        j = digits_end(b, n, j);
     }
+#undef FAIL
 #undef DIGIT
     *pos = j;
     return FS_OK;
+}
+
+static fs_status scan_number(scanner *s, size_t *pos)
+{
+    return number_end(s->buf, s->n, pos, &s->error_offset);
 }
 
 static fs_status scan_literal(scanner *s, size_t *pos, const char *word, size_t len)
@@ -350,23 +390,11 @@ fs_type fs_frame_type(const uint8_t *buf, const fs_frame *frame)
     return FS_TYPE_UNKNOWN;
 }
 
-int fs_label(const uint8_t *buf, const fs_value *value, int64_t *label)
-{
-    size_t len = value->end - value->start;
-    if (value->kind != FS_NUMBER || len == 0 || len > 19) return -1;
-    uint64_t result = 0;
-    for (size_t i = value->start; i < value->end; i++) {
-        if (buf[i] < '0' || buf[i] > '9') return -1;
-        result = result * 10 + (uint64_t)(buf[i] - '0');
-    }
-    if (result > ((uint64_t)1 << 62)) return -1;
-    *label = (int64_t)result;
-    return 0;
-}
-
-/* The k-th top-level member, buf[member:comma + 1], was scanned and ends with ','. */
+/* The k-th top-level member, buf[member:comma + 1], was scanned and ends with ','; its
+ * value is buf[value:value_end]. */
 static void memo_keep(fs_memo *memo, size_t k, const uint8_t *buf, size_t member,
-                      size_t comma, int key, const fs_value *v)
+                      size_t comma, size_t value, size_t value_end, int key,
+                      const fs_value *v)
 {
     size_t len = comma + 1 - member;
     if (k >= FS_MEMO_MEMBERS || key == FS_KEY_DATA) return;
@@ -375,9 +403,10 @@ static void memo_keep(fs_memo *memo, size_t k, const uint8_t *buf, size_t member
     memcpy(m->bytes, buf + member, len);
     m->len = (uint32_t)len;
     m->key = (int8_t)key;
+    m->value_offset = (uint16_t)(value - member);
+    m->value_end = (uint16_t)(value_end - member);
     if (key >= 0) {
         m->kind = (uint8_t)v->kind;
-        m->value_offset = (uint16_t)(v->value_offset - member);
         if (v->kind == FS_STRING || v->kind == FS_NUMBER) {
             m->start = (uint16_t)(v->start - member);
             m->end = (uint16_t)(v->end - member);
@@ -418,15 +447,14 @@ static inline int same_member(const uint8_t *a, size_t avail, const uint8_t *b, 
 
 /* If buf[i:] starts with the k-th kept member (and its key is not a duplicate), take
  * what the scan of those bytes found and return its length; else 0. */
-static inline size_t memo_take(const fs_memo *memo, size_t k, const uint8_t *buf, size_t n,
-                               size_t i, fs_frame *frame)
+static inline size_t memo_take(scanner *s, size_t k, size_t i)
 {
     if (k >= FS_MEMO_MEMBERS) return 0;
-    const fs_memo_member *m = &memo->members[k];
-    if (m->len == 0 || m->len > n - i || !same_member(buf + i, n - i, m->bytes, m->len))
+    const fs_memo_member *m = &s->memo->members[k];
+    if (m->len == 0 || m->len > s->n - i || !same_member(s->buf + i, s->n - i, m->bytes, m->len))
         return 0;
     if (m->key >= 0) {
-        fs_value *v = &frame->keys[m->key];
+        fs_value *v = &s->frame->keys[m->key];
         if (v->kind != FS_ABSENT) return 0;   /* a duplicate: the full scan reports it */
         v->kind = (fs_kind)m->kind;
         v->value_offset = i + m->value_offset;
@@ -434,6 +462,7 @@ static inline size_t memo_take(const fs_memo *memo, size_t k, const uint8_t *buf
         v->end = i + m->end;
         v->has_escape = m->has_escape;
     }
+    record_member(s, i + m->value_offset, i + m->value_end, m->key);
     return m->len;
 }
 
@@ -449,7 +478,7 @@ static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
     if (b[i] == '}') { *pos = i + 1; return FS_OK; }
     for (;; k++) {
         if (memo) {
-            size_t len = memo_take(memo, k, b, n, i, s->frame);
+            size_t len = memo_take(s, k, i);
             if (len) {
                 i = skip_ws(b, n, i + len);
                 if (i >= n) return fail(s, FS_E_TRUNCATED, n);
@@ -466,6 +495,7 @@ static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
         i = skip_ws(b, n, i + 1);
         if (i >= n) return fail(s, FS_E_TRUNCATED, n);
         int key = top ? known_key(b, ks, ke, kesc) : -1;
+        size_t value = i;
         if (key >= 0) {
             fs_value *v = &s->frame->keys[key];
             if (v->kind != FS_ABSENT) return fail(s, FS_E_DUPLICATE, key_offset);
@@ -510,12 +540,14 @@ static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
         } else {
             if ((st = scan_value(s, &i, depth)) != FS_OK) return st;
         }
+        size_t value_end = i;
+        if (top) record_member(s, value, value_end, key);
         i = skip_ws(b, n, i);
         if (i >= n) return fail(s, FS_E_TRUNCATED, n);
         if (b[i] == '}') { *pos = i + 1; return FS_OK; }
         if (b[i] != ',') return fail(s, FS_E_SYNTAX, i);
         if (memo)
-            memo_keep(memo, k, b, key_offset, i, key,
+            memo_keep(memo, k, b, key_offset, i, value, value_end, key,
                       key >= 0 ? &s->frame->keys[key] : NULL);
         i = skip_ws(b, n, i + 1);
         if (i >= n) return fail(s, FS_E_TRUNCATED, n);
@@ -564,10 +596,132 @@ static fs_status scan_value(scanner *s, size_t *pos, int depth)
     }
 }
 
+/* ---- the envelope template (see fs_template in frame.h) ---------------------------- */
+
+/* Offset of the first byte where a[0:len] and b[0:len] differ, or len. */
+static inline size_t first_difference(const uint8_t *a, const uint8_t *b, size_t len)
+{
+    size_t i = 0;
+#if defined(__SSE2__)
+#define FS_EQ16(k) _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(a + (k))), \
+                                  _mm_loadu_si128((const __m128i *)(b + (k))))
+    for (; i + 64 <= len; i += 64) {   /* one branch per 64 bytes; the 16-byte loop finds it */
+        __m128i all = _mm_and_si128(_mm_and_si128(FS_EQ16(i), FS_EQ16(i + 16)),
+                                    _mm_and_si128(FS_EQ16(i + 32), FS_EQ16(i + 48)));
+        if (_mm_movemask_epi8(all) != 0xFFFF) break;
+    }
+    for (; i + 16 <= len; i += 16) {
+        unsigned eq = (unsigned)_mm_movemask_epi8(FS_EQ16(i));
+        if (eq != 0xFFFFu) return i + (size_t)__builtin_ctz(~eq);
+    }
+#undef FS_EQ16
+    if (i < len && len >= 16) {   /* the last 16 bytes, overlapping what is known equal */
+        size_t j = len - 16;
+        unsigned eq = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+            _mm_loadu_si128((const __m128i *)(a + j)), _mm_loadu_si128((const __m128i *)(b + j))));
+        return eq == 0xFFFFu ? len : j + (size_t)__builtin_ctz(~eq);
+    }
+#endif
+    for (; i < len; i++)
+        if (a[i] != b[i]) return i;
+    return len;
+}
+
+static void template_build(fs_template *t, const scanner *s)
+{
+    size_t len = s->frame->keys[FS_KEY_DATA].start;
+    if (len > FS_TMPL_BYTES || s->members > FS_TMPL_MEMBERS) {
+        t->len = 0;
+        return;
+    }
+    memcpy(t->bytes, s->buf, len);
+    memcpy(t->member, s->member, s->members * sizeof(fs_tmpl_member));
+    memset(t->owner, 0xFF, len);
+    for (size_t k = 0; k < s->members; k++)
+        memset(t->owner + s->member[k].value, (int)k,
+               (size_t)(s->member[k].value_end - s->member[k].value) + 1);
+    t->members = (uint32_t)s->members;
+    t->frame = *s->frame;
+    t->len = (uint32_t)len;
+}
+
+/* The scan of buf[0:n] with tentative_data, if the frame fits the template: its bytes up
+ * to data's content are the template's but for the values of some string or number
+ * members, each still a valid value of the same kind; 0 otherwise (scan it in full). */
+static int template_match(const fs_template *t, const uint8_t *buf, size_t n, fs_frame *frame)
+{
+    size_t len = t->len, p = 0, next = 0, changes = 0;
+    ptrdiff_t shift = 0;                 /* a byte at template offset x is at buf[x + shift] */
+    uint32_t changed[FS_TMPL_MEMBERS];   /* the members whose value changed, in order */
+    ptrdiff_t shifts[FS_TMPL_MEMBERS];   /* the shift after each of them */
+    if (n < len + 2) return 0;
+    *frame = t->frame;
+    for (;;) {
+        size_t d = p + first_difference(buf + p + shift, t->bytes + p, len - p);
+        if (d == len) break;
+        /* a changed value, after the last one (a key or a separator differs: no) */
+        if (t->owner[d] == 0xFF || t->owner[d] < next) return 0;
+        next = t->owner[d];
+        const fs_tmpl_member *m = &t->member[next];
+        size_t v = (size_t)((ptrdiff_t)m->value + shift), end;
+        fs_value *fv = m->key >= 0 ? &frame->keys[m->key] : NULL;
+        uint8_t kind = t->bytes[m->value], c = buf[v];   /* v <= d + shift < n */
+        if (kind == '"') {
+            size_t close, offset;
+            int escaped;
+            if (c != '"' || check_string(buf, n, v + 1, &close, &escaped, &offset) != FS_OK)
+                return 0;
+            end = close + 1;
+            if (fv) { fv->start = v + 1; fv->end = close; fv->has_escape = escaped; }
+        } else if (kind == '-' || (kind >= '0' && kind <= '9')) {
+            size_t offset;
+            if (!(c == '-' || (c >= '0' && c <= '9'))) return 0;
+            end = v;
+            if (number_end(buf, n, &end, &offset) != FS_OK) return 0;
+            if (fv) { fv->start = v; fv->end = end; }
+        } else {
+            return 0;
+        }
+        if (fv) fv->value_offset = v;
+        shift = (ptrdiff_t)end - (ptrdiff_t)m->value_end;
+        if ((ptrdiff_t)n < (ptrdiff_t)len + shift + 2) return 0;
+        changed[changes] = (uint32_t)next;
+        shifts[changes++] = shift;
+        p = m->value_end;
+        next++;
+    }
+    size_t quote = (size_t)((ptrdiff_t)len - 1 + shift), last = tail_quote(buf, n, quote);
+    if (last == 0) return 0;
+    if (shift != 0) {   /* the known keys after a longer or shorter value moved */
+        ptrdiff_t moved = 0;
+        for (size_t k = 0, c = 0; k < t->members; k++) {
+            if (c < changes && changed[c] == k) { moved = shifts[c++]; continue; }
+            int key = t->member[k].key;
+            if (moved != 0 && key >= 0) {
+                fs_value *fv = &frame->keys[key];
+                fv->value_offset = (size_t)((ptrdiff_t)fv->value_offset + moved);
+                fv->start = (size_t)((ptrdiff_t)fv->start + moved);
+                fv->end = (size_t)((ptrdiff_t)fv->end + moved);
+            }
+        }
+    }
+    fs_value *data = &frame->keys[FS_KEY_DATA];
+    data->value_offset = quote;
+    data->start = quote + 1;
+    data->end = last;
+    data->has_escape = 0;
+    frame->data_checked = 0;
+    frame->data_tentative = 1;
+    return 1;
+}
+
 fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
                   int tentative_data, fs_memo *memo)
 {
-    scanner s = {buf, n, 0, frame, tentative_data, memo};
+    if (memo != NULL && tentative_data && memo->tmpl.len != 0
+            && template_match(&memo->tmpl, buf, n, frame))
+        return FS_OK;
+    scanner s = {buf, n, 0, frame, tentative_data, memo, 0};
     /* only the kinds need clearing: the other fields are read once a kind is set */
     for (int k = 0; k < FS_NKEYS; k++) frame->keys[k].kind = FS_ABSENT;
     frame->object_offset = 0;
@@ -596,6 +750,8 @@ fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_o
             if (dst != FS_OK) { st = dst; s.error_offset = offset; }
         }
     }
+    if (st == FS_OK && memo != NULL && frame->data_tentative)
+        template_build(&memo->tmpl, &s);
     *error_offset = s.error_offset;
     return st;
 }

@@ -143,6 +143,92 @@ def test_remembered_member_is_still_a_duplicate():
     assert sink.stats.rejected_frames == 2
 
 
+# Values an envelope member may change to between frames: the compiled scanner keeps the
+# last data-last frame's envelope as a template (frame.c's fs_template) and validates only
+# the string and number values that changed, so these aim at that: valid and broken
+# numbers and strings, other kinds, and values that run into the next member.
+NEW_VALUES = [b"0", b"7", b"-3", b"41.7", b"41.700001", b"1e5", b"2E-3", b"12345678901234567890",
+              b"-", b"1.", b"1e", b"01", b"-0", b"1.5e+", b"--1", b"0x1", b"1 2",
+              b'""', b'"a"', b'"chunk"', b'"flush_done"', b'"\\u0063hunk"', b'"x\\"y"',
+              b'"\\u00e9"', b'"\\ud83d\\ude00"', b'"\\ud83d"', b'"\xc3\xa9"', b'"\\x"', b'"\x01"',
+              b'"\xff"', b'"unterminated', b'"a\\', b"null", b"true", b"{}", b"[1]", b""]
+ENVELOPE = [(b"type", b'"chunk"'), (b"context_id", b'"ctx-1"'), (b"status_code", b"206"),
+            (b"done", b"false"), (b"step_time", b"41.7"), (b"flush_id", b"1")]
+
+
+def envelope_frame(members, data: bytes, seps=(b", ", b": "), tail=b"}") -> bytes:
+    comma, colon = seps
+    body = comma.join(b'"' + k + b'"' + colon + v for k, v in members)
+    return b"{" + body + (comma if members else b"") + b'"data"' + colon + b'"' + data + b'"' + tail
+
+
+@st.composite
+def envelope_streams(draw):
+    """Frames with data last, most of them the previous envelope with a value or two
+    changed; now and then a key, a separator, the data or the tail."""
+    members = list(ENVELOPE)
+    if draw(st.booleans()):
+        members = draw(st.permutations(members))
+    seps = draw(st.sampled_from([(b", ", b": "), (b",", b":"), (b" ,\n", b" : ")]))
+    frames = []
+    for _ in range(draw(st.integers(2, 10))):
+        current = list(members)
+        data = ref.b64encode(draw(st.binary(max_size=30))).encode()
+        tail = b"}"
+        for _ in range(draw(st.integers(0, 3))):
+            op = draw(st.sampled_from(["value", "value", "value", "key", "drop", "repeat",
+                                       "data", "tail", "seps"]))
+            k = draw(st.integers(0, len(current) - 1)) if current else 0
+            if op == "value" and current:
+                current[k] = (current[k][0], draw(st.sampled_from(NEW_VALUES)))
+            elif op == "key" and current:
+                current[k] = (draw(st.sampled_from([b"type", b"flush_id", b"data", b"x",
+                                                    b"context_id", rb"t\u0079pe"])), current[k][1])
+            elif op == "drop" and current:
+                del current[k]
+            elif op == "repeat" and current:
+                current.insert(k, current[k])
+            elif op == "data":
+                data = draw(st.sampled_from([b"", b"AAAA", b"AA==", b"A=AA", b'AA"A', b"AA\\/A",
+                                             b"AA\\u0041A", b'AA\\"A', b"\xc3\xa9AAA", b"AAA"]))
+            elif op == "tail":
+                tail = draw(st.sampled_from([b"} ", b" }", b"}\n\t", b"}}", b"", b'", "x": 1}',
+                                             b"} x", b"]"]))
+            else:
+                seps = draw(st.sampled_from([(b", ", b": "), (b",", b":"), (b", ", b":")]))
+        if draw(st.booleans()):
+            members = current   # the envelope drifts, as step_time and flush_id do
+        frames.append(envelope_frame(current, data, seps, tail))
+    return frames
+
+
+@settings(max_examples=ref.examples(600), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(envelope_streams())
+def test_envelope_streams_agree(frames):
+    """Streams aimed at the compiled scanner's template: every frame must give what the
+    twin (which remembers nothing) gives, whatever changed since the template was made."""
+    run_both(("pcm_s16le", 44100), {}, [("feed", f, "bytes") for f in frames])
+
+
+def test_template_survives_other_frames():
+    """The template is the last data-last envelope; frames of other shapes in between
+    (flush_done without data last, timestamps) neither break it nor are matched to it."""
+    chunk = envelope_frame(ENVELOPE, b"AAAA")
+    longer = envelope_frame([(k, b"41.25" if k == b"step_time" else v) for k, v in ENVELOPE], b"AAAAAAAA")
+    done = b'{"type": "flush_done", "context_id": "ctx-1", "data": "", "flush_id": 1, "flush_done": true}'
+    next_flush = envelope_frame([(k, b"2" if k == b"flush_id" else v) for k, v in ENVELOPE], b"AAAB")
+    bad_number = envelope_frame([(k, b"4.x" if k == b"step_time" else v) for k, v in ENVELOPE], b"AAAA")
+    ops = [("feed", f, "bytes") for f in (chunk, longer, done, next_flush, bad_number, chunk,
+                                          next_flush, done)]
+    run_both(("pcm_s16le", 44100), {}, ops)
+    sink = _speedups.Sink()
+    for frame in (chunk, longer):
+        assert sink.feed(frame) == ()
+    with pytest.raises(FrameError) as info:
+        sink.feed(bad_number)
+    assert (info.value.code, info.value.offset) == ("number", bad_number.index(b"4.x") + 2)
+
+
 @settings(max_examples=ref.examples(300), deadline=None)
 @given(st.binary(max_size=60))
 def test_random_bytes_agree(frame):
