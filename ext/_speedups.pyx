@@ -84,6 +84,7 @@ cdef extern from "frame.h":
     int fs_label(const uint8_t *buf, const fs_value *value, int64_t *label)
     ctypedef struct fs_memo:
         pass
+    void fs_prefetch(const uint8_t *buf, size_t n)
     fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
                       int tentative_data, fs_memo *memo)
     fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
@@ -356,9 +357,12 @@ cdef class Sink:
         cdef fs_frame fr
         cdef size_t offset = 0
         self._fed += 1
+        fs_prefetch(buf, n)
         cdef fs_status st = fs_scan(buf, n, &fr, &offset, 1, &self._memo)
         if st != FS_OK:
             raise FrameError(SCAN_CODES[st], offset)
+        if self._append(buf, &fr):
+            return _EMPTY
         if not fr.data_tentative:
             return self._dispatch(buf, n, &fr)
         try:
@@ -369,6 +373,49 @@ cdef class Sink:
         if st != FS_OK:
             raise FrameError(SCAN_CODES[st], offset)
         return self._dispatch(buf, n, &fr)
+
+    @cython.final
+    cdef inline bint _append(self, const uint8_t *buf, fs_frame *fr) noexcept:
+        """The steady state in one step: a chunk of the previous frame's context, for
+        its current segment (its label, or none given), unescaped data that decodes into
+        the room the buffer has, under the caps. True when the chunk is stored; False,
+        with nothing changed, for anything else: the general path (_dispatch) decides
+        the same way and reports errors exactly."""
+        cdef _Context ctx = self._last
+        cdef _Segment seg
+        cdef fs_value *v = &fr.keys[FS_KEY_TYPE]
+        cdef fs_value *data = &fr.keys[FS_KEY_DATA]
+        cdef int64_t label
+        cdef size_t length, size, written, pos
+        if ctx is None or ctx.current is None or ctx.raw_id is None:
+            return False
+        seg = ctx.current
+        if seg.data == NULL or data.kind != FS_STRING or data.has_escape:
+            return False
+        if v.kind != FS_STRING or v.has_escape or v.end - v.start != 5 \
+                or memcmp(buf + v.start, b"chunk", 5) != 0:
+            return False
+        v = &fr.keys[FS_KEY_CONTEXT_ID]
+        length = v.end - v.start
+        if v.kind != FS_STRING or v.has_escape or <size_t>len(ctx.raw_id) != length \
+                or memcmp(<const char *>ctx.raw_id, buf + v.start, length) != 0:
+            return False
+        v = &fr.keys[FS_KEY_FLUSH_ID]
+        if v.kind != FS_ABSENT and v.kind != FS_NULL:
+            if fs_label(buf, v, &label) != 0 or label != seg.label or seg.unlabelled:
+                return False
+        length = data.end - data.start
+        if length >= GIL_RELEASE_BYTES:
+            return False
+        size = b64_decoded_size(buf + data.start, length)
+        if seg.length + size > seg.capacity or seg.length + size > self.max_segment_bytes \
+                or self._open_bytes + size > self.max_total_bytes:
+            return False
+        if b64_decode(buf + data.start, length, seg.data + seg.length, size,
+                      &written, &pos) != B64_OK:
+            return False  # the general path finds the error (or the escapes) again
+        self._stored(ctx, seg, size)
+        return True
 
     cdef int _check_data(self, const uint8_t *buf, size_t n, fs_frame *fr) except -1:
         """Validate the data string the scanner skipped: its JSON errors come first.
@@ -604,31 +651,11 @@ cdef class Sink:
 
     cdef object _chunk(self, const uint8_t *buf, size_t n, fs_frame *fr, bint has_flush,
                        int64_t label):
+        # (the steady state never gets here: _append took it)
         cdef _Context ctx = self._lookup(buf, fr)
         cdef object cid = self._cid
         cdef bint new_context = ctx is None, adopt, new_segment
-        cdef _Segment seg
         cdef fs_value *data = &fr.keys[FS_KEY_DATA]
-        cdef size_t length, size, written = 0, pos = 0
-        cdef b64_status st
-        # The steady state, fused: the context's current segment, the label it already
-        # has (or none given), unescaped data that fits in the buffer and under the caps.
-        # Anything else, or any failure, takes the general path below, which decides the
-        # same way and reports errors exactly.
-        if not new_context and ctx.current is not None and ctx.current.data != NULL \
-                and data.kind == FS_STRING and not data.has_escape and (not has_flush or (
-                    ctx.current.label == label and not ctx.current.unlabelled)):
-            seg = ctx.current
-            length = data.end - data.start
-            size = b64_decoded_size(buf + data.start, length)
-            if seg.length + size <= seg.capacity and seg.length + size <= self.max_segment_bytes \
-                    and self._open_bytes + size <= self.max_total_bytes \
-                    and length < GIL_RELEASE_BYTES:
-                st = b64_decode(buf + data.start, length, seg.data + seg.length, size,
-                                &written, &pos)
-                if st == B64_OK:
-                    self._stored(ctx, seg, size)
-                    return _EMPTY
         if new_context and self._unwelcome(cid):
             self._check_data(buf, n, fr)
             return self._drop()

@@ -34,15 +34,6 @@ static const uint8_t decode_table[256] = {
 #undef X
 };
 
-size_t b64_decoded_size(const uint8_t *src, size_t n)
-{
-    size_t size = n / 4 * 3 + (n % 4) * 3 / 4;
-    size_t pads = 0;
-    if (n >= 1 && src[n - 1] == '=') pads++;
-    if (n >= 2 && src[n - 2] == '=') pads++;
-    return size > pads ? size - pads : 0;
-}
-
 /* The exact error of invalid input, by the rule in b64.h. Slow, error path only: every
  * kernel reports errors through this one function, so offsets agree on every path. */
 static b64_status find_error(const uint8_t *src, size_t n, size_t *error_pos)

@@ -22,8 +22,13 @@ typedef enum {
 } b64_status;
 
 /* Exact decoded size of valid input, and never less than what b64_decode writes:
- * n * 3 / 4 minus the '=' among the last two bytes. */
-size_t b64_decoded_size(const uint8_t *src, size_t n);
+ * n * 3 / 4 minus the '=' among the last two bytes. (Inline: asked once per chunk.) */
+static inline size_t b64_decoded_size(const uint8_t *src, size_t n)
+{
+    size_t size = n / 4 * 3 + (n % 4) * 3 / 4;
+    size_t pads = (n >= 1 && src[n - 1] == '=') + (n >= 2 && src[n - 2] == '=');
+    return size > pads ? size - pads : 0;
+}
 
 /* Decode src[0:n] into dst (capacity cap). *written is set even on error (bytes
  * stored before the error); *error_pos is the offset of the error in src.
