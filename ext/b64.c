@@ -274,7 +274,9 @@ AVX512_TARGET static inline __m512i avx512_pack(__m512i values, __m512i gather)
     return _mm512_permutexvar_epi8(gather, avx512_words(values));
 }
 
-AVX512_TARGET static size_t decode_quanta_avx512(const uint8_t *src, size_t n, uint8_t *dst)
+/* The exact pass: stops at the first block holding a bad byte (see the optimistic one
+ * below, which runs first). */
+AVX512_TARGET static size_t decode_quanta_avx512_exact(const uint8_t *src, size_t n, uint8_t *dst)
 {
     const __m512i lo_half = _mm512_loadu_si512((const void *)avx512_table);
     const __m512i hi_half = _mm512_loadu_si512((const void *)(avx512_table + 64));
@@ -314,6 +316,63 @@ AVX512_TARGET static size_t decode_quanta_avx512(const uint8_t *src, size_t n, u
     }
     _mm256_zeroupper();   /* see decode_quanta_avx2 */
     return i + decode_quanta_scalar(src + i, n - i, dst);
+}
+
+/* The optimistic pass, for the usual clean input: the error bits of every block are ORed
+ * together and looked at once, at the end, instead of a branch on each step (on Zen 4,
+ * 2.3 kB in 43 instead of 50 ns). If anything was bad, the exact pass runs again from
+ * the start to stop at the right quantum; what this one wrote past that point is garbage
+ * the contract allows. (The AVX2 kernel gains nothing from this: with 16 registers the
+ * extra accumulators spill.) */
+AVX512_TARGET static size_t decode_quanta_avx512(const uint8_t *src, size_t n, uint8_t *dst)
+{
+    const __m512i lo_half = _mm512_loadu_si512((const void *)avx512_table);
+    const __m512i hi_half = _mm512_loadu_si512((const void *)(avx512_table + 64));
+    const __m512i gather = _mm512_loadu_si512((const void *)avx512_order);
+    const __m512i step0 = _mm512_loadu_si512((const void *)avx512_step[0]);
+    const __m512i step1 = _mm512_loadu_si512((const void *)avx512_step[1]);
+    const __m512i step2 = _mm512_loadu_si512((const void *)avx512_step[2]);
+    size_t i = 0;
+    uint8_t *out = dst;
+    __m512i bad = _mm512_setzero_si512();
+    while (n - i >= 256) {
+        __m512i bad01 = _mm512_setzero_si512(), bad23 = _mm512_setzero_si512();
+        __m512i v0 = avx512_values(_mm512_loadu_si512((const void *)(src + i)), lo_half, hi_half, &bad01);
+        __m512i v1 = avx512_values(_mm512_loadu_si512((const void *)(src + i + 64)), lo_half, hi_half, &bad01);
+        __m512i v2 = avx512_values(_mm512_loadu_si512((const void *)(src + i + 128)), lo_half, hi_half, &bad23);
+        __m512i v3 = avx512_values(_mm512_loadu_si512((const void *)(src + i + 192)), lo_half, hi_half, &bad23);
+        bad = _mm512_ternarylogic_epi32(bad, bad01, bad23, 0xFE);
+        /* ask for the lines 1 kB ahead: a frame read from L2/L3 decodes 3-5% faster
+         * (the hardware prefetcher alone lags behind a 64 GB/s consumer); a prefetch
+         * past the end of src is harmless, it never faults */
+        _mm_prefetch((const char *)src + i + 1024, _MM_HINT_T0);
+        _mm_prefetch((const char *)src + i + 1024 + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)src + i + 1024 + 128, _MM_HINT_T0);
+        _mm_prefetch((const char *)src + i + 1024 + 192, _MM_HINT_T0);
+        __m512i w0 = avx512_words(v0), w1 = avx512_words(v1);
+        __m512i w2 = avx512_words(v2), w3 = avx512_words(v3);
+        _mm512_storeu_si512((void *)out, _mm512_permutex2var_epi8(w0, step0, w1));
+        _mm512_storeu_si512((void *)(out + 64), _mm512_permutex2var_epi8(w1, step1, w2));
+        _mm512_storeu_si512((void *)(out + 128), _mm512_permutex2var_epi8(w2, step2, w3));
+        i += 256;
+        out += 192;
+    }
+    /* the rest, up to 64 characters at a time: the masked-out bytes read as 'A' (valid),
+     * so that only real ones can mark an error */
+    const __m512i filler = _mm512_set1_epi8('A');
+    while (i < n) {
+        size_t len = n - i < 64 ? n - i : 64;
+        __mmask64 in_mask = len == 64 ? ~(__mmask64)0 : ((__mmask64)1 << len) - 1;
+        __m512i v = avx512_values(_mm512_mask_loadu_epi8(filler, in_mask, (const void *)(src + i)),
+                                  lo_half, hi_half, &bad);
+        __mmask64 out_mask = ((__mmask64)1 << (len / 4 * 3)) - 1;
+        _mm512_mask_storeu_epi8((void *)out, out_mask, avx512_pack(v, gather));
+        i += len;
+        out += len / 4 * 3;
+    }
+    int clean = _mm512_movepi8_mask(bad) == 0;
+    _mm256_zeroupper();   /* see decode_quanta_avx2 */
+    return clean ? i : decode_quanta_avx512_exact(src, n, dst);
 }
 
 #endif /* B64_X86 */
