@@ -139,24 +139,46 @@ def b64decode(data):
 
 # Released segment buffers kept for reuse. A segment buffer is preallocated and then
 # trimmed, so glibc hands out every new one as a fresh mmap: each first touch of a page
-# then faults (about 1.5 us per 4 KiB on a VM, more than decoding the audio in it). The
-# few most recently released buffers are kept warm instead, within a byte bound, and a
-# new segment starts in one of them and grows geometrically as usual. Only touched with
+# then faults (1.5-2.5 us per 4 KiB on a VM, more than decoding the audio in it). The
+# most recently released buffers are kept warm instead, within a byte bound
+# (FLUSHSINK_POOL_BYTES, default 64 MiB per process, 0 to keep none), and a new segment
+# starts in one of them and grows geometrically as usual. Enough slots for a caller that
+# keeps a few dozen segments and then lets them all go (measured in bench_e2e: with 8
+# slots, 32 of 40 segments of each such run were faulted in afresh). Only touched with
 # the GIL held (dealloc and _new_segment).
 cdef enum:
-    POOL_SLOTS = 8
-    POOL_MAX_BYTES = 64 * 1024 * 1024
+    POOL_SLOTS = 256
     POOL_MIN_BYTES = 64 * 1024      # smaller blocks come from the heap, reused by malloc
 cdef uint8_t *_pool_data[POOL_SLOTS]
 cdef size_t _pool_size[POOL_SLOTS]
 cdef int _pool_count = 0
 cdef size_t _pool_bytes = 0
+cdef size_t _pool_max_bytes = 64 * 1024 * 1024
+
+
+def _pool_limit(text):
+    """The pool's byte bound from FLUSHSINK_POOL_BYTES (bytes, or with k/M/G)."""
+    global _pool_max_bytes
+    text = text.strip()
+    scale = {"k": 2**10, "m": 2**20, "g": 2**30}.get(text[-1:].lower(), 1)
+    number = text[:-1] if scale != 1 else text
+    try:
+        value = int(number) * scale
+    except ValueError:
+        raise ValueError(f"FLUSHSINK_POOL_BYTES must be a byte count like 64M, not {text!r}") from None
+    if value < 0:
+        raise ValueError(f"FLUSHSINK_POOL_BYTES must not be negative, not {text!r}")
+    _pool_max_bytes = value
+    return value
+
+
+_pool_limit(os.environ.get("FLUSHSINK_POOL_BYTES", "64M") or "64M")
 
 
 cdef void _pool_give(uint8_t *data, size_t size) noexcept:
     global _pool_count, _pool_bytes
     if size >= POOL_MIN_BYTES and _pool_count < POOL_SLOTS \
-            and _pool_bytes + size <= POOL_MAX_BYTES:
+            and _pool_bytes + size <= _pool_max_bytes:
         _pool_data[_pool_count] = data
         _pool_size[_pool_count] = size
         _pool_count += 1

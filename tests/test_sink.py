@@ -883,7 +883,7 @@ def test_preallocation_is_not_resident(any_core):
 
 def test_released_buffers_are_reused_within_bounds(compiled_core):
     """Segment buffers released by the caller are kept warm for new segments (no page
-    faults), at most 8 of them and 64 MiB; reused buffers carry exactly the new audio."""
+    faults), at most 64 of them and 64 MiB; reused buffers carry exactly the new audio."""
     import base64
     import gc
 
@@ -902,7 +902,43 @@ def test_released_buffers_are_reused_within_bounds(compiled_core):
         del ready_event
         gc.collect()
         count, size = compiled_core._pool_state()
-        assert 1 <= count <= 8 and size <= 64 * 2**20
+        assert 1 <= count <= 64 and size <= 64 * 2**20
+
+
+def test_many_released_buffers_are_all_kept(compiled_core):
+    """A caller that holds a few dozen segments and then lets them all go (a batch, a
+    benchmark round) gets every buffer back for the next ones, up to the byte bound."""
+    import base64
+    import gc
+
+    sink = compiled_core.Sink(prealloc_seconds=0.5)
+    piece = base64.b64encode(bytes(88200)).decode()   # 1 s of pcm_s16le at 44.1 kHz
+    held = []
+    for i in range(40):
+        sink.feed(json.dumps({"type": "chunk", "context_id": f"k{i}", "data": piece}))
+        (ready_event, _) = sink.feed(json.dumps({"type": "done", "context_id": f"k{i}"}))
+        held.append(ready_event.segment)
+        del ready_event
+    before, _ = compiled_core._pool_state()
+    held.clear()
+    gc.collect()
+    count, size = compiled_core._pool_state()
+    assert count == min(64, before + 40) and size <= 64 * 2**20
+
+
+@pytest.mark.parametrize("text,expected", [("64M", 64 * 2**20), ("0", 0), ("512k", 512 * 2**10),
+                                           ("1G", 2**30), ("1234", 1234)])
+def test_pool_limit_parsing(compiled_core, text, expected):
+    try:
+        assert compiled_core._pool_limit(text) == expected
+    finally:
+        compiled_core._pool_limit("64M")
+
+
+@pytest.mark.parametrize("text", ["lots", "-1", "12x", "M"])
+def test_pool_limit_rejects_garbage(compiled_core, text):
+    with pytest.raises(ValueError, match="FLUSHSINK_POOL_BYTES"):
+        compiled_core._pool_limit(text)
 
 
 def test_max_open_segments(any_core):
