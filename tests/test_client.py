@@ -417,3 +417,42 @@ def test_api_key_is_sent_and_checked():
     assert run(main("secret"))[0].samples.tobytes() == expected("Key.")
     with pytest.raises(Exception, match="401"):
         run(main("wrong"))
+
+
+# --- the context inbox ------------------------------------------------------------------------
+
+def test_inbox_times_out_wakes_readers_in_turn_and_survives_cancellation():
+    """The asyncio context's event inbox (a deque and waiting futures, no task per get):
+    items come out in order, a reader waits until an item or its timeout, two readers
+    each get one item, and a cancelled reader passes its wakeup on."""
+    from flushsink.client import _Inbox
+
+    async def main():
+        inbox = _Inbox()
+        inbox.put_nowait(1)
+        inbox.put_nowait(2)
+        assert [await inbox.get(1), await inbox.get(1)] == [1, 2]
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(asyncio.TimeoutError):
+            await inbox.get(0.05)
+        assert asyncio.get_running_loop().time() - started >= 0.05
+        readers = [asyncio.ensure_future(inbox.get(5)) for _ in range(2)]
+        await asyncio.sleep(0)
+        inbox.put_nowait("a")
+        inbox.put_nowait("b")
+        assert sorted(await asyncio.gather(*readers)) == ["a", "b"]
+        # a reader cancelled after its wakeup must not strand the item or the next reader
+        first, second = (asyncio.ensure_future(inbox.get(5)) for _ in range(2))
+        await asyncio.sleep(0)
+        inbox.put_nowait("c")
+        first.cancel()
+        assert await asyncio.wait_for(second, 1) == "c"
+        # a reader that finds the item gone (taken by one that did not wait) waits on
+        late = asyncio.ensure_future(inbox.get(0.2))
+        await asyncio.sleep(0)
+        inbox.put_nowait("d")
+        assert await inbox.get(1) == "d"   # taken before the woken reader runs
+        with pytest.raises(asyncio.TimeoutError):
+            await late
+
+    run(main())

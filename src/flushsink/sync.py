@@ -9,13 +9,13 @@ from __future__ import annotations
 import inspect
 import queue
 import threading
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, cast
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from .client import ClientBase
+from .client import ClientBase, DirectMessages
 from .errors import ReceiveTimeout
 from .segments import Segment, SegmentReady
 from .session import ConnectionLost, ContextState, _End, _Failed, log
@@ -26,6 +26,10 @@ __all__ = ["connect", "Client", "Context", "ReceiveTimeout"]
 # which older versions (the official SDK pins < 16) do not accept: ask only where known.
 _DIRECT: dict[str, Any] = (
     {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {})
+
+
+class _Connection(DirectMessages, ClientConnection):
+    pass
 
 
 class Context:
@@ -134,7 +138,8 @@ class Client(ClientBase):
                 return
             ws = ws_connect(self.url, additional_headers=self.headers,
                             open_timeout=self.open_timeout, max_size=self.max_size,
-                            compression=self.compression, **_DIRECT)
+                            compression=self.compression,
+                            create_connection=cast(Any, self._new_connection), **_DIRECT)
             self._ws = ws
             self.connections += 1
             self._reader = threading.Thread(target=self._read, args=(ws,),
@@ -150,7 +155,28 @@ class Client(ClientBase):
         except ConnectionClosed as exc:
             raise ConnectionLost(f"connection closed while sending: {exc}") from exc
 
+    def _new_connection(self, *args: Any, **kwargs: Any) -> ClientConnection:
+        connection = _Connection(*args, **kwargs)
+        connection.on_message = self._on_message
+        return connection
+
+    def _on_message(self, message: Any) -> None:
+        """A message, straight from the protocol, in websockets' receiving thread."""
+        try:
+            with self._state_lock:
+                self._session.receive(message)
+        except Exception as exc:  # a bug (or a writer's own error) must not go unseen
+            log.exception("flushsink: the reader failed")
+            with self._state_lock:
+                self._session.connection_lost(f"reader failed: {exc!r}")
+            ws = self._ws
+            if ws is not None:  # close() waits for this very thread: ask another one
+                threading.Thread(target=ws.close, args=(1011, "client failed"),
+                                 daemon=True).start()
+
     def _read(self, ws: ClientConnection) -> None:
+        # Messages go to _on_message in websockets' own thread; this one waits for the
+        # end of the connection (and feeds whatever recv() still gets, see DirectMessages).
         session = self._session
         try:
             while True:
