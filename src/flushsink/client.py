@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import mmap
 import os
 from typing import Any, AsyncIterator, Callable, Optional, cast
 
@@ -90,22 +91,34 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
     read then faults its pages in afresh unless something else in the process freed a
     larger block first (measured in a fresh process: 1 to 13 page faults per message, a
     20 ms message at 7 instead of 4.5 us). websockets copies what it is given
-    (receive_data appends it to its own buffer), so the one buffer can be reused."""
+    (receive_data appends it to its own buffer), so the one buffer can be reused.
+
+    The buffer is 1 MiB, so that a burst is read in fewer system calls and loop turns
+    (bench_e2e, 100 ms messages: 8.3 us with 256 KiB reads, 7.4 with 1 MiB); it is an
+    anonymous mapping, resident only as far as reads have filled it."""
 
     _read_buffer: Optional[memoryview] = None
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._read_buffer is None:
-            self._read_buffer = memoryview(bytearray(_READ_SIZE))
+            self._read_buffer = memoryview(mmap.mmap(-1, _READ_SIZE))
         return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self._read_buffer is not None
         self.data_received(self._read_buffer[:nbytes])  # type: ignore[arg-type]
 
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        super().connection_lost(exc)
+        buffer, self._read_buffer = self._read_buffer, None
+        if buffer is not None:  # unmap it with the connection, not when the GC gets to it
+            try:
+                buffer.release()
+            except BufferError:  # pragma: no cover - a slice still exported
+                pass
 
-# what asyncio's own transports read at once (selector_events.max_size)
-_READ_SIZE = 256 * 1024
+
+_READ_SIZE = 2**20
 
 
 class _Inbox:
