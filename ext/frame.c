@@ -692,7 +692,9 @@ static int template_match(const fs_template *t, const uint8_t *buf, size_t n, fs
     }
     size_t quote = (size_t)((ptrdiff_t)len - 1 + shift), last = tail_quote(buf, n, quote);
     if (last == 0) return 0;
-    if (shift != 0) {   /* the known keys after a longer or shorter value moved */
+    if (changes != 0) {   /* the known keys after a longer or shorter value moved (each
+                           * by the shift in force where it sits: two changes that cancel
+                           * out still move the keys between them) */
         ptrdiff_t moved = 0;
         for (size_t k = 0, c = 0; k < t->members; k++) {
             if (c < changes && changed[c] == k) { moved = shifts[c++]; continue; }
@@ -719,8 +721,10 @@ fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_o
                   int tentative_data, fs_memo *memo)
 {
     if (memo != NULL && tentative_data && memo->tmpl.len != 0
-            && template_match(&memo->tmpl, buf, n, frame))
+            && template_match(&memo->tmpl, buf, n, frame)) {
+        *error_offset = 0;   /* as the full scan leaves it */
         return FS_OK;
+    }
     scanner s = {buf, n, 0, frame, tentative_data, memo, 0};
     /* only the kinds need clearing: the other fields are read once a kind is set */
     for (int k = 0; k < FS_NKEYS; k++) frame->keys[k].kind = FS_ABSENT;

@@ -152,8 +152,11 @@ NEW_VALUES = [b"0", b"7", b"-3", b"41.7", b"41.700001", b"1e5", b"2E-3", b"12345
               b'""', b'"a"', b'"chunk"', b'"flush_done"', b'"\\u0063hunk"', b'"x\\"y"',
               b'"\\u00e9"', b'"\\ud83d\\ude00"', b'"\\ud83d"', b'"\xc3\xa9"', b'"\\x"', b'"\x01"',
               b'"\xff"', b'"unterminated', b'"a\\', b"null", b"true", b"{}", b"[1]", b""]
-ENVELOPE = [(b"type", b'"chunk"'), (b"context_id", b'"ctx-1"'), (b"status_code", b"206"),
-            (b"done", b"false"), (b"step_time", b"41.7"), (b"flush_id", b"1")]
+# "seq" puts a number before the known keys, so that two changed numbers can have known
+# keys between them even in this order
+ENVELOPE = [(b"seq", b"12"), (b"type", b'"chunk"'), (b"context_id", b'"ctx-1"'),
+            (b"status_code", b"206"), (b"done", b"false"), (b"step_time", b"41.7"),
+            (b"flush_id", b"1")]
 
 
 def envelope_frame(members, data: bytes, seps=(b", ", b": "), tail=b"}") -> bytes:
@@ -176,11 +179,16 @@ def envelope_streams(draw):
         data = ref.b64encode(draw(st.binary(max_size=30))).encode()
         tail = b"}"
         for _ in range(draw(st.integers(0, 3))):
-            op = draw(st.sampled_from(["value", "value", "value", "key", "drop", "repeat",
-                                       "data", "tail", "seps"]))
+            op = draw(st.sampled_from(["value", "value", "value", "resize", "resize", "key",
+                                       "drop", "repeat", "data", "tail", "seps"]))
             k = draw(st.integers(0, len(current) - 1)) if current else 0
             if op == "value" and current:
                 current[k] = (current[k][0], draw(st.sampled_from(NEW_VALUES)))
+            elif op == "resize" and current:
+                # a number one or two digits longer or shorter: two of these in one frame
+                # can cancel out, and the keys between them still move
+                length = max(1, len(current[k][1]) + draw(st.sampled_from([-2, -1, 1, 2])))
+                current[k] = (current[k][0], b"7" * length)
             elif op == "key" and current:
                 current[k] = (draw(st.sampled_from([b"type", b"flush_id", b"data", b"x",
                                                     b"context_id", rb"t\u0079pe"])), current[k][1])
@@ -208,6 +216,21 @@ def test_envelope_streams_agree(frames):
     """Streams aimed at the compiled scanner's template: every frame must give what the
     twin (which remembers nothing) gives, whatever changed since the template was made."""
     run_both(("pcm_s16le", 44100), {}, [("feed", f, "bytes") for f in frames])
+
+
+def test_template_changes_that_cancel_out_still_move_the_keys_between():
+    """Regression (found in review): step_time one byte shorter and flush_id one byte
+    longer left the total shift at 0, and the context_id between them kept the
+    template's offsets: the audio went to a context named 'tx"'."""
+    first = b'{"type":"chunk","step_time":9.5,"context_id":"ctx","flush_id":9,"data":"AAAA"}'
+    second = b'{"type":"chunk","step_time":10,"context_id":"ctx","flush_id":10,"data":"AAAA"}'
+    run_both(("pcm_s16le", 44100), {}, [("feed", first, "bytes"), ("feed", second, "bytes"),
+                                        ("close", "end")])
+    sink = _speedups.Sink()
+    sink.feed(first)
+    sink.feed(second)
+    assert sorted((e.segment.context_id, e.segment.flush_id) for e in sink.close()) == [
+        ("ctx", 9), ("ctx", 10)]
 
 
 def test_template_survives_other_frames():
