@@ -166,10 +166,26 @@ def _pool_limit(text):
         value = int(number) * scale
     except ValueError:
         raise ValueError(f"FLUSHSINK_POOL_BYTES must be a byte count like 64M, not {text!r}") from None
-    if value < 0:
-        raise ValueError(f"FLUSHSINK_POOL_BYTES must not be negative, not {text!r}")
+    if not 0 <= value < 2**62:
+        raise ValueError(f"FLUSHSINK_POOL_BYTES must be a byte count like 64M, not {text!r}")
     _pool_max_bytes = value
+    _pool_trim()
     return value
+
+
+cdef void _pool_trim() noexcept:
+    """Free the oldest kept buffers until the pool is within its bound."""
+    global _pool_count, _pool_bytes
+    cdef int k, kept = 0
+    for k in range(_pool_count):
+        if _pool_bytes > _pool_max_bytes:
+            _pool_bytes -= _pool_size[k]
+            free(_pool_data[k])
+        else:
+            _pool_data[kept] = _pool_data[k]
+            _pool_size[kept] = _pool_size[k]
+            kept += 1
+    _pool_count = kept
 
 
 _pool_limit(os.environ.get("FLUSHSINK_POOL_BYTES", "64M") or "64M")

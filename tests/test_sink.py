@@ -935,10 +935,33 @@ def test_pool_limit_parsing(compiled_core, text, expected):
         compiled_core._pool_limit("64M")
 
 
-@pytest.mark.parametrize("text", ["lots", "-1", "12x", "M"])
+@pytest.mark.parametrize("text", ["lots", "-1", "12x", "M", "99999999999999999999G"])
 def test_pool_limit_rejects_garbage(compiled_core, text):
     with pytest.raises(ValueError, match="FLUSHSINK_POOL_BYTES"):
         compiled_core._pool_limit(text)
+
+
+def test_lowering_the_pool_limit_frees_what_is_over_it(compiled_core):
+    import base64
+    import gc
+
+    sink = compiled_core.Sink(prealloc_seconds=0.5)
+    piece = base64.b64encode(bytes(88200)).decode()
+    held = []
+    for i in range(4):
+        sink.feed(json.dumps({"type": "chunk", "context_id": f"t{i}", "data": piece}))
+        held.append(sink.feed(json.dumps({"type": "done", "context_id": f"t{i}"})))
+    held.clear()
+    gc.collect()
+    try:
+        assert compiled_core._pool_state()[1] > 100_000
+        compiled_core._pool_limit("100k")
+        count, size = compiled_core._pool_state()
+        assert size <= 100_000 and count <= 1
+        compiled_core._pool_limit("0")
+        assert compiled_core._pool_state() == (0, 0)
+    finally:
+        compiled_core._pool_limit("64M")
 
 
 def test_max_open_segments(any_core):
