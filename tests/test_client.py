@@ -456,3 +456,26 @@ def test_inbox_times_out_wakes_readers_in_turn_and_survives_cancellation():
             await late
 
     run(main())
+
+
+def test_inbox_without_timeout_waits_and_leaves_no_waiters_behind():
+    from flushsink.client import _Inbox
+
+    async def main():
+        inbox = _Inbox()
+        for _ in range(50):  # timed-out and cancelled readers are not kept
+            with pytest.raises(asyncio.TimeoutError):
+                await inbox.get(0)
+            reader = asyncio.ensure_future(inbox.get(5))
+            await asyncio.sleep(0)
+            reader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+        assert len(inbox._waiters) == 0
+        forever = asyncio.ensure_future(inbox.get(None))
+        await asyncio.sleep(0.05)
+        assert not forever.done()
+        inbox.put_nowait("late")
+        assert await asyncio.wait_for(forever, 1) == "late"
+
+    run(main())

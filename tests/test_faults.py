@@ -369,6 +369,43 @@ def test_a_write_error_fails_only_its_segment_sync_client(tmp_path):
     assert [received(s) for s in kept] == [b1] and kept[0].path.endswith("1.wav")
 
 
+def _failing_writer(event):
+    raise RuntimeError("a writer's own bug")
+
+
+def test_a_writer_failing_otherwise_ends_the_connection_not_the_process():
+    """A writer raising something else than WriteError (a bug) happens inside the
+    connection's handling of a message: every context ends with ConnectionLost naming it,
+    nothing that arrives after it is fed to the Sink, and the client closes the
+    connection."""
+    script = [chunk("a", 1, audio_of("a", 0)), done("a"), chunk("b", 1, audio_of("b", 0)),
+              done("b")]
+    results, tts = run(run_script(script, writer=_failing_writer))
+    for cid in ("a", "b"):
+        segments, failure = results[cid]
+        assert isinstance(failure, ConnectionLost) and "a writer's own bug" in str(failure), failure
+    # the Sink saw a's chunk and done; what came after on that connection was dropped
+    assert tts.sink.stats.frames == 2 and tts.sink.stats.open_segments == 0
+
+
+def test_a_writer_failing_otherwise_sync_client():
+    script = [chunk("a", 1, audio_of("a", 0)), done("a"), chunk("b", 1, audio_of("b", 0)),
+              done("b")]
+    with ScriptedServer(script, wait_for=2).running_in_thread() as server:
+        with sync.connect(server.url, writer=_failing_writer, receive_timeout=TIMEOUT) as tts:
+            contexts = [tts.context(voice="v", context_id=cid) for cid in ("a", "b")]
+            for ctx in contexts:
+                ctx.push("x")
+            for ctx in contexts:
+                with pytest.raises(ConnectionLost, match="a writer's own bug"):
+                    ctx.collect()
+            deadline = time.monotonic() + TIMEOUT
+            while tts._connected() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not tts._connected()  # closed by the client, not by the test
+            assert tts.sink.stats.frames == 2 and tts.sink.stats.open_segments == 0
+
+
 def test_a_write_error_during_a_drop_still_ends_every_context(tmp_path):
     """Regression: a writer failing inside connection_lost() used to escape the reader, so
     the contexts waited for receive_timeout and close() raised the WriteError."""

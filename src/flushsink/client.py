@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import mmap
 import os
 from typing import Any, AsyncIterator, Callable, Optional, cast
@@ -83,6 +84,10 @@ class DirectMessages:
         super().process_event(event)  # type: ignore[misc]
 
 
+def _drop(message: Any) -> None:
+    """What a connection's messages go to once handling one has failed."""
+
+
 class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
     """The asyncio connection flushsink uses: messages as in DirectMessages, and reads
     into one buffer of its own (asyncio's buffered protocol) rather than into a new
@@ -146,19 +151,22 @@ class _Inbox:
                 waiter.set_result(None)
                 return
 
-    async def get(self, timeout: float) -> Any:
-        """The next item; asyncio.TimeoutError if none comes within timeout seconds."""
+    async def get(self, timeout: Optional[float]) -> Any:
+        """The next item; asyncio.TimeoutError if none comes within timeout seconds
+        (None: wait as long as it takes)."""
         if self._items:
             return self._items.popleft()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = None if timeout is None else loop.time() + timeout
         while not self._items:  # another reader may take what woke this one: wait again
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise asyncio.TimeoutError
+            timer = None
             waiter = loop.create_future()
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                timer = loop.call_later(remaining, _expire, waiter)
             self._waiters.append(waiter)
-            timer = loop.call_later(remaining, _expire, waiter)
             try:
                 await waiter
             except BaseException:  # cancelled: hand a wakeup meant for this one on
@@ -167,7 +175,12 @@ class _Inbox:
                     self._wake()
                 raise
             finally:
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
+                if self._waiters and self._waiters[-1] is waiter:
+                    self._waiters.pop()  # timed out or cancelled: not left behind
+                elif waiter in self._waiters:
+                    self._waiters.remove(waiter)
         return self._items.popleft()
 
 
@@ -317,7 +330,7 @@ class Client(ClientBase):
         super().__init__(*args, **options)
         self._ws: Optional[ClientConnection] = None
         self._reader: Optional[asyncio.Task[None]] = None
-        self._closing: Optional[asyncio.Future[None]] = None
+        self._closing: set[asyncio.Future[None]] = set()
         self._lock = asyncio.Lock()
 
     def context(self, *, model_id: str = "sonic-latest", voice: Any,
@@ -348,19 +361,26 @@ class Client(ClientBase):
 
     def _new_connection(self, *args: Any, **kwargs: Any) -> ClientConnection:
         connection = _Connection(*args, **kwargs)
-        connection.on_message = self._on_message
+        connection.on_message = functools.partial(self._on_message, connection)
         return connection
 
-    def _on_message(self, message: Any) -> None:
+    def _on_message(self, connection: "_Connection", message: Any) -> None:
         """A message, straight from the protocol (inside the transport's data_received)."""
         try:
             self._session.receive(message)
         except Exception as exc:  # a bug (or a writer's own error) must not go unseen
             log.exception("flushsink: the reader failed")
+            connection.on_message = _drop  # the rest of what this connection brings
             self._session.connection_lost(f"reader failed: {exc!r}")
-            if self._ws is not None:
-                self._closing = asyncio.ensure_future(
-                    self._ws.close(CloseCode.INTERNAL_ERROR, "client failed"))
+            closing = asyncio.ensure_future(
+                connection.close(CloseCode.INTERNAL_ERROR, "client failed"))
+            self._closing.add(closing)  # a strong reference until it is done
+            closing.add_done_callback(self._closed_after_failure)
+
+    def _closed_after_failure(self, closing: "asyncio.Future[None]") -> None:
+        self._closing.discard(closing)
+        if not closing.cancelled() and closing.exception() is not None:
+            log.debug("flushsink: closing after a failure: %r", closing.exception())
 
     async def _send(self, message: str) -> None:
         if not self._connected():

@@ -6,6 +6,7 @@ every frame as bytes, feeds it to the Sink and routes the events to per-context 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import queue
 import threading
@@ -15,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from .client import ClientBase, DirectMessages
+from .client import ClientBase, DirectMessages, _drop
 from .errors import ReceiveTimeout
 from .segments import Segment, SegmentReady
 from .session import ConnectionLost, ContextState, _End, _Failed, log
@@ -157,22 +158,23 @@ class Client(ClientBase):
 
     def _new_connection(self, *args: Any, **kwargs: Any) -> ClientConnection:
         connection = _Connection(*args, **kwargs)
-        connection.on_message = self._on_message
+        connection.on_message = functools.partial(self._on_message, connection)
         return connection
 
-    def _on_message(self, message: Any) -> None:
-        """A message, straight from the protocol, in websockets' receiving thread."""
+    def _on_message(self, connection: "_Connection", message: Any) -> None:
+        """A message, straight from the protocol, in websockets' receiving thread (so
+        the writer runs there too: a slow one delays the reading of the socket)."""
         try:
             with self._state_lock:
                 self._session.receive(message)
         except Exception as exc:  # a bug (or a writer's own error) must not go unseen
             log.exception("flushsink: the reader failed")
+            connection.on_message = _drop  # the rest of what this connection brings
             with self._state_lock:
                 self._session.connection_lost(f"reader failed: {exc!r}")
-            ws = self._ws
-            if ws is not None:  # close() waits for this very thread: ask another one
-                threading.Thread(target=ws.close, args=(1011, "client failed"),
-                                 daemon=True).start()
+            # close() waits for this very thread to end: another one must call it
+            threading.Thread(target=connection.close, args=(1011, "client failed"),
+                             daemon=True).start()
 
     def _read(self, ws: ClientConnection) -> None:
         # Messages go to _on_message in websockets' own thread; this one waits for the
