@@ -1,0 +1,121 @@
+/* The scanner with and without its memory of earlier frames (fs_memo: the member memo
+ * and the envelope template) must give the same answer for every frame: status, error
+ * offset and every field of fs_frame a caller reads. Frames are near-copies of a few
+ * server-like bases, mutated a byte or a few at a time (replaced, inserted, deleted, cut),
+ * fed in a stream so that the memory always holds something close. Run by
+ * tests/test_scan_memo.py (built with the sanitizers where the compiler has them).
+ *
+ * usage: scan_memo ITERATIONS SEED; exit status 1 and the frame printed on a mismatch.
+ */
+#include "frame.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t state;
+
+static uint64_t next_random(void)
+{
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+}
+
+static const char *const bases[] = {
+    "{\"type\": \"chunk\", \"context_id\": \"ctx-17\", \"status_code\": 206, \"done\": false, "
+    "\"step_time\": 41.7, \"flush_id\": 12, \"data\": \"QUJD\"}",
+    "{\"type\":\"chunk\",\"done\":false,\"status_code\":206,\"step_time\":23.4,\"flush_id\":1,"
+    "\"context_id\":\"abc\",\"data\":\"QUJDRA==\"}",
+    "{\"seq\":9.5,\"type\":\"chunk\",\"context_id\":\"ctx\",\"flush_id\":9,\"data\":\"AAAA\"}",
+    " {\"x\":-0.5,\"type\":\"chunk\",\"context_id\":\"a\\u00e9b\",\"y\":\"\",\"flush_id\":null,"
+    "\"data\":\"\"} ",
+    "{\"type\":\"chunk\",\"context_id\":\"c\",\"n\":[1,2],\"data\":\"AAAA\"\n}\n",
+    "{\"k0\":0,\"k1\":7,\"k2\":14,\"k3\":21,\"k4\":28,\"k5\":35,\"k6\":42,\"k7\":49,\"k8\":56,"
+    "\"k9\":63,\"k10\":70,\"k11\":77,\"k12\":84,\"k13\":91,\"k14\":98,\"type\":\"chunk\","
+    "\"context_id\":\"c\",\"flush_id\":3,\"data\":\"QUJD\"}",
+    "{\"type\":\"chunk\",\"context_id\":\"a\",\"t\\u0079pe\":\"x\",\"data\":\"QUJD\"}",
+    "{\"d\\u0061ta2\":1,\"type\":\"ch\\u0075nk\",\"context_id\":\"z\",\"n\":-12.5e-3,"
+    "\"data\":\"QUJD\"}",
+};
+#define N_BASES (sizeof(bases) / sizeof(bases[0]))
+
+/* bytes that matter to the grammar, to UTF-8 and to base64 */
+static const char alphabet[] = "0123456789\"\\,: -.eE+{}[]nulatrufs\x80\xc3\xa9\x01\tAQ=/";
+
+static int same_scan(const uint8_t *frame, size_t n, fs_memo *memo, long iteration)
+{
+    uint8_t *buf = malloc(n ? n : 1);   /* exactly n bytes: the sanitizer sees overreads */
+    memcpy(buf, frame, n);
+    fs_frame plain, remembered;
+    size_t plain_offset = 12345, remembered_offset = 54321;
+    memset(&plain, 0xAB, sizeof plain);
+    memset(&remembered, 0xCD, sizeof remembered);
+    fs_status a = fs_scan(buf, n, &plain, &plain_offset, 1, NULL);
+    fs_status b = fs_scan(buf, n, &remembered, &remembered_offset, 1, memo);
+    int bad = a != b || plain_offset != remembered_offset;
+    if (a == FS_OK && b == FS_OK) {
+        bad |= plain.object_offset != remembered.object_offset
+            || plain.data_checked != remembered.data_checked
+            || plain.data_tentative != remembered.data_tentative;
+        for (int k = 0; k < FS_NKEYS; k++) {
+            const fs_value *p = &plain.keys[k], *r = &remembered.keys[k];
+            if (p->kind != r->kind) { bad = 1; continue; }
+            if (p->kind == FS_ABSENT) continue;
+            bad |= p->value_offset != r->value_offset;
+            if (p->kind == FS_STRING || p->kind == FS_NUMBER)
+                bad |= p->start != r->start || p->end != r->end;
+            if (p->kind == FS_STRING) bad |= p->has_escape != r->has_escape;
+        }
+    }
+    if (bad) {
+        printf("mismatch at iteration %ld: status %d/%d, offset %zu/%zu, frame [", iteration,
+               (int)a, (int)b, plain_offset, remembered_offset);
+        fwrite(buf, 1, n, stdout);
+        printf("]\n");
+    }
+    free(buf);
+    return bad;
+}
+
+int main(int argc, char **argv)
+{
+    long iterations = argc > 1 ? atol(argv[1]) : 100000;
+    state = argc > 2 ? strtoull(argv[2], NULL, 10) | 1 : 88172645463325252ull;
+    uint8_t frame[2048];
+    fs_memo *memo = calloc(1, sizeof *memo);
+    int failures = 0;
+    for (long it = 0; it < iterations && failures < 5; it++) {
+        const char *base = bases[next_random() % N_BASES];
+        size_t n = strlen(base);
+        memcpy(frame, base, n);
+        if (next_random() % 16 == 0) memset(memo, 0, sizeof *memo);
+        if (next_random() % 3 == 0) failures += same_scan(frame, n, memo, it);
+        for (int m = 1 + (int)(next_random() % 4); m > 0; m--) {
+            size_t pos = next_random() % (n + 1);
+            uint8_t c = (uint8_t)alphabet[next_random() % (sizeof alphabet - 1)];
+            switch (next_random() % 4) {
+            case 0: if (pos < n) frame[pos] = c; break;
+            case 1:
+                if (n < sizeof frame - 1) {
+                    memmove(frame + pos + 1, frame + pos, n - pos);
+                    frame[pos] = c;
+                    n++;
+                }
+                break;
+            case 2:
+                if (pos < n) {
+                    memmove(frame + pos, frame + pos + 1, n - pos - 1);
+                    n--;
+                }
+                break;
+            default: n = pos;
+            }
+        }
+        failures += same_scan(frame, n, memo, it);
+    }
+    free(memo);
+    printf("%ld iterations, %d mismatches\n", iterations, failures);
+    return failures != 0;
+}
