@@ -754,6 +754,8 @@ def generate_structured(p: Any, max_ops: int = 24) -> tuple[dict[str, Any], list
                 break
             choice -= w
         obj = shapes[index]
+        if index < 2:  # the server's timing changes every chunk: the scanner's template
+            obj["step_time"] = round(rng.uniform(0, 200), rng.randint(0, 7))  # sees a new number
         if p.ConsumeIntInRange(0, 3) == 0:
             obj = mutate_object(p, obj, contexts, flush_ids)
         escape_rate = _pick(p, [0, 0, 0, 1, 4, 16])
