@@ -479,3 +479,22 @@ def test_inbox_without_timeout_waits_and_leaves_no_waiters_behind():
         assert await asyncio.wait_for(forever, 1) == "late"
 
     run(main())
+
+
+def test_read_buffers_go_from_closed_connections_to_new_ones_within_a_bound():
+    """The asyncio client reads into a 1 MiB mapping of its own; a closed connection
+    leaves it to the next (at most four wait), and what a reused buffer delivers is exact."""
+    from flushsink import client as client_module
+
+    async def main():
+        async with Emulator(chunk_ms=20) as emu:
+            results = await asyncio.gather(*(seed_flow(emu.url) for _ in range(6)))
+            kept = len(client_module._idle_read_buffers)
+            again = await seed_flow(emu.url)
+            return results + [again], kept
+
+    results, kept = run(main())
+    assert kept == client_module._KEPT_READ_BUFFERS
+    assert len(client_module._idle_read_buffers) == kept
+    for segments in results:
+        assert [s.samples.tobytes() for s in segments] == [expected(text) for text in SEED]
