@@ -109,8 +109,10 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._read_buffer is None:
-            self._read_buffer = (_idle_read_buffers.pop() if _idle_read_buffers
-                                 else memoryview(mmap.mmap(-1, _READ_SIZE)))
+            try:  # (clients on event loops in other threads may take the last one first)
+                self._read_buffer = _idle_read_buffers.pop()
+            except IndexError:
+                self._read_buffer = memoryview(mmap.mmap(-1, _READ_SIZE))
         return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -133,7 +135,7 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
 
 _READ_SIZE = 2**20
 _KEPT_READ_BUFFERS = 4
-_idle_read_buffers: list[memoryview] = []  # (list.append and pop are atomic: any thread)
+_idle_read_buffers: list[memoryview] = []  # append and pop are atomic: any thread may use it
 
 
 class _Inbox:
