@@ -425,18 +425,13 @@ cdef class Sink:
         cdef fs_value *data = &fr.keys[FS_KEY_DATA]
         cdef int64_t label
         cdef size_t length, size, written, pos
-        if ctx is None or ctx.current is None or ctx.raw_id is None:
+        if ctx is None or ctx.current is None or not self._is_last_context(buf, fr):
             return False
         seg = ctx.current
         if seg.data == NULL or data.kind != FS_STRING or data.has_escape:
             return False
         if v.kind != FS_STRING or v.has_escape or v.end - v.start != 5 \
                 or memcmp(buf + v.start, b"chunk", 5) != 0:
-            return False
-        v = &fr.keys[FS_KEY_CONTEXT_ID]
-        length = v.end - v.start
-        if v.kind != FS_STRING or v.has_escape or <size_t>len(ctx.raw_id) != length \
-                or memcmp(<const char *>ctx.raw_id, buf + v.start, length) != 0:
             return False
         v = &fr.keys[FS_KEY_FLUSH_ID]
         if v.kind != FS_ABSENT and v.kind != FS_NULL:
@@ -512,19 +507,22 @@ cdef class Sink:
         text = _raw_string(buf, v)
         return text.decode("utf-8") if isinstance(text, bytes) else text
 
-    cdef _Context _lookup(self, const uint8_t *buf, fs_frame *fr):
-        """The frame's context, or None if it is new or ended; self._cid gets its id."""
+    @cython.final
+    cdef inline bint _is_last_context(self, const uint8_t *buf, fs_frame *fr) noexcept:
+        """The frame's context_id is the previous frame's, written without escapes (the
+        hot path: compared as bytes, nothing decoded)."""
         cdef fs_value *v = &fr.keys[FS_KEY_CONTEXT_ID]
         cdef _Context last = self._last
-        cdef size_t length
-        # hot path: the same context as the previous frame, id written without escapes
-        if last is not None and v.kind == FS_STRING and not v.has_escape \
-                and last.raw_id is not None:
-            length = v.end - v.start
-            if <size_t>len(last.raw_id) == length and \
-                    memcmp(<const char *>last.raw_id, buf + v.start, length) == 0:
-                self._cid = last.context_id
-                return last
+        cdef size_t length = v.end - v.start
+        return last is not None and last.raw_id is not None and v.kind == FS_STRING \
+            and not v.has_escape and <size_t>len(last.raw_id) == length \
+            and memcmp(<const char *>last.raw_id, buf + v.start, length) == 0
+
+    cdef _Context _lookup(self, const uint8_t *buf, fs_frame *fr):
+        """The frame's context, or None if it is new or ended; self._cid gets its id."""
+        if self._is_last_context(buf, fr):
+            self._cid = self._last.context_id
+            return self._last
         cid = self._context_id(buf, fr)
         self._cid = cid
         return self._contexts.get(cid)
