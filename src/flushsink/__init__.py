@@ -17,6 +17,10 @@ from .errors import (
     FrameError,
     ReceiveTimeout,
     WriteError,
+    SendTimeout,
+    HandshakeError,
+    AuthenticationError,
+    RateLimited,
 )
 from .formats import DEFAULT_FORMAT, AudioFormat
 from .segments import (
@@ -43,6 +47,7 @@ __all__ = [
     "Timestamps", "Unknown", "TimedText", "Event",
     "FileWriter", "connect", "sync",
     "FlushsinkError", "FrameError", "CapacityError", "FormatError", "WriteError",
-    "ContextFailed", "ConnectionLost", "ContextClosed", "ReceiveTimeout",
+    "ContextFailed", "ConnectionLost", "ContextClosed", "ReceiveTimeout", "SendTimeout",
+    "HandshakeError", "AuthenticationError", "RateLimited",
     "__version__",
 ]

@@ -103,3 +103,32 @@ class ContextClosed(FlushsinkError):
 
 class ReceiveTimeout(FlushsinkError, TimeoutError):
     """No event arrived for a context within the client's ``receive_timeout``."""
+
+
+class SendTimeout(FlushsinkError, TimeoutError):
+    """A message could not be handed to the socket within the client's ``send_timeout``:
+    the server stopped reading. The connection is closed (its contexts finish as on any
+    lost connection), so nothing waits on it any longer."""
+
+
+class HandshakeError(FlushsinkError, ConnectionError):
+    """The server refused the websocket handshake, or did not speak websocket at all.
+
+    ``status`` is the HTTP status code when the server answered with one (else ``None``);
+    ``retry_after`` the seconds its ``Retry-After`` header asked for, when it sent one.
+    """
+
+    def __init__(self, message: str, status: "int | None" = None,
+                 retry_after: "float | None" = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class AuthenticationError(HandshakeError):
+    """The server refused the API key (HTTP 401 or 403)."""
+
+
+class RateLimited(HandshakeError):
+    """The server is rate limiting this client (HTTP 429); ``retry_after`` says how long
+    it asked to wait, when it said."""
