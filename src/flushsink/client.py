@@ -9,18 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import email.utils
 import functools
+import math
 import mmap
 import os
+import ssl
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Optional, cast
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 from websockets.frames import CloseCode, Opcode
+from websockets.uri import parse_uri
 
 from ._accel import Sink
-from .errors import FlushsinkError, ReceiveTimeout
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    FlushsinkError,
+    HandshakeError,
+    RateLimited,
+    ReceiveTimeout,
+)
 from .formats import DEFAULT_FORMAT
 from .segments import Segment, SegmentReady
 from .session import (
@@ -46,6 +58,81 @@ def _resolve_key(url: Optional[str], api_key: Optional[str]) -> Optional[str]:
             "(or pass url= of another server, e.g. flushsink's emulator)"
         )
     return api_key
+
+
+def _check_url(url: str) -> None:
+    try:
+        parse_uri(url)
+    except (InvalidURI, ValueError) as exc:  # ValueError: a port out of range
+        raise ConfigError(f"bad url {_public(url)!r}: {exc}") from None
+
+
+def _public(url: str) -> str:
+    """The URL for messages: without its query, which may carry an API key."""
+    return url.partition("?")[0]
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:  # pragma: no cover - Python < 3.10 returned None
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+# What opening a connection can raise, besides flushsink's own errors and bugs.
+HANDSHAKE_FAILURES = (WebSocketException, OSError, asyncio.TimeoutError)
+
+
+def handshake_error(url: str, exc: BaseException, open_timeout: Optional[float]) -> HandshakeError:
+    """The typed error for a failed opening handshake (raise it ``from exc``): HTTP 401
+    and 403 are AuthenticationError, 429 RateLimited (with Retry-After), any other
+    status, a server that does not speak HTTP or websocket, TLS, a refused connection
+    and the open timeout a HandshakeError whose status is None."""
+    where = _public(url)
+    if isinstance(exc, InvalidStatus):
+        response = exc.response
+        status = response.status_code
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        cls = (AuthenticationError if status in (401, 403)
+               else RateLimited if status == 429 else HandshakeError)
+        detail = _one_line(bytes(response.body or b"").decode("utf-8", "replace")
+                           or response.reason_phrase)
+        message = f"{where} refused the websocket handshake with HTTP {status}"
+        if detail:
+            message += f": {detail}"
+        if retry_after is not None:
+            message += f" (retry after {retry_after:g} s)"
+        return cls(message, status=status, retry_after=retry_after)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        message = f"no websocket handshake with {where} within {open_timeout} s"
+    elif isinstance(exc, ssl.SSLError):
+        message = f"TLS with {where} failed (is it a wss:// server?): {exc}"
+    elif isinstance(exc, WebSocketException):
+        message = f"{where} did not answer as a websocket server: {exc}"
+    else:
+        message = f"cannot connect to {where}: {exc.strerror or exc}" if isinstance(
+            exc, OSError) else f"cannot connect to {where}: {exc!r}"
+    return HandshakeError(_one_line(message, 300))
 
 
 class DirectMessages:
@@ -282,6 +369,7 @@ class ClientBase:
                  additional_headers: Optional[dict[str, str]] = None) -> None:
         self.api_key = _resolve_key(url, api_key)
         self.url = normalize_url(url)
+        _check_url(self.url)
         self.version = version
         self.receive_timeout = receive_timeout
         self.open_timeout = open_timeout
@@ -359,15 +447,19 @@ class Client(ClientBase):
         return self._ws is not None and self._reader is not None and not self._reader.done()
 
     async def connect(self) -> None:
-        """Open the connection now (it also opens on the first push)."""
+        """Open the connection now (it also opens on the first push). Raises
+        HandshakeError (AuthenticationError, RateLimited) when it cannot."""
         async with self._lock:
             if self._connected():
                 return
-            self._ws = await ws_connect(
-                self.url, additional_headers=self.headers, open_timeout=self.open_timeout,
-                max_size=self.max_size, compression=self.compression,
-                create_connection=cast(Any, self._new_connection),
-            )
+            try:
+                self._ws = await ws_connect(
+                    self.url, additional_headers=self.headers, open_timeout=self.open_timeout,
+                    max_size=self.max_size, compression=self.compression,
+                    create_connection=cast(Any, self._new_connection),
+                )
+            except HANDSHAKE_FAILURES as exc:
+                raise handshake_error(self.url, exc, self.open_timeout) from exc
             self.connections += 1
             self._reader = asyncio.create_task(self._read(self._ws))
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 from ._accel import Sink
 from .errors import (
     CapacityError,
+    ConfigError,
     ConnectionLost,
     ContextClosed,
     ContextFailed,
@@ -38,12 +39,17 @@ DEFAULT_OUTPUT_FORMAT = {"container": "raw", "encoding": "pcm_s16le", "sample_ra
 
 
 def normalize_url(url: Optional[str]) -> str:
-    """Cartesia's URL by default; a bare ``ws://host:port`` gets ``/tts/websocket``."""
+    """Cartesia's URL by default; a bare ``ws://host:port`` gets ``/tts/websocket``.
+
+    Raises :class:`~flushsink.errors.ConfigError` (a ``ValueError``) for anything but a
+    ``ws://`` or ``wss://`` URL."""
     if url is None:
         return CARTESIA_URL
+    if not isinstance(url, str):
+        raise ConfigError(f"url must be a str, not {type(url).__name__}")
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("ws", "wss"):
-        raise ValueError(f"url must start with ws:// or wss://, not {url!r}")
+        raise ConfigError(f"url must start with ws:// or wss://, not {url!r}")
     host, slash, path = rest.partition("/")
     if not path.strip("/"):
         return f"{scheme}://{host}/tts/websocket"

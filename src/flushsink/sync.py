@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from .client import ClientBase, DirectMessages, _drop
+from .client import HANDSHAKE_FAILURES, ClientBase, DirectMessages, _drop, handshake_error
 from .errors import ReceiveTimeout
 from .segments import Segment, SegmentReady
 from .session import ConnectionLost, ContextState, _End, _Failed, log
@@ -133,14 +133,18 @@ class Client(ClientBase):
         return self._ws is not None and self._reader is not None and self._reader.is_alive()
 
     def connect(self) -> None:
-        """Open the connection now (it also opens on the first push)."""
+        """Open the connection now (it also opens on the first push). Raises
+        HandshakeError (AuthenticationError, RateLimited) when it cannot."""
         with self._connect_lock:
             if self._connected():
                 return
-            ws = ws_connect(self.url, additional_headers=self.headers,
-                            open_timeout=self.open_timeout, max_size=self.max_size,
-                            compression=self.compression,
-                            create_connection=cast(Any, self._new_connection), **_DIRECT)
+            try:
+                ws = ws_connect(self.url, additional_headers=self.headers,
+                                open_timeout=self.open_timeout, max_size=self.max_size,
+                                compression=self.compression,
+                                create_connection=cast(Any, self._new_connection), **_DIRECT)
+            except HANDSHAKE_FAILURES as exc:
+                raise handshake_error(self.url, exc, self.open_timeout) from exc
             self._ws = ws
             self.connections += 1
             self._reader = threading.Thread(target=self._read, args=(ws,),
