@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -610,3 +611,96 @@ def test_incomplete_last_sample_is_reported_not_lost():
     assert ready.segment.samples.tolist() == [1.0]
     assert ready.segment.trailing_bytes == b"\x01\x02\x03"
     assert np.array_equal(ready.segment.samples, np.array([1.0], "<f4"))
+
+
+# --- floods the caps do not see -----------------------------------------------------------------
+
+CLIENTS = ["asyncio", "sync"]
+FLOOD_SCRIPT = Path(__file__).resolve().parent / "fragment_flood.py"
+
+
+def fragment_flood(client: str, fragments: int, max_size: int, **env) -> dict:
+    """tests/fragment_flood.py in a subprocess of its own: ru_maxrss is then the flood's."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(FLOOD_SCRIPT), client, str(fragments),
+                           str(max_size)], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _websockets_fragment_limit():
+    try:
+        from websockets.asyncio.messages import MAX_FRAGMENTS
+    except ImportError:
+        return None
+    return MAX_FRAGMENTS
+
+
+@pytest.mark.skipif(_websockets_fragment_limit() is None,
+                    reason="this websockets' recv() has no fragment limit")
+@pytest.mark.parametrize("client", CLIENTS)
+def test_flood_of_tiny_fragments_is_refused_like_recv(client):
+    """12 MB sent as one TEXT frame and 12 million 1-byte continuation frames: refused
+    with 1009 "too many fragments" at websockets' MAX_FRAGMENTS, as its recv() does.
+    Before: the client kept every fragment (a list of bytes objects: 64 B each, 764 MB)."""
+    result = fragment_flood(client, 12_000_000, 16 * 2**20)
+    assert result["close_code"] == 1009 and "too many fragments" in result["message"]
+    assert result["error"] == "ConnectionLost"
+    assert result["growth"] < 200 * 2**20, result
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_fragments_are_joined_in_memory_bounded_by_the_message(client):
+    """Without a fragment limit (websockets < 16, or WEBSOCKETS_MAX_FRAGMENTS raised) a
+    message of a million 1-byte fragments is joined into one buffer: the peak grows by
+    the parser's per-read frames and the message, not by 64 B per fragment (before:
+    215 MB asyncio, 175 MB sync; now 82 and 11). The message arrives whole."""
+    result = fragment_flood(client, 1_000_000, 16 * 2**20, WEBSOCKETS_MAX_FRAGMENTS="1000000000")
+    assert result["close_code"] == 1000, result  # the server's: the message was accepted
+    assert result["growth"] < 150 * 2**20, result
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_fragmented_message_over_max_size_closes_1009(client, monkeypatch):
+    """The size of a fragmented message counts as a whole, as in recv(): 1009 once it
+    passes max_size, however small each fragment."""
+    from fragment_flood import chunk_message, flood_bytes
+    from rawserver import RawServer, accept_websocket
+
+    from flushsink import client as client_module
+    monkeypatch.setattr(client_module._Connection, "_max_fragments", 10**9, raising=False)
+    monkeypatch.setattr(sync._Connection, "_max_fragments", 10**9, raising=False)
+    wire = flood_bytes(chunk_message(60_000))
+
+    def handler(conn):
+        accept_websocket(conn)
+        conn.recv(65536)
+        try:
+            conn.sendall(wire)
+        except OSError:
+            pass
+        conn.shutdown(socket.SHUT_RDWR)
+
+    fmt = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 24000}
+    with RawServer(handler) as server:
+        if client == "asyncio":
+            async def main():
+                async with flushsink.connect(server.url, max_size=50_000,
+                                             receive_timeout=TIMEOUT) as tts:
+                    ctx = tts.context(voice="v", context_id="a", output_format=fmt)
+                    await ctx.push("text")
+                    with pytest.raises(ConnectionLost) as lost:
+                        await ctx.collect()
+                    return tts.close_code, str(lost.value)
+
+            code, message = run(main())
+        else:
+            with sync.connect(server.url, max_size=50_000, receive_timeout=TIMEOUT) as tts:
+                ctx = tts.context(voice="v", context_id="a", output_format=fmt)
+                ctx.push("text")
+                with pytest.raises(ConnectionLost) as lost:
+                    ctx.collect()
+                code, message = tts.close_code, str(lost.value)
+    assert code == 1009 and "1009" in message

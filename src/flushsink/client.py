@@ -15,6 +15,7 @@ import math
 import mmap
 import os
 import ssl
+import sys
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Optional, cast
 
@@ -23,6 +24,11 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 from websockets.frames import CloseCode, Opcode
 from websockets.uri import parse_uri
+
+try:  # websockets 16+: recv() refuses messages of more frames than this
+    from websockets.asyncio.messages import MAX_FRAGMENTS
+except ImportError:  # pragma: no cover - older websockets have no such limit
+    MAX_FRAGMENTS = sys.maxsize
 
 from ._accel import Sink
 from .errors import (
@@ -144,14 +150,24 @@ class DirectMessages:
     a future and a task (or thread) wakeup for each ``recv()``, and read pauses when it
     fills (bench_e2e: 5.6 us per 20 ms message for ``recv()`` alone, 4.0 us this way).
     ``process_event`` is the hook websockets' own subclasses override (for the
-    handshake); fragmented messages are joined here. What still reaches ``recv()`` (a
-    version of websockets that never calls the hook) is fed by the client's reader, so
-    the speed may differ between versions, never the result.
+    handshake). What still reaches ``recv()`` (a version of websockets that never calls
+    the hook) is fed by the client's reader, so the speed may differ between versions,
+    never the result.
+
+    Fragmented messages are joined here, into one bytearray, and refused as ``recv()``
+    refuses them: websockets' protocol closes with 1009 once a message passes
+    ``max_size``, whatever its fragments; websockets 16+ also refuses a message of more
+    than ``MAX_FRAGMENTS`` frames (4096, or ``WEBSOCKETS_MAX_FRAGMENTS``) with 1009 "too
+    many fragments", and so does this, where the installed websockets has the limit.
+    Memory stays within ``max_size`` however small the fragments: a list of them cost
+    64 bytes per fragment (12 MB of 1-byte fragments: 764 MB).
     """
 
     response: Any
     on_message: Callable[[Any], None]
-    _fragments: Optional[list[Any]] = None
+    _fragments: Optional[bytearray] = None
+    _fragment_count = 0
+    _max_fragments = sys.maxsize  # set by the shells from websockets' own limit
 
     def process_event(self, event: Any) -> None:
         if self.response is not None:  # the handshake is done: frames
@@ -160,15 +176,29 @@ class DirectMessages:
                 if event.fin:
                     self.on_message(event.data)
                 else:
-                    self._fragments = [event.data]
+                    self._fragments = bytearray(event.data)
+                    self._fragment_count = 1
                 return
-            if opcode is Opcode.CONT and self._fragments is not None:
-                self._fragments.append(event.data)
+            if opcode is Opcode.CONT:
+                fragments = self._fragments
+                if fragments is None:
+                    return  # the rest of a refused message (the protocol refuses others)
+                if self._fragment_count >= self._max_fragments:
+                    self._fragments = None
+                    self.on_message = _drop  # as recv(): nothing more of this connection
+                    self._refuse(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+                    return
+                fragments += event.data
+                self._fragment_count += 1
                 if event.fin:
-                    message, self._fragments = b"".join(self._fragments), None
-                    self.on_message(message)
+                    self._fragments = None
+                    self.on_message(fragments)
                 return
         super().process_event(event)  # type: ignore[misc]
+
+    def _refuse(self, code: int, reason: str) -> None:
+        """Fail the connection with this close code, as websockets' recv() would."""
+        raise NotImplementedError
 
 
 def _drop(message: Any) -> None:
@@ -193,6 +223,22 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
     4 KiB filled, 256 per connection (about 1.5 ms on a VM)."""
 
     _read_buffer: Optional[memoryview] = None
+    _max_fragments = MAX_FRAGMENTS
+    _refusing: "Optional[asyncio.Task[None]]" = None
+
+    def _refuse(self, code: int, reason: str) -> None:
+        # websockets' recv() does this in send_context(), which sends the close frame,
+        # waits close_timeout for the server's, then drops the TCP connection; it
+        # cannot be awaited here, inside data_received: a task does it next.
+        if self._refusing is None:
+            self._refusing = asyncio.ensure_future(self._fail(code, reason))
+
+    async def _fail(self, code: int, reason: str) -> None:
+        try:
+            async with self.send_context():
+                self.protocol.fail(code, reason)
+        except ConnectionClosed:
+            pass
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._read_buffer is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import queue
+import sys
 import threading
 from typing import Any, Iterator, Optional, cast
 
@@ -29,8 +30,26 @@ _DIRECT: dict[str, Any] = (
     {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {})
 
 
+try:  # websockets 16+: recv() refuses messages of more frames than this
+    from websockets.sync.messages import MAX_FRAGMENTS
+except ImportError:  # pragma: no cover - older websockets have no such limit
+    MAX_FRAGMENTS = sys.maxsize
+
+
 class _Connection(DirectMessages, ClientConnection):
-    pass
+    _max_fragments = MAX_FRAGMENTS
+
+    def _refuse(self, code: int, reason: str) -> None:
+        # As websockets' recv() does, through send_context(): it waits for this very
+        # thread (the one receiving) to end, so another thread must call it.
+        threading.Thread(target=self._fail, args=(code, reason), daemon=True).start()
+
+    def _fail(self, code: int, reason: str) -> None:
+        try:
+            with self.send_context():
+                self.protocol.fail(code, reason)
+        except ConnectionClosed:
+            pass
 
 
 class Context:
