@@ -33,6 +33,13 @@ from .segments import (ContextDone, Segment, SegmentReady, Timestamps, Unknown,
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
+    unsigned long PyThread_get_thread_ident() nogil
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+cdef extern from "<unistd.h>" nogil:
+    int usleep(unsigned int usec)
 
 cdef extern from "pycompat.h":
     const char *FS_BYTES_DATA(object) except NULL
@@ -276,6 +283,7 @@ cdef class _Context:
     cdef int64_t next_label
     cdef set finished
     cdef size_t stored
+    cdef unsigned long long frames  # accepted frames of this context (Sink.activity)
 
     cdef void refresh_current(self):
         self.current = next(reversed(self.open.values())) if self.open else None
@@ -300,8 +308,11 @@ cdef class Sink:
     cdef size_t _open_bytes
     cdef Py_ssize_t _open_segments
     cdef unsigned long long _fed, _frames, _chunks, _audio_bytes, _dropped, _segments
-    cdef bint _busy
+    cdef bint _busy               # a call is running (see _acquire)
+    cdef unsigned long _owner     # the thread it runs in
+    cdef int _waiting             # threads waiting for it to end
     cdef public bint drop_unannounced
+    cdef object __weakref__       # a client registers the Sink it uses (one client each)
 
     def __init__(self, format=DEFAULT_FORMAT, *, prealloc_seconds=10.0,
                  max_segment_bytes=256 * 2**20, max_total_bytes=1024 * 2**20,
@@ -323,18 +334,39 @@ cdef class Sink:
 
     @property
     def stats(self):
-        return SinkStats(self._frames, self._chunks, self._audio_bytes, self._dropped,
-                         self._fed - self._frames, self._segments, self._open_segments,
-                         self._open_bytes)
+        self._acquire()  # one consistent snapshot
+        try:
+            return SinkStats(self._frames, self._chunks, self._audio_bytes, self._dropped,
+                             self._fed - self._frames, self._segments, self._open_segments,
+                             self._open_bytes)
+        finally:
+            self._busy = False
+
+    def activity(self, context_id):
+        """How many frames the sink has accepted for ``context_id`` (chunks, flush_done,
+        timestamps): it grows while frames of the context arrive, and is 0 when the sink
+        holds no state for it (unknown, or ended). The clients' receive timeout uses it."""
+        cdef _Context ctx
+        self._acquire()
+        try:
+            ctx = self._contexts.get(context_id)
+            return ctx.frames if ctx is not None else 0
+        finally:
+            self._busy = False
 
     def set_format(self, context_id, format):
         """Use ``format`` for the segments ``context_id`` opens from now on."""
         if not isinstance(format, AudioFormat):
             raise TypeError(f"format must be an AudioFormat, not {type(format).__name__}")
-        self._formats[context_id] = format
-        cdef _Context ctx = self._contexts.get(context_id)
-        if ctx is not None:
-            self._apply_format(ctx, format)
+        cdef _Context ctx
+        self._acquire()
+        try:
+            self._formats[context_id] = format
+            ctx = self._contexts.get(context_id)
+            if ctx is not None:
+                self._apply_format(ctx, format)
+        finally:
+            self._busy = False
 
     cdef int _apply_format(self, _Context ctx, object format) except -1:
         ctx.fmt = self._default if format is self.format else \
@@ -348,29 +380,27 @@ cdef class Sink:
         """Feed one websocket message; returns a tuple of events (``()`` for audio).
 
         Raises FrameError (a ValueError) for a malformed frame and CapacityError when
-        a cap would be exceeded; either way nothing changes. TypeError for a frame
-        that is not bytes-like or str.
+        a cap would be exceeded; either way no stored audio changes. TypeError for a
+        frame that is not bytes-like or str.
         """
         cdef Py_buffer view
         cdef const char *text
         cdef Py_ssize_t size
-        if self._busy:
-            raise RuntimeError("Sink.feed called while another call is running")
         if type(frame) is bytes:  # the common case: no buffer request needed
-            self._busy = True
+            self._acquire()
             try:
                 return self._feed(<const uint8_t *>FS_BYTES_DATA(frame),
                                   <size_t>FS_BYTES_SIZE(frame))
             finally:
                 self._busy = False
         if isinstance(frame, str):
+            self._acquire()
             try:
-                text = PyUnicode_AsUTF8AndSize(frame, &size)
-            except UnicodeEncodeError:
-                self._fed += 1
-                raise str_frame_error(frame) from None
-            self._busy = True
-            try:
+                try:
+                    text = PyUnicode_AsUTF8AndSize(frame, &size)
+                except UnicodeEncodeError:
+                    self._fed += 1
+                    raise str_frame_error(frame) from None
                 return self._feed(<const uint8_t *>text, <size_t>size)
             finally:
                 self._busy = False
@@ -380,14 +410,59 @@ cdef class Sink:
             raise TypeError("frame buffer must be C-contiguous") from None
         except TypeError:
             raise frame_type_error(frame) from None
-        self._busy = True
         try:
             if view.itemsize != 1:
                 raise TypeError("frame buffer must have 1-byte items")
-            return self._feed(<const uint8_t *>view.buf, <size_t>view.len)
+            self._acquire()
+            try:
+                return self._feed(<const uint8_t *>view.buf, <size_t>view.len)
+            finally:
+                self._busy = False
         finally:
-            self._busy = False
             PyBuffer_Release(&view)
+
+    # ---- one call at a time ---------------------------------------------------------
+    # Every public method runs with the sink to itself (docs/sink.md "Threads"). A call
+    # can lose the GIL half way (the decode of a large chunk releases it; building a
+    # Segment runs Python code), and another thread's close() or cancel() would then
+    # free or move the buffer being decoded into. The lock is a flag the GIL protects:
+    # taking it uncontended is one load and two stores; a thread that finds it taken
+    # waits without the GIL until it is free. A newcomer lets threads already waiting
+    # go first, so a thread feeding in a loop cannot starve a close() from another.
+
+    @cython.final
+    cdef inline int _acquire(self) except -1:
+        if not self._busy and self._waiting == 0:
+            self._busy = True
+            self._owner = PyThread_get_thread_ident()
+            return 0
+        return self._acquire_slowly()
+
+    @cython.final
+    cdef int _acquire_slowly(self) except -1:
+        cdef unsigned long me = PyThread_get_thread_ident()
+        cdef bint defer = self._waiting > 0
+        cdef unsigned int rounds = 0
+        if self._busy and self._owner == me:
+            # a finalizer or signal handler calling in while this thread's call runs:
+            # waiting would wait for ourselves
+            raise RuntimeError("Sink method called while another call of the same thread "
+                               "is running (re-entrant call)")
+        self._waiting += 1
+        try:
+            while self._busy or defer:
+                defer = False
+                with nogil:
+                    if rounds < 64:
+                        sched_yield()
+                    else:
+                        usleep(200)
+                rounds += 1
+        finally:
+            self._waiting -= 1
+        self._busy = True
+        self._owner = me
+        return 0
 
     cdef object _feed(self, const uint8_t *buf, size_t n):
         # Every path that accepts a frame counts it in _frames exactly once, so the
@@ -633,6 +708,16 @@ cdef class Sink:
         cdef uint8_t *trimmed
         cdef size_t width = seg.fmt.width
         cdef size_t whole = seg.length // width * width
+        # The segment leaves the store first, before anything below can run Python code:
+        # the buffer is handed over once, and no later call finds it open.
+        if seg.label in ctx.open:
+            del ctx.open[seg.label]
+            self._open_segments -= 1
+            self._open_bytes -= seg.length
+        ctx.finished.add(seg.label)
+        if ctx.current is seg:
+            ctx.refresh_current()
+        self._segments += 1
         if seg.data != NULL:
             trimmed = <uint8_t *>realloc(seg.data, seg.length if seg.length else 1)
             if trimmed != NULL:
@@ -647,14 +732,6 @@ cdef class Sink:
                           trailing, seg.start,
                           shift(tuple(seg.words), seg.start) if seg.words else _EMPTY,
                           shift(tuple(seg.phonemes), seg.start) if seg.phonemes else _EMPTY)
-        if seg.label in ctx.open:
-            del ctx.open[seg.label]
-            self._open_segments -= 1
-            self._open_bytes -= seg.length
-        ctx.finished.add(seg.label)
-        if ctx.current is seg:
-            ctx.refresh_current()
-        self._segments += 1
         return SegmentReady(segment)
 
     cdef list _finish_all(self, _Context ctx, bint complete, object error):
@@ -801,6 +878,7 @@ cdef class Sink:
         """Commit a decoded chunk: the one place the counters of stored audio move."""
         seg.length += size
         ctx.stored += size
+        ctx.frames += 1
         self._open_bytes += size
         self._audio_bytes += size
         self._chunks += 1
@@ -866,6 +944,7 @@ cdef class Sink:
                 self._register(ctx, new_context, seg, True, False, label)
                 found = seg
             self._frames += 1
+            ctx.frames += 1
             return (self._finish(ctx, <_Segment>found, True, None),)
         # timestamps / phoneme_timestamps
         found = self._resolve(None if new_context else ctx, has_flush, label, &adopt,
@@ -889,6 +968,7 @@ cdef class Sink:
                 seg.phonemes = []
             seg.phonemes.extend(items)
         self._frames += 1
+        ctx.frames += 1
         return (Timestamps(cid, seg.label, "words" if ftype == FS_TYPE_TIMESTAMPS else "phonemes",
                            items, seg.start),)
 
@@ -897,18 +977,26 @@ cdef class Sink:
     def cancel(self, context_id):
         """Finish the context's open segments as incomplete ("cancelled") and drop its
         later frames. Returns the SegmentReady events."""
-        events = self._finish_all(self._contexts.get(context_id), False, "cancelled")
-        self._end(context_id)
-        return tuple(events)
+        self._acquire()
+        try:
+            events = self._finish_all(self._contexts.get(context_id), False, "cancelled")
+            self._end(context_id)
+            return tuple(events)
+        finally:
+            self._busy = False
 
     def close(self, reason="closed"):
         """Finish every open segment as incomplete with ``error=reason`` (for example
         when the connection dropped) and end those contexts. The sink stays usable."""
-        events = []
-        for cid in list(self._contexts):
-            events.extend(self._finish_all(self._contexts[cid], False, reason))
-            self._end(cid)
-        return tuple(events)
+        self._acquire()
+        try:
+            events = []
+            for cid in list(self._contexts):
+                events.extend(self._finish_all(self._contexts[cid], False, reason))
+                self._end(cid)
+            return tuple(events)
+        finally:
+            self._busy = False
 
 
 cdef object _raw_string(const uint8_t *buf, fs_value *v):

@@ -9,10 +9,11 @@ base64 rule of ext/b64.h. See docs/sink.md for the behaviour.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import json
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Optional, Protocol, cast
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol, cast
 
 import numpy as np
 
@@ -392,7 +393,7 @@ class _Segment:
 
 
 class _Context:
-    __slots__ = ("context_id", "format", "open", "next_label", "finished", "stored")
+    __slots__ = ("context_id", "format", "open", "next_label", "finished", "stored", "frames")
 
     def __init__(self, context_id: Optional[str], format: AudioFormat) -> None:
         self.context_id = context_id
@@ -401,6 +402,7 @@ class _Context:
         self.next_label = 0
         self.finished: set[int] = set()
         self.stored = 0
+        self.frames = 0  # accepted frames of this context (Sink.activity)
 
     @property
     def current(self) -> Optional[_Segment]:
@@ -434,7 +436,9 @@ class Sink:
         self._open_segments = 0
         self._counts = dict.fromkeys(
             ("frames", "chunks", "audio_bytes", "dropped", "rejected", "segments"), 0)
-        self._busy = threading.Lock()
+        # one call at a time (docs/sink.md "Threads"); _owner spots a re-entrant call
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None
 
     @property
     def format(self) -> AudioFormat:
@@ -471,18 +475,52 @@ class Sink:
 
     @property
     def stats(self) -> SinkStats:
-        c = self._counts
-        return SinkStats(c["frames"], c["chunks"], c["audio_bytes"], c["dropped"], c["rejected"],
-                         c["segments"], self._open_segments, self._open_bytes)
+        with self._held():  # one consistent snapshot
+            c = self._counts
+            return SinkStats(c["frames"], c["chunks"], c["audio_bytes"], c["dropped"],
+                             c["rejected"], c["segments"], self._open_segments,
+                             self._open_bytes)
+
+    def _take(self) -> None:
+        """The sink to this call alone: other threads' calls wait; a call from the thread
+        whose call is running (a finalizer, a signal handler) is a RuntimeError."""
+        me = threading.get_ident()
+        if not self._lock.acquire(blocking=False):
+            if self._owner == me:
+                raise RuntimeError("Sink method called while another call of the same thread "
+                                   "is running (re-entrant call)")
+            self._lock.acquire()
+        self._owner = me
+
+    def _give(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        self._take()
+        try:
+            yield
+        finally:
+            self._give()
+
+    def activity(self, context_id: Optional[str]) -> int:
+        """How many frames the sink has accepted for ``context_id`` (chunks, flush_done,
+        timestamps): it grows while frames of the context arrive, and is 0 when the sink
+        holds no state for it (unknown, or ended). The clients' receive timeout uses it."""
+        with self._held():
+            ctx = self._contexts.get(context_id)
+            return ctx.frames if ctx is not None else 0
 
     def set_format(self, context_id: Optional[str], format: AudioFormat) -> None:
         """Use ``format`` for the segments ``context_id`` opens from now on."""
         if not isinstance(format, AudioFormat):
             raise TypeError(f"format must be an AudioFormat, not {type(format).__name__}")
-        self._formats[context_id] = format
-        ctx = self._contexts.get(context_id)
-        if ctx is not None:
-            ctx.format = format
+        with self._held():
+            self._formats[context_id] = format
+            ctx = self._contexts.get(context_id)
+            if ctx is not None:
+                ctx.format = format
 
     # ---- intake -------------------------------------------------------------------
 
@@ -497,7 +535,8 @@ class Sink:
             try:
                 buf = frame.encode("utf-8")
             except UnicodeEncodeError:
-                self._counts["rejected"] += 1
+                with self._held():
+                    self._counts["rejected"] += 1
                 raise str_frame_error(frame) from None
         elif isinstance(frame, bytes):
             buf = frame
@@ -512,8 +551,7 @@ class Sink:
                 if view.itemsize != 1:
                     raise TypeError("frame buffer must have 1-byte items")
                 buf = view.tobytes()
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("Sink.feed called while another call is running")
+        self._take()
         try:
             return self._feed(buf)
         except _Reject as exc:
@@ -523,7 +561,7 @@ class Sink:
             self._counts["rejected"] += 1
             raise
         finally:
-            self._busy.release()
+            self._give()
 
     def _feed(self, buf: bytes) -> tuple[Any, ...]:
         scanner = _Scanner(buf)
@@ -610,17 +648,17 @@ class Sink:
 
     def _finish(self, ctx: _Context, seg: _Segment, complete: bool, error: Optional[str]) -> Any:
         data = seg.data
+        if ctx.open.pop(seg.label, None) is not None:
+            self._open_segments -= 1
+            self._open_bytes -= len(data)
+        ctx.finished.add(seg.label)
+        self._counts["segments"] += 1
         width = seg.format.sample_width
         whole = len(data) // width * width
         samples = np.frombuffer(data, dtype=seg.format.dtype, count=whole // width)
         segment = Segment(ctx.context_id, seg.label, seg.format, samples, complete, error,
                           bytes(data[whole:]), seg.start, shift(tuple(seg.words), seg.start),
                           shift(tuple(seg.phonemes), seg.start))
-        if ctx.open.pop(seg.label, None) is not None:
-            self._open_segments -= 1
-            self._open_bytes -= len(data)
-        ctx.finished.add(seg.label)
-        self._counts["segments"] += 1
         return SegmentReady(segment)
 
     def _finish_all(self, ctx: Optional[_Context], complete: bool, error: Optional[str]) -> list[Any]:
@@ -694,6 +732,7 @@ class Sink:
         self._register(ctx, new_context, seg, new_segment, adopt, label)
         seg.data += decoded
         ctx.stored += size
+        ctx.frames += 1
         self._open_bytes += size
         c = self._counts
         c["audio_bytes"] += size
@@ -766,6 +805,7 @@ class Sink:
                 found.unlabelled = False
                 self._register(ctx, new_context, found, True, False, label)
             self._counts["frames"] += 1
+            ctx.frames += 1
             return (self._finish(ctx, found, True, None),)
         # timestamps / phoneme_timestamps
         found, adopt, new_segment = self._resolve(None if new_context else ctx, label)
@@ -778,6 +818,7 @@ class Sink:
         self._register(ctx, new_context, seg, new_segment, adopt, label)
         (seg.words if ftype == "timestamps" else seg.phonemes).extend(items)
         self._counts["frames"] += 1
+        ctx.frames += 1
         return (Timestamps(cid, seg.label, "words" if ftype == "timestamps" else "phonemes",
                            items, seg.start),)
 
@@ -786,18 +827,20 @@ class Sink:
     def cancel(self, context_id: Optional[str]) -> tuple[SegmentReady, ...]:
         """Finish the context's open segments as incomplete ("cancelled") and drop its
         later frames. Returns the SegmentReady events."""
-        events = self._finish_all(self._contexts.get(context_id), False, "cancelled")
-        self._end(context_id)
-        return tuple(events)
+        with self._held():
+            events = self._finish_all(self._contexts.get(context_id), False, "cancelled")
+            self._end(context_id)
+            return tuple(events)
 
     def close(self, reason: str = "closed") -> tuple[SegmentReady, ...]:
         """Finish every open segment as incomplete with ``error=reason`` (for example
         when the connection dropped) and end those contexts. The sink stays usable."""
-        events: list[Any] = []
-        for cid in list(self._contexts):
-            events.extend(self._finish_all(self._contexts[cid], False, reason))
-            self._end(cid)
-        return tuple(events)
+        with self._held():
+            events: list[Any] = []
+            for cid in list(self._contexts):
+                events.extend(self._finish_all(self._contexts[cid], False, reason))
+                self._end(cid)
+            return tuple(events)
 
 
 def _char_offsets(buf: bytes, start: int, end: int) -> list[int]:
