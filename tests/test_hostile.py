@@ -704,3 +704,91 @@ def test_fragmented_message_over_max_size_closes_1009(client, monkeypatch):
                     ctx.collect()
                 code, message = tts.close_code, str(lost.value)
     assert code == 1009 and "1009" in message
+
+
+def in_thread(target, timeout: float = 30):
+    """Run a blocking test body in a thread, so a hang fails the test instead of the run."""
+    outcome: dict = {}
+
+    def body():
+        try:
+            outcome["result"] = target()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still blocked after {timeout} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def push_until_send_timeout(client: str, url: str, send_timeout: float):
+    """Push 256 KiB transcripts until one raises SendTimeout (at most 100 MB); returns how
+    many went through, how long the failing push took, its error, and what the context's
+    iterator raised after it."""
+    import time
+    from flushsink.errors import SendTimeout
+
+    text = "x" * 2**18
+    fmt = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 24000}
+    if client == "asyncio":
+        async def main():
+            async with flushsink.connect(url, send_timeout=send_timeout,
+                                         receive_timeout=TIMEOUT) as tts:
+                ctx = tts.context(voice="v", output_format=fmt)
+                for sent in range(400):
+                    started = time.monotonic()
+                    try:
+                        await ctx.push(text)
+                    except SendTimeout as exc:
+                        took = time.monotonic() - started
+                        with pytest.raises(ConnectionLost) as lost:
+                            await ctx.collect()
+                        return sent, took, exc, lost.value
+                raise AssertionError("every push went through")
+
+        return run(main())
+
+    def body():
+        with sync.connect(url, send_timeout=send_timeout, receive_timeout=TIMEOUT) as tts:
+            ctx = tts.context(voice="v", output_format=fmt)
+            for sent in range(400):
+                started = time.monotonic()
+                try:
+                    ctx.push(text)
+                except SendTimeout as exc:
+                    took = time.monotonic() - started
+                    with pytest.raises(ConnectionLost) as lost:
+                        ctx.collect()
+                    return sent, took, exc, lost.value
+            raise AssertionError("every push went through")
+
+    return in_thread(body)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_push_to_a_server_that_stopped_reading_raises_send_timeout(client):
+    """A server that completes the handshake and never reads again (4 kB receive
+    buffer): a push raises SendTimeout within about send_timeout, the connection is
+    closed and the context ends as on a lost connection. Before: push blocked forever
+    (asyncio in drain(), sync in sendall() holding websockets' lock)."""
+    from rawserver import RawServer, accept_websocket
+
+    stop = threading.Event()
+
+    def handler(conn):
+        accept_websocket(conn)
+        stop.wait(60)  # and never reads again
+
+    try:
+        with RawServer(handler, rcvbuf=4096) as server:
+            sent, took, error, lost = push_until_send_timeout(client, server.url, 0.5)
+            stop.set()
+    finally:
+        stop.set()
+    assert isinstance(error, TimeoutError) and isinstance(error, flushsink.FlushsinkError)
+    assert took < 2.5, took  # 5x send_timeout: generous, no tight timing
+    assert "stopped reading" in str(error) and "stopped reading" in str(lost)

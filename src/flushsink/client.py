@@ -38,6 +38,7 @@ from .errors import (
     HandshakeError,
     RateLimited,
     ReceiveTimeout,
+    SendTimeout,
 )
 from .formats import DEFAULT_FORMAT
 from .segments import Segment, SegmentReady
@@ -165,6 +166,9 @@ class DirectMessages:
 
     response: Any
     on_message: Callable[[Any], None]
+    send_timeout: Optional[float] = None
+    # why flushsink closed the connection itself (e.g. a SendTimeout), for the contexts
+    failure: Optional[BaseException] = None
     _fragments: Optional[bytearray] = None
     _fragment_count = 0
     _max_fragments = sys.maxsize  # set by the shells from websockets' own limit
@@ -199,6 +203,12 @@ class DirectMessages:
     def _refuse(self, code: int, reason: str) -> None:
         """Fail the connection with this close code, as websockets' recv() would."""
         raise NotImplementedError
+
+    def _send_timed_out(self) -> SendTimeout:
+        self.failure = SendTimeout(
+            f"nothing could be sent for {self.send_timeout} s: the server stopped reading "
+            "(the connection is closed)")
+        return self.failure
 
 
 def _drop(message: Any) -> None:
@@ -239,6 +249,20 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
                 self.protocol.fail(code, reason)
         except ConnectionClosed:
             pass
+
+    async def drain(self) -> None:
+        # websockets waits here, after handing a message to the transport, for as long
+        # as the transport's buffer is over its high-water mark: forever if the server
+        # stopped reading. Bounded by send_timeout; websockets' send_context() then
+        # aborts the connection and raises ConnectionClosed from the SendTimeout. Only
+        # a paused transport waits, so the common case costs one attribute test.
+        if self.paused and self.send_timeout is not None:
+            try:
+                await asyncio.wait_for(super().drain(), self.send_timeout)
+            except asyncio.TimeoutError:
+                raise self._send_timed_out() from None
+        else:
+            await super().drain()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._read_buffer is None:
@@ -367,7 +391,7 @@ class Context:
         if message is not None and self._client._connected():
             try:
                 await self._client._send(message)
-            except (ConnectionClosed, ConnectionLost):
+            except (ConnectionClosed, ConnectionLost, SendTimeout):
                 pass  # the connection is gone, so is the context on the server
 
     async def events(self, timeout: Optional[float] = None) -> AsyncIterator[Any]:
@@ -411,6 +435,7 @@ class ClientBase:
     def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None, *,
                  version: str = DEFAULT_VERSION, writer: Any = None, sink: Optional[Sink] = None,
                  receive_timeout: float = 60.0, open_timeout: float = 10.0,
+                 send_timeout: Optional[float] = 10.0,
                  max_size: Optional[int] = 16 * 2**20, compression: Optional[str] = None,
                  additional_headers: Optional[dict[str, str]] = None) -> None:
         self.api_key = _resolve_key(url, api_key)
@@ -419,6 +444,7 @@ class ClientBase:
         self.version = version
         self.receive_timeout = receive_timeout
         self.open_timeout = open_timeout
+        self.send_timeout = send_timeout
         self.max_size = max_size
         # permessage-deflate costs 3-14x client CPU for ~23% fewer bytes: off by default
         self.compression = compression
@@ -454,17 +480,26 @@ class ClientBase:
             if isinstance(event, _End):
                 del self._contexts[state.context_id]
 
-    def _closed(self, exc: ConnectionClosed) -> str:
+    def _closed(self, exc: ConnectionClosed, ws: Any) -> str:
         # the server's close frame if it sent one, else ours (e.g. 1009 for a frame over
         # max_size), else none at all: the TCP connection dropped
         close = exc.rcvd or exc.sent
         self.close_code = close.code if close else None
         self.close_reason = close.reason if close else None
+        if ws.failure is not None:
+            return f"closed by flushsink: {ws.failure}"
         if close is None:
             return "connection dropped without a close frame"
         reason = f" ({close.reason})" if close.reason else ""
         side = "the server" if exc.rcvd else "flushsink"
         return f"connection closed by {side} with code {close.code}{reason}"
+
+    @staticmethod
+    def _send_failed(exc: ConnectionClosed, ws: Any) -> FlushsinkError:
+        """What a send that found the connection closed raises."""
+        if isinstance(ws.failure, SendTimeout):
+            return SendTimeout(str(ws.failure))
+        return ConnectionLost(f"connection closed while sending: {exc}")
 
 
 class Client(ClientBase):
@@ -512,6 +547,7 @@ class Client(ClientBase):
     def _new_connection(self, *args: Any, **kwargs: Any) -> ClientConnection:
         connection = _Connection(*args, **kwargs)
         connection.on_message = functools.partial(self._on_message, connection)
+        connection.send_timeout = self.send_timeout
         return connection
 
     def _on_message(self, connection: "_Connection", message: Any) -> None:
@@ -535,11 +571,12 @@ class Client(ClientBase):
     async def _send(self, message: str) -> None:
         if not self._connected():
             await self.connect()  # after an idle close, the next push reconnects
-        assert self._ws is not None
+        ws = self._ws
+        assert ws is not None
         try:
-            await self._ws.send(message)
+            await ws.send(message)
         except ConnectionClosed as exc:
-            raise ConnectionLost(f"connection closed while sending: {exc}") from exc
+            raise self._send_failed(exc, ws) from exc
 
     async def _read(self, ws: ClientConnection) -> None:
         # Messages go to _on_message as they are parsed; this task waits for the end of
@@ -549,7 +586,7 @@ class Client(ClientBase):
             while True:
                 receive(await ws.recv(decode=False))
         except ConnectionClosed as exc:
-            self._session.connection_lost(self._closed(exc))
+            self._session.connection_lost(self._closed(exc, ws))
         except asyncio.CancelledError:
             self._session.connection_lost("the client stopped reading")
             raise

@@ -18,7 +18,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from .client import HANDSHAKE_FAILURES, ClientBase, DirectMessages, _drop, handshake_error
-from .errors import ReceiveTimeout
+from .errors import ReceiveTimeout, SendTimeout
 from .segments import Segment, SegmentReady
 from .session import ConnectionLost, ContextState, _End, _Failed, log
 
@@ -50,6 +50,20 @@ class _Connection(DirectMessages, ClientConnection):
                 self.protocol.fail(code, reason)
         except ConnectionClosed:
             pass
+
+    def send_data(self) -> None:
+        # The client sets the socket's timeout to send_timeout once the handshake is
+        # done, so a sendall() to a server that stopped reading fails instead of
+        # blocking forever with the protocol lock held (which also stalls websockets'
+        # keepalive and receiving threads). send_context() then closes the connection
+        # and raises ConnectionClosed from the SendTimeout. Once closing, websockets
+        # sets the timeout to its close deadline itself: that one stays its own.
+        try:
+            super().send_data()
+        except TimeoutError:
+            if self.close_deadline is not None:
+                raise
+            raise self._send_timed_out() from None
 
 
 class Context:
@@ -86,7 +100,7 @@ class Context:
         if message is not None and self._client._connected():
             try:
                 self._client._send(message)
-            except (ConnectionClosed, ConnectionLost):
+            except (ConnectionClosed, ConnectionLost, SendTimeout):
                 pass
 
     def events(self, timeout: Optional[float] = None) -> Iterator[Any]:
@@ -164,6 +178,8 @@ class Client(ClientBase):
                                 create_connection=cast(Any, self._new_connection), **_DIRECT)
             except HANDSHAKE_FAILURES as exc:
                 raise handshake_error(self.url, exc, self.open_timeout) from exc
+            if self.send_timeout is not None:
+                ws.socket.settimeout(self.send_timeout)  # see _Connection.send_data
             self._ws = ws
             self.connections += 1
             self._reader = threading.Thread(target=self._read, args=(ws,),
@@ -173,15 +189,17 @@ class Client(ClientBase):
     def _send(self, message: str) -> None:
         if not self._connected():
             self.connect()  # after an idle close, the next push reconnects
-        assert self._ws is not None
+        ws = self._ws
+        assert ws is not None
         try:
-            self._ws.send(message)
+            ws.send(message)
         except ConnectionClosed as exc:
-            raise ConnectionLost(f"connection closed while sending: {exc}") from exc
+            raise self._send_failed(exc, ws) from exc
 
     def _new_connection(self, *args: Any, **kwargs: Any) -> ClientConnection:
         connection = _Connection(*args, **kwargs)
         connection.on_message = functools.partial(self._on_message, connection)
+        connection.send_timeout = self.send_timeout
         return connection
 
     def _on_message(self, connection: "_Connection", message: Any) -> None:
@@ -210,7 +228,7 @@ class Client(ClientBase):
                     session.receive(frame)
         except ConnectionClosed as exc:
             with self._state_lock:
-                session.connection_lost(self._closed(exc))
+                session.connection_lost(self._closed(exc, ws))
         except Exception as exc:  # a bug must not leave the contexts waiting forever
             log.exception("flushsink: the reader failed")
             with self._state_lock:
