@@ -792,3 +792,33 @@ def test_push_to_a_server_that_stopped_reading_raises_send_timeout(client):
     assert isinstance(error, TimeoutError) and isinstance(error, flushsink.FlushsinkError)
     assert took < 2.5, took  # 5x send_timeout: generous, no tight timing
     assert "stopped reading" in str(error) and "stopped reading" in str(lost)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_flood_of_context_less_errors_keeps_the_latest_100_and_a_count(core):
+    """Error frames without a context end nothing and were all kept (200,000: 226 MB):
+    now the latest 100 and the count."""
+    session = Session(core.Sink(S16), lambda state, ev: None)
+    for k in range(5000):
+        session.receive(json.dumps({"type": "error", "error": f"error {k}"}).encode())
+    assert session.server_error_count == 5000
+    assert [e.message for e in session.server_errors] == [f"error {k}" for k in range(4900, 5000)]
+    assert session.server_errors[-1].message == "error 4999"  # a sequence, latest last
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_failed_writes_keep_the_latest_100_and_a_count(core, tmp_path):
+    """Each WriteError carries its segment (its audio): a disk that refuses every write
+    must not make the session keep every segment."""
+    def refuse(event):
+        raise flushsink.WriteError("disk full", segment=event.segment)
+
+    session = Session(core.Sink(S16), lambda state, ev: None, writer=refuse)
+    state = session.new_context(model_id="m", voice="v", context_id="a")
+    session.request(state, "x")
+    for fid in range(300):
+        session.receive(chunk("a", fid, b"\x01\x00"))
+        session.receive(flush_done("a", fid))
+    assert session.write_error_count == 300
+    assert len(session.write_errors) == 100
+    assert session.write_errors[-1].segment.flush_id == 299

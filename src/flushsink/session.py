@@ -8,6 +8,7 @@ Nothing here touches a socket.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import uuid
@@ -76,10 +77,21 @@ class ContextState:
     failure: Optional[BaseException] = None
 
 
+#: How many connection-level server errors and write errors a Session keeps (the latest).
+KEPT_ERRORS = 100
+
+
 class Session:
     """Routes one connection's frames to contexts. ``deliver(state, event)`` is called
     for every event of a known context; events of unknown contexts are logged and
-    counted in ``unrouted``."""
+    counted in ``unrouted``.
+
+    ``server_errors`` holds the latest 100 errors without a context (``ServerError``)
+    and ``server_error_count`` counts them all; ``write_errors`` and
+    ``write_error_count`` do the same for failed writes. Only the latest are kept so a
+    server cannot grow the client's memory with error frames (200,000 of them kept
+    226 MB), nor a full disk with the segments its WriteErrors carry.
+    """
 
     def __init__(self, sink: Sink, deliver: Callable[[ContextState, Any], None],
                  writer: Optional[Callable[[Any], Any]] = None) -> None:
@@ -90,8 +102,10 @@ class Session:
         self.writer = writer
         self.deliver = deliver
         self.contexts: dict[str, ContextState] = {}
-        self.server_errors: list[ServerError] = []
-        self.write_errors: list[WriteError] = []
+        self.server_errors: collections.deque[ServerError] = collections.deque(maxlen=KEPT_ERRORS)
+        self.server_error_count = 0
+        self.write_errors: collections.deque[WriteError] = collections.deque(maxlen=KEPT_ERRORS)
+        self.write_error_count = 0
         self.rejected_frames = 0
         self.unrouted = 0
 
@@ -189,6 +203,7 @@ class Session:
             except WriteError as exc:
                 log.error("flushsink: %s", exc)
                 self.write_errors.append(exc)
+                self.write_error_count += 1
                 failure = exc
         self.deliver(state, event)
         # an incomplete segment's stream ends with its own failure (lost connection,
@@ -199,6 +214,7 @@ class Session:
     def _route(self, event: Any) -> None:
         if isinstance(event, ServerError):
             self.server_errors.append(event)
+            self.server_error_count += 1
             log.warning("flushsink: server error without context: %s", event.message)
             return
         state = self.contexts.get(event.context_id)
