@@ -356,6 +356,47 @@ def test_receive_timeout_instead_of_a_hang():
     run(main())
 
 
+@pytest.mark.parametrize("client", ["asyncio", "sync"])
+def test_receive_timeout_is_the_longest_silence_not_the_length_of_a_segment(client):
+    """A segment whose audio streams for 1.5 s (a chunk every 0.15 s, no flush_done until
+    the end) with receive_timeout=0.5: chunks bring no events, but they are not silence.
+    Before: ReceiveTimeout after 0.5 s while the audio was arriving."""
+    emulator = Emulator(chunk_ms=50, pace=1 / 3)  # "Hi." is 0.5 s: 10 chunks, 1.5 s
+    if client == "asyncio":
+        async def main():
+            async with emulator as emu:
+                async with flushsink.connect(emu.url, receive_timeout=0.5) as tts:
+                    ctx = tts.context(voice=VOICE, output_format=S16)
+                    await ctx.push("Hi.")
+                    await ctx.no_more_inputs()
+                    started = time.monotonic()
+                    return await ctx.collect(), time.monotonic() - started
+
+        segments, took = run(main())
+    else:
+        with emulator.running_in_thread() as emu:
+            with sync.connect(emu.url, receive_timeout=0.5) as tts:
+                ctx = tts.context(voice=VOICE, output_format=S16)
+                ctx.push("Hi.")
+                ctx.no_more_inputs()
+                started = time.monotonic()
+                segments, took = ctx.collect(), time.monotonic() - started
+    assert took > 1.0  # it did stream for longer than the timeout
+    assert [s.samples.tobytes() for s in segments] == [expected("Hi.")]
+
+
+def test_sync_receive_timeout_instead_of_a_hang():
+    with Emulator(pace=0.05, chunk_ms=100).running_in_thread() as emu:  # a chunk every 2 s
+        with sync.connect(emu.url, receive_timeout=0.3) as tts:
+            ctx = tts.context(voice=VOICE, output_format=S16)
+            ctx.push("This takes a while to arrive.")
+            ctx.no_more_inputs()
+            started = time.monotonic()
+            with pytest.raises(ReceiveTimeout):
+                ctx.collect()
+            assert time.monotonic() - started < 1.5
+
+
 # --- the sans-I/O session, with frames made by hand -----------------------------------------
 
 def frame(**fields):

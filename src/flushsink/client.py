@@ -396,14 +396,16 @@ class Context:
 
     async def events(self, timeout: Optional[float] = None) -> AsyncIterator[Any]:
         """Every event of this context (SegmentReady, Timestamps, ContextDone, ...), until
-        it ends. Raises ContextFailed, ConnectionLost or ReceiveTimeout."""
+        it ends. Raises ContextFailed, ConnectionLost or ReceiveTimeout: the latter once
+        the context has been silent (no frame of it, audio included) for ``timeout``
+        (default ``receive_timeout``) seconds, noticed within twice that."""
         wait = self._client.receive_timeout if timeout is None else timeout
+        queue = self._queue
         while True:
-            try:
-                event = await self._queue.get(wait)
-            except asyncio.TimeoutError:
-                raise ReceiveTimeout(
-                    f"no event for context {self.context_id!r} in {wait} s") from None
+            if queue._items:
+                event = queue._items.popleft()
+            else:
+                event = await self._wait(queue, wait)
             if isinstance(event, _End):
                 if event.failure is not None:
                     raise event.failure
@@ -412,6 +414,23 @@ class Context:
                 raise event.error  # e.g. a WriteError: iterate again to go on
             yield event
             del event  # do not pin the last event (and its audio) while waiting for the next
+
+    async def _wait(self, queue: _Inbox, wait: Optional[float]) -> Any:
+        # Chunks bring no events, so a segment that streams for longer than the timeout
+        # would time out while its audio arrives: when the wait runs out, the Sink says
+        # whether frames of the context came meanwhile (a count it keeps anyway), and if
+        # so the wait starts again. No timer or clock per frame.
+        activity = self._client._session.sink.activity
+        seen = activity(self.context_id)
+        while True:
+            try:
+                return await queue.get(wait)
+            except asyncio.TimeoutError:
+                now = activity(self.context_id)
+                if now == seen:
+                    raise ReceiveTimeout(
+                        f"no frame for context {self.context_id!r} in {wait} s") from None
+                seen = now
 
     async def segments(self, timeout: Optional[float] = None) -> AsyncIterator[Segment]:
         """The finished segments of this context, in order, until it ends."""

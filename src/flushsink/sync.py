@@ -105,14 +105,25 @@ class Context:
 
     def events(self, timeout: Optional[float] = None) -> Iterator[Any]:
         """Every event of this context until it ends. Raises ContextFailed,
-        ConnectionLost or ReceiveTimeout."""
+        ConnectionLost or ReceiveTimeout: the latter once the context has been silent
+        (no frame of it, audio included) for ``timeout`` (default ``receive_timeout``)
+        seconds, noticed within twice that."""
         wait = self._client.receive_timeout if timeout is None else timeout
+        activity = self._client._session.sink.activity
         while True:
-            try:
-                event = self._queue.get(timeout=wait)
-            except queue.Empty:
-                raise ReceiveTimeout(
-                    f"no event for context {self.context_id!r} in {wait} s") from None
+            # chunks bring no events: when the wait runs out, the Sink's count of the
+            # context's frames says whether its audio is still arriving (see asyncio's)
+            seen = activity(self.context_id)
+            while True:
+                try:
+                    event = self._queue.get(timeout=wait)
+                    break
+                except queue.Empty:
+                    now = activity(self.context_id)
+                    if now == seen:
+                        raise ReceiveTimeout(
+                            f"no frame for context {self.context_id!r} in {wait} s") from None
+                    seen = now
             if isinstance(event, _End):
                 if event.failure is not None:
                     raise event.failure
