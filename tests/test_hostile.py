@@ -822,3 +822,91 @@ def test_failed_writes_keep_the_latest_100_and_a_count(core, tmp_path):
     assert session.write_error_count == 300
     assert len(session.write_errors) == 100
     assert session.write_errors[-1].segment.flush_id == 299
+
+
+@pytest.mark.parametrize("option", ["close_timeout", "open_timeout"])
+@pytest.mark.parametrize("client", CLIENTS)
+def test_close_returns_within_its_timeout_when_the_server_never_answers(client, option):
+    """A server that reads everything and answers nothing, not even the closing
+    handshake: close() returns within close_timeout (by default open_timeout), and the
+    context still receiving ends with ConnectionLost. Before: 10 s, websockets' own
+    default, whatever the client was told."""
+    import time
+
+    from rawserver import RawServer, accept_websocket, drain_until_closed
+
+    def handler(conn):
+        accept_websocket(conn)
+        drain_until_closed(conn, 30)
+
+    fmt = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 24000}
+    options = {option: 0.5, "receive_timeout": TIMEOUT}
+    with RawServer(handler) as server:
+        if client == "asyncio":
+            async def main():
+                tts = flushsink.connect(server.url, **options)
+                ctx = tts.context(voice="v", output_format=fmt)
+                await ctx.push("text")
+                started = time.monotonic()
+                await tts.close()
+                took = time.monotonic() - started
+                with pytest.raises(ConnectionLost):
+                    await ctx.collect()
+                return took
+
+            took = run(main())
+        else:
+            def body():
+                tts = sync.connect(server.url, **options)
+                ctx = tts.context(voice="v", output_format=fmt)
+                ctx.push("text")
+                started = time.monotonic()
+                tts.close()
+                took = time.monotonic() - started
+                with pytest.raises(ConnectionLost):
+                    ctx.collect()
+                return took
+
+            took = in_thread(body)
+    assert took < 2.5, took  # 5x the timeout: generous, no tight timing
+
+
+def test_asyncio_close_is_bounded_while_a_push_waits_on_a_server_that_stopped_reading():
+    """close() while a push waits for a server that stopped reading (send_timeout far
+    off): websockets' close would wait behind it; close_timeout still bounds it."""
+    import time
+
+    from rawserver import RawServer, accept_websocket
+
+    stop = threading.Event()
+
+    def handler(conn):
+        accept_websocket(conn)
+        stop.wait(60)
+
+    async def main(url):
+        tts = flushsink.connect(url, send_timeout=30, close_timeout=0.5, receive_timeout=TIMEOUT)
+        ctx = tts.context(voice="v")
+        text = "x" * 2**18
+
+        async def flood():
+            for _ in range(400):
+                await ctx.push(text)
+
+        pushing = asyncio.ensure_future(flood())
+        await asyncio.sleep(0.5)  # by now a push waits in drain()
+        assert not pushing.done()
+        started = time.monotonic()
+        await tts.close()
+        took = time.monotonic() - started
+        with pytest.raises((ConnectionLost, flushsink.ContextClosed)):
+            await asyncio.wait_for(pushing, TIMEOUT)
+        return took
+
+    try:
+        with RawServer(handler, rcvbuf=4096) as server:
+            took = run(main(server.url))
+            stop.set()
+    finally:
+        stop.set()
+    assert took < 2.5, took

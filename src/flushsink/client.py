@@ -291,6 +291,7 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
 
 
 _READ_SIZE = 2**20
+_CLOSE_GRACE = 0.05  # seconds the reader may take past close_timeout to see the end
 _KEPT_READ_BUFFERS = 4
 _idle_read_buffers: list[memoryview] = []  # append and pop are atomic: any thread may use it
 
@@ -454,7 +455,7 @@ class ClientBase:
     def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None, *,
                  version: str = DEFAULT_VERSION, writer: Any = None, sink: Optional[Sink] = None,
                  receive_timeout: float = 60.0, open_timeout: float = 10.0,
-                 send_timeout: Optional[float] = 10.0,
+                 send_timeout: Optional[float] = 10.0, close_timeout: Optional[float] = None,
                  max_size: Optional[int] = 16 * 2**20, compression: Optional[str] = None,
                  additional_headers: Optional[dict[str, str]] = None) -> None:
         self.api_key = _resolve_key(url, api_key)
@@ -464,6 +465,9 @@ class ClientBase:
         self.receive_timeout = receive_timeout
         self.open_timeout = open_timeout
         self.send_timeout = send_timeout
+        # close() returns within this (websockets' default would be 10 s whatever
+        # open_timeout said, which the docs promised bounded closing too)
+        self.close_timeout = open_timeout if close_timeout is None else close_timeout
         self.max_size = max_size
         # permessage-deflate costs 3-14x client CPU for ~23% fewer bytes: off by default
         self.compression = compression
@@ -555,6 +559,7 @@ class Client(ClientBase):
             try:
                 self._ws = await ws_connect(
                     self.url, additional_headers=self.headers, open_timeout=self.open_timeout,
+                    close_timeout=self.close_timeout,
                     max_size=self.max_size, compression=self.compression,
                     create_connection=cast(Any, self._new_connection),
                 )
@@ -615,14 +620,26 @@ class Client(ClientBase):
             await ws.close()
 
     async def close(self) -> None:
-        """Close the connection; contexts still open finish as incomplete."""
+        """Close the connection; contexts still open finish as incomplete. Returns within
+        ``close_timeout`` (default: ``open_timeout``): a server that does not answer the
+        closing handshake in time has its connection dropped."""
         ws, reader = self._ws, self._reader
         self._ws = self._reader = None
+        loop = asyncio.get_running_loop()
+        timeout = self.close_timeout
+        deadline = None if timeout is None else loop.time() + timeout
         if ws is not None:
-            await ws.close()
-        if reader is not None:
+            # websockets bounds its wait for the server's close by close_timeout, but not
+            # a send stuck behind a server that stopped reading (send_timeout): this does
             try:
-                await asyncio.wait_for(reader, self.open_timeout)
+                await asyncio.wait_for(ws.close(), timeout)
+            except asyncio.TimeoutError:
+                ws.transport.abort()
+        if reader is not None:
+            # the reader ends as soon as the connection has: a loop turn or two
+            remaining = None if deadline is None else max(deadline - loop.time(), _CLOSE_GRACE)
+            try:
+                await asyncio.wait_for(reader, remaining)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 reader.cancel()
 

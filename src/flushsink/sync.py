@@ -11,6 +11,7 @@ import inspect
 import queue
 import sys
 import threading
+import time
 from typing import Any, Iterator, Optional, cast
 
 from websockets.exceptions import ConnectionClosed
@@ -185,6 +186,7 @@ class Client(ClientBase):
             try:
                 ws = ws_connect(self.url, additional_headers=self.headers,
                                 open_timeout=self.open_timeout, max_size=self.max_size,
+                                close_timeout=self.close_timeout,
                                 compression=self.compression,
                                 create_connection=cast(Any, self._new_connection), **_DIRECT)
             except HANDSHAKE_FAILURES as exc:
@@ -247,13 +249,18 @@ class Client(ClientBase):
             ws.close()
 
     def close(self) -> None:
-        """Close the connection; contexts still open finish as incomplete."""
+        """Close the connection; contexts still open finish as incomplete. Returns within
+        ``close_timeout`` (default: ``open_timeout``): websockets drops the connection of
+        a server that does not answer the closing handshake in time. (A push blocked by
+        a server that stopped reading holds websockets' lock until its send_timeout.)"""
         ws, reader = self._ws, self._reader
         self._ws = self._reader = None
+        timeout = self.close_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         if ws is not None:
             ws.close()
         if reader is not None:
-            reader.join(self.open_timeout)
+            reader.join(None if deadline is None else max(deadline - time.monotonic(), 0.05))
 
     def __enter__(self) -> "Client":
         return self
