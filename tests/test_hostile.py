@@ -327,7 +327,8 @@ def test_late_and_duplicate_frames_are_dropped_and_counted(core, tmp_path):
     assert [(s.flush_id, s.samples.tobytes(), s.complete) for s in ready] == [
         (1, b"\x01\x00\x02\x00", True), (7, b"", True)]  # an unknown flush_done: an empty segment
     assert sink.stats.dropped_frames == 7
-    assert sorted(os.listdir(tmp_path / "a")) == ["1.wav", "7.wav"]
+    assert sorted(os.listdir(tmp_path / "a")) == ["1.wav"]  # the empty one is not written
+    assert ready[1].path is None
     data, _ = soundfile.read(tmp_path / "a" / "1.wav", dtype="int16")
     assert data.tolist() == [1, 2]
 
@@ -910,3 +911,34 @@ def test_asyncio_close_is_bounded_while_a_push_waits_on_a_server_that_stopped_re
     finally:
         stop.set()
     assert took < 2.5, took
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_flood_of_flush_done_without_audio_makes_no_files(client, tmp_path):
+    """3000 flush_done frames of the client's own context, no audio: each is still a
+    segment (an event), none becomes a file. Before: 3000 empty WAV files (100,000 took
+    4 s)."""
+    a1 = audio_of("a", 0)
+    script = [chunk("a", 0, a1), flush_done("a", 0)]
+    script += [flush_done("a", fid) for fid in range(1, 3001)] + [done("a")]
+    writer = flushsink.FileWriter(tmp_path)
+    with ScriptedServer(script).running_in_thread() as server:
+        if client == "asyncio":
+            async def main():
+                async with flushsink.connect(server.url, writer=writer,
+                                             receive_timeout=TIMEOUT) as tts:
+                    ctx = tts.context(voice="v", context_id="a")
+                    await ctx.push("text")
+                    return await ctx.collect()
+
+            segments = run(main())
+        else:
+            with sync.connect(server.url, writer=writer, receive_timeout=TIMEOUT) as tts:
+                ctx = tts.context(voice="v", context_id="a")
+                ctx.push("text")
+                segments = ctx.collect()
+    assert len(segments) == 3001
+    assert segments[0].samples.tobytes() == a1 and os.path.exists(segments[0].path)
+    assert all(s.path is None and len(s.samples) == 0 for s in segments[1:])
+    assert [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()] == \
+        [os.path.join("a", "0.wav")]
