@@ -16,6 +16,8 @@ import mmap
 import os
 import ssl
 import sys
+import threading
+import weakref
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Optional, cast
 
@@ -447,8 +449,23 @@ class Context:
         return [segment async for segment in self.segments(timeout)]
 
 
+# Which client uses each Sink: Session.connection_lost closes the sink, which ends every
+# context in it, so two open clients on one Sink would end each other's contexts. Weak
+# both ways: a sink or client that is gone frees its entry.
+_sink_users: "weakref.WeakKeyDictionary[Any, weakref.ReferenceType[Any]]" = (
+    weakref.WeakKeyDictionary())
+_sink_users_lock = threading.Lock()
+
+
 class ClientBase:
-    """Options, the Session and the contexts: what the asyncio and sync clients share."""
+    """Options, the Session and the contexts: what the asyncio and sync clients share.
+
+    Options (all keyword-only): ``version``, ``writer``, ``sink``, ``receive_timeout``
+    (longest silence of a context), ``open_timeout`` (handshake), ``send_timeout``
+    (longest wait to hand a message to the socket), ``close_timeout`` (``close()``;
+    default ``open_timeout``), ``max_size``, ``compression``, ``additional_headers``.
+    A ``sink`` may serve one open client at a time (ConfigError otherwise).
+    """
 
     _context_class: Any = None
 
@@ -472,8 +489,9 @@ class ClientBase:
         # permessage-deflate costs 3-14x client CPU for ~23% fewer bytes: off by default
         self.compression = compression
         self.headers = {**auth_headers(self.api_key, version), **(additional_headers or {})}
-        self._session = Session(sink if sink is not None else Sink(DEFAULT_FORMAT),
-                                self._deliver, writer)
+        sink = sink if sink is not None else Sink(DEFAULT_FORMAT)
+        self._claim(sink)
+        self._session = Session(sink, self._deliver, writer)
         self._contexts: dict[str, Any] = {}
         self.close_code: Optional[int] = None
         self.close_reason: Optional[str] = None
@@ -482,6 +500,34 @@ class ClientBase:
     @property
     def sink(self) -> Sink:
         return self._session.sink
+
+    def _claim(self, sink: Any) -> None:
+        """Take ``sink`` for this client, or raise ConfigError if another open client
+        has it. Called when the client is made and when it (re)connects."""
+        with _sink_users_lock:
+            try:
+                ref = _sink_users.get(sink)
+            except TypeError:  # pragma: no cover - a sink without weak references
+                return
+            user = ref() if ref is not None else None
+            if user is not None and user is not self:
+                raise ConfigError(
+                    "this Sink is already used by another client that is not closed: a "
+                    "closing connection ends every context of its Sink, so each open client "
+                    "needs a Sink of its own (close the other client first)")
+            if user is None:
+                _sink_users[sink] = weakref.ref(self)
+
+    def _release(self) -> None:
+        """A closed client leaves its Sink to others."""
+        sink = self._session.sink
+        with _sink_users_lock:
+            try:
+                ref = _sink_users.get(sink)
+            except TypeError:  # pragma: no cover
+                return
+            if ref is not None and ref() is self:
+                del _sink_users[sink]
 
     @property
     def session(self) -> Session:
@@ -556,6 +602,7 @@ class Client(ClientBase):
         async with self._lock:
             if self._connected():
                 return
+            self._claim(self._session.sink)  # released if this client was closed
             try:
                 self._ws = await ws_connect(
                     self.url, additional_headers=self.headers, open_timeout=self.open_timeout,
@@ -625,6 +672,7 @@ class Client(ClientBase):
         closing handshake in time has its connection dropped."""
         ws, reader = self._ws, self._reader
         self._ws = self._reader = None
+        self._release()
         loop = asyncio.get_running_loop()
         timeout = self.close_timeout
         deadline = None if timeout is None else loop.time() + timeout

@@ -183,6 +183,7 @@ class Client(ClientBase):
         with self._connect_lock:
             if self._connected():
                 return
+            self._claim(self._session.sink)  # released if this client was closed
             try:
                 ws = ws_connect(self.url, additional_headers=self.headers,
                                 open_timeout=self.open_timeout, max_size=self.max_size,
@@ -255,6 +256,7 @@ class Client(ClientBase):
         a server that stopped reading holds websockets' lock until its send_timeout.)"""
         ws, reader = self._ws, self._reader
         self._ws = self._reader = None
+        self._release()
         timeout = self.close_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         if ws is not None:
