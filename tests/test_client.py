@@ -426,6 +426,23 @@ def test_two_open_clients_cannot_share_a_sink(any_core):
     flushsink.connect(url, sink=sink)
 
 
+@pytest.mark.parametrize("client", ["asyncio", "sync"])
+@pytest.mark.parametrize("bad_id", ["a\ud800b", "\udfff", "x" * 10 + "\udc80"])
+def test_a_lone_surrogate_in_a_context_id_is_refused_before_anything_happens(client, bad_id):
+    """JSON would carry it as a \\ud800 escape, which is no character: the server's frames
+    could never be routed (the Sink rejects the escape) and the context would wait for
+    nothing. Refused at context(): nothing registered, nothing sent."""
+    from flushsink.errors import ConfigError
+
+    tts = (flushsink.connect if client == "asyncio" else sync.connect)("ws://127.0.0.1:9")
+    with pytest.raises(ConfigError) as refused:
+        tts.context(voice=VOICE, context_id=bad_id)
+    assert isinstance(refused.value, ValueError) and isinstance(refused.value, FlushsinkError)
+    assert tts.session.contexts == {} and tts._contexts == {} and tts.connections == 0
+    ok = tts.context(voice=VOICE, context_id="a\u00e9b")  # any real character is fine
+    assert list(tts.session.contexts) == [ok.context_id]
+
+
 # --- the sans-I/O session, with frames made by hand -----------------------------------------
 
 def frame(**fields):

@@ -115,10 +115,23 @@ class Session:
                     output_format: Optional[dict[str, Any]] = None,
                     context_id: Optional[str] = None, **defaults: Any) -> ContextState:
         """Register a context; ``defaults`` (language, add_timestamps, generation_config,
-        max_buffer_delay_ms, ...) go into every request of it."""
+        max_buffer_delay_ms, ...) go into every request of it. A ``context_id`` that is
+        not valid Unicode (a lone surrogate) is a ConfigError, before anything is
+        registered."""
         output_format = dict(output_format or DEFAULT_OUTPUT_FORMAT)
         fmt = AudioFormat.from_output_format(output_format)
         context_id = context_id or str(uuid.uuid4())
+        if not isinstance(context_id, str):
+            raise TypeError(f"context_id must be a str, not {type(context_id).__name__}")
+        try:
+            context_id.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # json.dumps would send it as a \ud800 escape, which is no character: the
+            # server's frames would name no context this client has (and the Sink
+            # rejects such escapes), so the context would wait for nothing
+            raise ConfigError(
+                f"context id {context_id!r} is not valid Unicode text: {exc.reason} at "
+                f"index {exc.start}") from None
         if context_id in self.contexts:
             raise ValueError(f"context id {context_id!r} is already in use on this connection")
         if isinstance(voice, str):
