@@ -10,10 +10,12 @@ A *program* is a Sink configuration plus a list of operations:
     ("set_format", context_id, format_index)
 
 Each operation runs on three sinks: the compiled one, the pure twin, and a *shadow*
-compiled sink that only sees the operations the first accepted. After every operation
-the three must agree (result, exception type/code/offset/detail/message, stats), which
-checks both "the cores are twins" and "a rejected frame changes nothing" without
-trusting either core. The only accepted rejections are the documented ones:
+compiled sink that only sees the operations the first accepted (and, for a chunk
+rejected by a cap or its base64, the same chunk with empty data: it resolves the segment
+the rejected one marked as lost, docs/sink.md "Lost chunks"). After every operation the
+three must agree (result, exception type/code/offset/detail/message, stats; the lost mark
+taken out for the shadow), which checks both "the cores are twins" and "a rejected frame
+changes nothing but that mark" without trusting either core. The only accepted rejections are the documented ones:
 FrameError and CapacityError (TypeError only for the non-contiguous view). Anything
 else raises Finding.
 
