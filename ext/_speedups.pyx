@@ -22,10 +22,11 @@ import os
 
 import numpy as np
 
-from ._common import (BASE64_CODES, SCAN_CODES, SinkStats, check_sink_args,
-                      frame_type_error, open_segments_cap_error, prealloc_bytes,
-                      segment_cap_error, str_frame_error, total_cap_error)
-from .errors import FrameError
+from ._common import (BASE64_CODES, SCAN_CODES, SinkStats, cap_reason, check_sink_args,
+                      frame_type_error, lost_error, open_segments_cap_error, prealloc_bytes,
+                      segment_cap_error, str_frame_error, timestamps_cap_error,
+                      total_cap_error)
+from .errors import FRAME_ERROR_REASONS, FrameError
 from .formats import DEFAULT_FORMAT, AudioFormat
 from .segments import (ContextDone, Segment, SegmentReady, Timestamps, Unknown,
                        error_event, parse_timed_text, shift)
@@ -269,6 +270,8 @@ cdef class _Segment:
     cdef _Format fmt
     cdef double start
     cdef list words, phonemes
+    cdef unsigned long long lost_chunks, lost_bytes  # chunks rejected (Sink._lose)
+    cdef object lost_reason
 
     def __dealloc__(self):
         free(self.data)
@@ -281,7 +284,9 @@ cdef class _Context:
     cdef dict open                # label -> _Segment, in opening order
     cdef _Segment current         # the most recently opened segment still open
     cdef int64_t next_label
-    cdef set finished
+    cdef set finished             # labels of the last max_finished_labels finished segments
+    cdef list finished_order      # the same, as a ring in finishing order (oldest at _pos)
+    cdef size_t finished_pos
     cdef size_t stored
     cdef unsigned long long frames  # accepted frames of this context (Sink.activity)
 
@@ -299,13 +304,15 @@ cdef class Sink:
     cdef readonly object format
     cdef readonly double prealloc_seconds
     cdef readonly size_t max_segment_bytes, max_total_bytes, max_ended_contexts
-    cdef readonly size_t max_open_segments
+    cdef readonly size_t max_open_segments, max_timestamps, max_finished_labels
     cdef dict _contexts, _ended, _formats
     cdef _Context _last
     cdef _Format _default         # self.format, prepared
     cdef fs_memo _memo            # the scanner's memory of recent envelopes (zeroed by tp_alloc)
     cdef object _cid              # scratch: the id _lookup found
     cdef size_t _open_bytes
+    cdef size_t _reserved         # capacity of the open segments' buffers (address space)
+    cdef size_t _open_timestamps  # timestamp items held by open segments
     cdef Py_ssize_t _open_segments
     cdef unsigned long long _fed, _frames, _chunks, _audio_bytes, _dropped, _segments
     cdef bint _busy               # a call is running (see _acquire)
@@ -317,10 +324,14 @@ cdef class Sink:
     def __init__(self, format=DEFAULT_FORMAT, *, prealloc_seconds=10.0,
                  max_segment_bytes=256 * 2**20, max_total_bytes=1024 * 2**20,
                  max_ended_contexts=10_000, max_open_segments=100_000,
+                 max_timestamps=1_000_000, max_finished_labels=10_000,
                  drop_unannounced=False):
         check_sink_args(format, prealloc_seconds, max_segment_bytes, max_total_bytes,
-                        max_ended_contexts, max_open_segments)
+                        max_ended_contexts, max_open_segments, max_timestamps,
+                        max_finished_labels)
         self.max_open_segments = max_open_segments
+        self.max_timestamps = max_timestamps
+        self.max_finished_labels = max_finished_labels
         self.drop_unannounced = bool(drop_unannounced)
         self.format = format
         self.prealloc_seconds = prealloc_seconds
@@ -623,17 +634,29 @@ cdef class Sink:
 
     cdef int _reserve(self, _Context ctx, _Segment seg, size_t needed) except -1:
         """Make room for needed bytes: the first time a warm pooled buffer or the
-        prealloc reservation, then geometric growth (never past the cap unless needed)."""
-        cdef size_t capacity, pooled = 0
+        prealloc reservation, then geometric growth (never past the cap unless needed).
+
+        The reservation is address space, not memory, but address space runs out too
+        (ulimit -v, overcommit limits: 100,000 open segments of 10 s at 44.1 kHz would
+        reserve 84 GB). So the reserved room no audio fills yet, over all open segments,
+        stays within max_total_bytes: past that, a segment starts with what its first
+        chunk needs and grows geometrically. Address space is then bounded by about
+        three times max_total_bytes."""
+        cdef size_t capacity, pooled = 0, unused
         cdef uint8_t *grown
         cdef uint8_t *warm
         if seg.data == NULL:
             capacity = ctx.fmt.prealloc if ctx.fmt.prealloc > needed else needed
+            unused = self._reserved - self._open_bytes if self._reserved > self._open_bytes else 0
+            if capacity > needed and unused + capacity - needed > self.max_total_bytes:
+                capacity = needed
             warm = _pool_take(&pooled)
-            if warm != NULL and pooled >= needed and pooled >= capacity // 4:
+            if warm != NULL and pooled >= needed and pooled >= capacity // 4 \
+                    and unused + pooled - needed <= self.max_total_bytes:
                 # a released segment of a similar length: warm pages, no faults
                 seg.data = warm
                 seg.capacity = pooled
+                self._reserved += pooled
                 return 0
             free(warm)  # too small to be worth keeping for this format
             # the reservation is address space: malloc does not touch (commit) the pages
@@ -641,6 +664,7 @@ cdef class Sink:
             if seg.data == NULL:
                 raise MemoryError()
             seg.capacity = capacity
+            self._reserved += capacity
             return 0
         capacity = seg.capacity * 2
         if capacity > self.max_segment_bytes:
@@ -651,6 +675,7 @@ cdef class Sink:
         if grown == NULL:
             raise MemoryError()
         seg.data = grown
+        self._reserved += capacity - seg.capacity
         seg.capacity = capacity
         return 0
 
@@ -708,13 +733,20 @@ cdef class Sink:
         cdef uint8_t *trimmed
         cdef size_t width = seg.fmt.width
         cdef size_t whole = seg.length // width * width
+        if seg.lost_chunks:
+            complete = False
+            error = lost_error(error, seg.lost_chunks, seg.lost_bytes, seg.lost_reason)
         # The segment leaves the store first, before anything below can run Python code:
         # the buffer is handed over once, and no later call finds it open.
         if seg.label in ctx.open:
             del ctx.open[seg.label]
             self._open_segments -= 1
             self._open_bytes -= seg.length
-        ctx.finished.add(seg.label)
+            self._reserved -= seg.capacity
+            seg.capacity = 0
+            self._open_timestamps -= (len(seg.words) if seg.words else 0) + \
+                (len(seg.phonemes) if seg.phonemes else 0)
+        self._remember_finished(ctx, seg.label)
         if ctx.current is seg:
             ctx.refresh_current()
         self._segments += 1
@@ -733,6 +765,24 @@ cdef class Sink:
                           shift(tuple(seg.words), seg.start) if seg.words else _EMPTY,
                           shift(tuple(seg.phonemes), seg.start) if seg.phonemes else _EMPTY)
         return SegmentReady(segment)
+
+    cdef int _remember_finished(self, _Context ctx, int64_t label) except -1:
+        """Remember that label finished, so that its late frames are dropped: the last
+        max_finished_labels of the context, so that a server finishing flush after flush
+        cannot grow the sink without bound (docs/sink.md)."""
+        cdef size_t cap = self.max_finished_labels
+        if cap == 0 or label in ctx.finished:
+            return 0
+        ctx.finished.add(label)
+        if ctx.finished_order is None:
+            ctx.finished_order = []
+        if <size_t>len(ctx.finished_order) < cap:
+            ctx.finished_order.append(label)
+            return 0
+        ctx.finished.discard(ctx.finished_order[ctx.finished_pos])
+        ctx.finished_order[ctx.finished_pos] = label
+        ctx.finished_pos = (ctx.finished_pos + 1) % cap
+        return 0
 
     cdef list _finish_all(self, _Context ctx, bint complete, object error):
         events = []
@@ -838,6 +888,8 @@ cdef class Sink:
             if fr.keys[FS_KEY_DATA].has_escape and offsets == NULL:
                 return self._store_escaped(ctx, new_context, found, new_segment, adopt,
                                            has_flush, label, buf, n, fr)
+            self._lose(ctx, new_context, found, None, new_segment, adopt, has_flush, label, size,
+                       cap_reason("max_segment_bytes", self.max_segment_bytes))
             raise segment_cap_error(ctx.context_id, seg_label, current + size,
                                     self.max_segment_bytes)
         if self._open_bytes + size > self.max_total_bytes:
@@ -845,6 +897,8 @@ cdef class Sink:
             if fr.keys[FS_KEY_DATA].has_escape and offsets == NULL:
                 return self._store_escaped(ctx, new_context, found, new_segment, adopt,
                                            has_flush, label, buf, n, fr)
+            self._lose(ctx, new_context, found, None, new_segment, adopt, has_flush, label, size,
+                       cap_reason("max_total_bytes", self.max_total_bytes))
             raise total_cap_error(ctx.context_id, seg_label, self._open_bytes + size,
                                   self.max_total_bytes)
         if new_segment:
@@ -868,11 +922,34 @@ cdef class Sink:
                     # a backslash stopped the fast path: take the exact, escaped one
                     return self._store_escaped(ctx, new_context, found, new_segment, adopt,
                                                has_flush, label, buf, n, fr)
+            self._lose(ctx, new_context, found, seg if new_segment else None, new_segment, adopt,
+                       has_flush, label, size, FRAME_ERROR_REASONS[BASE64_CODES[st]])
+            if offsets == NULL:
                 raise FrameError(BASE64_CODES[st], fr.keys[FS_KEY_DATA].start + pos)
             raise FrameError(BASE64_CODES[st], offsets[pos])
         self._register(ctx, new_context, seg, new_segment, adopt, label)
         self._stored(ctx, seg, size)
         return _EMPTY
+
+    cdef int _lose(self, _Context ctx, bint new_context, object found, _Segment opened,
+                   bint new_segment, bint adopt, bint has_flush, int64_t label, size_t size,
+                   object reason) except -1:
+        """A chunk of this segment is being rejected (a cap, its base64): the segment
+        records the loss, so that it finishes incomplete and says what it lost. A chunk
+        that would have opened the segment opens it, empty (docs/sink.md "Lost chunks")."""
+        cdef _Segment seg
+        if not new_segment:
+            seg = <_Segment>found
+        elif opened is not None:
+            seg = opened
+        else:
+            seg = self._new_segment(ctx, label if has_flush else ctx.next_label, not has_flush)
+        self._register(ctx, new_context, seg, new_segment, adopt, label)
+        seg.lost_chunks += 1
+        seg.lost_bytes += size
+        if seg.lost_reason is None:
+            seg.lost_reason = reason
+        return 0
 
     cdef inline void _stored(self, _Context ctx, _Segment seg, size_t size) noexcept:
         """Commit a decoded chunk: the one place the counters of stored audio move."""
@@ -951,10 +1028,15 @@ cdef class Sink:
                               &new_segment)
         if found is None and not new_segment:
             return self._drop()
+        if new_segment and <size_t>self._open_segments >= self.max_open_segments:
+            raise open_segments_cap_error(cid, label if has_flush else ctx.next_label,
+                                          self.max_open_segments)
+        if self._open_timestamps + <size_t>len(items) > self.max_timestamps:
+            raise timestamps_cap_error(
+                cid, label if has_flush else ctx.next_label if new_segment
+                else (<_Segment>found).label,
+                self._open_timestamps + len(items), self.max_timestamps)
         if new_segment:
-            if <size_t>self._open_segments >= self.max_open_segments:
-                raise open_segments_cap_error(cid, label if has_flush else ctx.next_label,
-                                              self.max_open_segments)
             seg = self._new_segment(ctx, label if has_flush else ctx.next_label, not has_flush)
         else:
             seg = <_Segment>found
@@ -967,6 +1049,7 @@ cdef class Sink:
             if seg.phonemes is None:
                 seg.phonemes = []
             seg.phonemes.extend(items)
+        self._open_timestamps += len(items)
         self._frames += 1
         ctx.frames += 1
         return (Timestamps(cid, seg.label, "words" if ftype == FS_TYPE_TIMESTAMPS else "phonemes",

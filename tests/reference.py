@@ -51,6 +51,12 @@ class RefFrameError(Exception):
         return (code, offset) == (self.code, self.offset) or (code, offset) in self.alts
 
 
+# what docs/sink.md "Lost chunks" says a segment lost a chunk to, by FrameError code
+BASE64_REASONS = {"base64_char": "invalid base64 character",
+                  "base64_padding": "invalid base64 padding",
+                  "base64_length": "invalid base64 length"}
+
+
 class RefCapacityError(Exception):
     pass
 
@@ -688,6 +694,47 @@ def norm_events(events) -> list:
     return [norm_event(e) for e in events]
 
 
+_LOST_MARK = re.compile(r"(?:^|; )lost \d+ chunks? \(\d+ bytes\)(?:, the first)?: [^;]*$")
+
+
+def without_audio(frame) -> bytes:
+    """A rejected chunk frame with its data emptied. Fed in its place, it resolves (and
+    opens) the segment the rejected frame was meant for and stores nothing: a sink that
+    got it differs from one that rejected the frame only by the lost mark of
+    docs/sink.md "Lost chunks", which :func:`unmark_lost` takes out."""
+    obj = json.loads(frame_bytes(frame), parse_float=str, parse_constant=str)
+    kept = {key: obj[key] for key in ("type", "context_id", "flush_id") if key in obj}
+    return json.dumps({**kept, "data": ""}).encode()
+
+
+def unmark_lost(value):
+    """Normalised events (or outcomes, or lists of them) with the lost mark taken out of
+    every segment's error, its ``complete`` then following what is left."""
+    if isinstance(value, list):
+        return [unmark_lost(v) for v in value]
+    if isinstance(value, tuple) and value[:1] == ("ready",):
+        error = value[9]
+        mark = _LOST_MARK.search(error) if isinstance(error, str) else None
+        if mark:  # "lost ..." alone, or after the segment's own error and "; "
+            error = error[:mark.start()] if mark.group(0).startswith("; ") else None
+            return value[:8] + (error is None, error) + value[10:]
+        return value
+    if isinstance(value, tuple) and value[:1] == ("ok",):
+        return ("ok", unmark_lost(value[1]))
+    return value
+
+
+def lost_marks(value) -> list:
+    """The lost marks in normalised events or outcomes."""
+    if isinstance(value, list):
+        return [m for v in value for m in lost_marks(v)]
+    if isinstance(value, tuple) and value[:1] == ("ready",) and isinstance(value[9], str):
+        return [m.group(0).lstrip("; ") for m in [_LOST_MARK.search(value[9])] if m]
+    if isinstance(value, tuple) and value[:1] == ("ok",):
+        return lost_marks(value[1])
+    return []
+
+
 def approx_equal(a, b) -> bool:
     """Structural equality; floats within a relative 1e-9 (start times are divisions)."""
     if isinstance(a, float) or isinstance(b, float):
@@ -741,6 +788,7 @@ class RefSegment:
     audio: bytearray = field(default_factory=bytearray)
     words: list = field(default_factory=list)
     phonemes: list = field(default_factory=list)
+    lost: list = field(default_factory=list)  # (bytes, reason) of each rejected chunk
 
     @property
     def start(self) -> float:
@@ -753,7 +801,7 @@ class RefContext:
     rate: int
     open: list = field(default_factory=list)
     next_label: int = 0
-    finished: set = field(default_factory=set)
+    finished: OrderedDict = field(default_factory=OrderedDict)  # the last N, oldest first
     stored: int = 0
 
 
@@ -762,12 +810,15 @@ DROP = object()
 
 class RefSink:
     def __init__(self, encoding="pcm_s16le", rate=44100, *, max_segment_bytes=256 * 2 ** 20,
-                 max_total_bytes=1024 * 2 ** 20, max_ended_contexts=10_000) -> None:
+                 max_total_bytes=1024 * 2 ** 20, max_ended_contexts=10_000,
+                 max_timestamps=1_000_000, max_finished_labels=10_000) -> None:
         self.default = (encoding, rate)
         self.formats: dict = {}
         self.max_segment = max_segment_bytes
         self.max_total = max_total_bytes
         self.max_ended = max_ended_contexts
+        self.max_timestamps = max_timestamps
+        self.max_finished = max_finished_labels
         self.contexts: dict = {}
         self.ended: OrderedDict = OrderedDict()
         self.maybe_ended: set = set()
@@ -802,9 +853,11 @@ class RefSink:
         saved = self._save()
         try:
             return self._apply(parsed)
-        except RefCapacityError:
+        except RefCapacityError as exc:
             self._restore(saved)
             self.stats["rejected_frames"] += 1
+            if parsed.type == "chunk":
+                self._lose(parsed, len(parsed.audio), self._cap_reason(exc))
             raise
 
     def cancel(self, cid) -> list:
@@ -835,15 +888,29 @@ class RefSink:
         saved = self._save()
         try:
             events = self._apply(parsed)
-        except RefCapacityError:
+        except RefCapacityError as exc:
             self._restore(saved)
             self.stats["rejected_frames"] += 1
+            self._lose(parsed, size, self._cap_reason(exc))
             raise
         if self.stats["dropped_frames"] > saved[2]["dropped_frames"]:
             return events  # dropped: no base64 check
         self._restore(saved)
         self.stats["rejected_frames"] += 1
+        self._lose(parsed, max(size, 0), BASE64_REASONS[parsed.payload_error.code])
         raise parsed.payload_error
+
+    def _cap_reason(self, exc: RefCapacityError) -> str:
+        if exc.args[0] == "segment":
+            return f"over max_segment_bytes={self.max_segment}"
+        return f"over max_total_bytes={self.max_total}"
+
+    def _lose(self, p: Parsed, size: int, reason: str) -> None:
+        """docs/sink.md "Lost chunks": the rejected chunk's segment (opened, empty, if the
+        chunk would have opened it) remembers the loss."""
+        seg = self._resolve(self._context(p.context_id), p.flush_id)
+        assert seg is not DROP  # a dropped chunk is never rejected
+        seg.lost.append((size, reason))
 
     def _save(self):
         return (copy.deepcopy(self.contexts), self.ended.copy(), dict(self.stats))
@@ -890,8 +957,17 @@ class RefSink:
         return self._open(ctx, ctx.next_label, UNLABELLED)
 
     def _finish(self, cid, ctx: RefContext, seg: RefSegment, error=None) -> tuple:
+        if seg.lost:
+            n = len(seg.lost)
+            lost = (f"lost {n} chunk{'s' if n > 1 else ''} ({sum(b for b, _ in seg.lost)} bytes)"
+                    f"{', the first' if n > 1 else ''}: {seg.lost[0][1]}")
+            error = lost if error is None else f"{error}; {lost}"
         ctx.open.remove(seg)
-        ctx.finished.add(seg.label)
+        # docs/sink.md: the last max_finished_labels distinct labels are remembered
+        if self.max_finished and seg.label not in ctx.finished:
+            ctx.finished[seg.label] = True
+            if len(ctx.finished) > self.max_finished:
+                ctx.finished.popitem(last=False)
         self.stats["segments"] += 1
         width = ENC_WIDTH[seg.encoding]
         whole = len(seg.audio) - len(seg.audio) % width
@@ -954,6 +1030,9 @@ class RefSink:
             if seg is DROP:
                 self.stats["dropped_frames"] += 1
                 return []
+            held = sum(len(s.words) + len(s.phonemes) for c in self.contexts.values() for s in c.open)
+            if held + len(p.items) > self.max_timestamps:
+                raise RefCapacityError("timestamps")
             (seg.words if p.kind == "words" else seg.phonemes).extend(p.items)
             return [("timestamps", cid, seg.label, p.kind, p.items, seg.start)]
         if p.type == "flush_done":

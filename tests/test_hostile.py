@@ -299,11 +299,17 @@ def test_session_survives_every_hostile_frame(core):
         session.receive(frame)
     assert session.rejected_frames == rejected
     assert session.sink.stats.rejected_frames == rejected
+    # every bad base64 frame was a chunk of a/1: it keeps its good audio and says what it
+    # lost; b got none of them and is complete
+    lost = sum(1 for _, frame, code in HOSTILE if code and code.startswith("base64"))
     for cid in ("a", "b"):
         segments = [e.segment for e in delivered[cid] if isinstance(e, SegmentReady)]
-        assert [(s.flush_id, s.complete) for s in segments] == [(1, True)]
+        assert [(s.flush_id, s.complete) for s in segments] == [(1, cid == "b")]
         assert segments[0].samples.tobytes() == audio[cid]
         assert any(isinstance(e, ContextDone) for e in delivered[cid])
+    error = [e.segment for e in delivered["a"] if isinstance(e, SegmentReady)][0].error
+    assert error.startswith(f"lost {lost} chunks (") and error.endswith(
+        ", the first: invalid base64 character"), error
 
 
 @pytest.mark.parametrize("core", CORES)
@@ -494,7 +500,10 @@ def test_flood_of_flush_ids_fails_that_context_only():
     results, tts = run(run_script(script, sink=sink))
     segments, failure = results["a"]
     assert isinstance(failure, CapacityError) and failure.context_id == "a"
-    assert all(not s.complete and s.error == "cancelled" for s in segments)
+    # the segment the refused chunk was for says what it lost; the others were cancelled
+    assert all(not s.complete for s in segments)
+    errors = sorted({s.error for s in segments})
+    assert errors == ["cancelled", "cancelled; lost 1 chunk (1000 bytes): over max_total_bytes=10000"]
     assert sum(len(s.samples) * 2 for s in segments) <= 10_000 - len(b1)  # what fitted is kept
     assert [s.samples.tobytes() for s in results["b"][0]] == [b1] and results["b"][1] is None
     assert tts.sink.stats.open_bytes == 0
@@ -612,6 +621,24 @@ def test_incomplete_last_sample_is_reported_not_lost():
     assert ready.segment.samples.tolist() == [1.0]
     assert ready.segment.trailing_bytes == b"\x01\x02\x03"
     assert np.array_equal(ready.segment.samples, np.array([1.0], "<f4"))
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_segment_that_lost_a_chunk_is_written_as_partial(core, tmp_path):
+    """docs/sink.md "Lost chunks": the bad chunk in the middle is lost, the segment keeps
+    the audio around it, finishes incomplete (flush_done notwithstanding) and says what
+    it lost; the FileWriter writes it as .partial, never under the complete name."""
+    writer = flushsink.FileWriter(tmp_path)
+    session = Session(core.Sink(S16), lambda state, ev: None, writer)
+    session.request(session.new_context(model_id="m", voice="v", context_id="a"), "x")
+    good1, good2 = audio_of("a", 0), audio_of("a", 1)
+    bad, _ = data_frame("QUJD" * 8 + "!!!!")
+    for frame in [chunk("a", 1, good1), bad, chunk("a", 1, good2), flush_done("a", 1)]:
+        session.receive(frame)
+    assert session.rejected_frames == 1
+    assert sorted(os.listdir(tmp_path / "a")) == ["1.partial.wav"]
+    data, rate = soundfile.read(tmp_path / "a" / "1.partial.wav", dtype="int16")
+    assert data.tobytes() == good1 + good2 and rate == 44100  # the context's default format
 
 
 # --- floods the caps do not see -----------------------------------------------------------------

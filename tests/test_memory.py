@@ -149,3 +149,28 @@ def test_empty_segments_under_an_address_space_limit_raise_only_documented_error
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(_speedups is None, reason="compiled core not built")
+def test_open_segments_with_audio_under_an_address_space_limit():
+    """Regression: each segment that got audio reserved its whole prealloc (882 kB at
+    44.1 kHz), so 50,000 open segments asked for 44 GB of address space and failed with
+    MemoryError under ulimit -v. The unused reservations of all open segments now stay
+    within max_total_bytes (docs/sink.md), here the default 1 GiB."""
+    import subprocess
+    script = (
+        "import resource, sys\n"
+        "from flushsink import _speedups\n"
+        "from flushsink.formats import AudioFormat\n"
+        "sink = _speedups.Sink(AudioFormat('pcm_s16le', 44100))\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))\n"
+        "try:\n"
+        "    for i in range(50_000):\n"
+        "        sink.feed(b'{\"type\":\"chunk\",\"context_id\":\"a\",\"flush_id\":%d,\"data\":\"AAAA\"}' % i)\n"
+        "except MemoryError:\n"
+        "    print('MemoryError after', i, 'frames'); sys.exit(3)\n"
+        "assert sink.stats.open_segments == 50_000, sink.stats\n"
+        "assert len(sink.close()) == 50_000\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -4,6 +4,7 @@ and on the reference model, and the key facts are also asserted by hand."""
 from __future__ import annotations
 
 import array
+import base64
 import gc
 import itertools
 import json
@@ -729,6 +730,9 @@ def _cap_script():
     (chunk(b"\x09" * 3, "z", 0), {"max_total_bytes": 14}),
 ])
 def test_capacity_error_leaves_everything_intact(any_core, bad, limits):
+    """The over-cap chunk stores nothing; it marks its segment as having lost a chunk
+    (docs/sink.md "Lost chunks"). The clean pair gets the same chunk with no data in its
+    place, so that both resolve the same segment: the two then differ by the mark alone."""
     script = _cap_script()
     clean = Pair(any_core, **limits)
     dirty = Pair(any_core, **limits)
@@ -743,10 +747,22 @@ def test_capacity_error_leaves_everything_intact(any_core, bad, limits):
         raise AssertionError("the model accepted the over-cap chunk")
     except ref.RefCapacityError:
         pass
-    assert dirty.sink.stats == before._replace(rejected_frames=before.rejected_frames + 1)
+    assert clean.feed({**bad, "data": ""}) == []
+    after = dirty.sink.stats
+    assert after.audio_bytes == before.audio_bytes and after.open_bytes == before.open_bytes
+    assert after == clean.sink.stats._replace(frames=clean.sink.stats.frames - 1,
+                                              chunks=clean.sink.stats.chunks - 1,
+                                              rejected_frames=before.rejected_frames + 1)
+    got, want = [], []
     for obj in script[3:]:
-        ref.assert_same(dirty.feed(obj), clean.feed(obj))
-    ref.assert_same(dirty.close(), clean.close())
+        got.append(dirty.feed(obj))
+        want.append(clean.feed(obj))
+    got.append(dirty.close())
+    want.append(clean.close())
+    ref.assert_same(ref.unmark_lost(got), want)
+    (mark,) = ref.lost_marks(got)
+    cap = "max_segment_bytes" if "max_segment_bytes" in limits else "max_total_bytes"
+    assert mark == f"lost 1 chunk ({len(base64.b64decode(bad['data']))} bytes): over {cap}={limits[cap]}"
 
 
 def test_caps_are_inclusive(any_core):
@@ -764,7 +780,11 @@ def test_capacity_error_is_a_flushsink_error(any_core):
     sink = any_core.Sink(max_segment_bytes=2)
     with pytest.raises(flushsink.FlushsinkError):
         sink.feed(enc(chunk(b"\1\2\3", "a")))
-    assert sink.stats.open_segments == 0 and sink.stats.frames == 0
+    # nothing stored; the segment the chunk opened says what it lost
+    assert sink.stats.open_bytes == 0 and sink.stats.frames == 0
+    (event,) = sink.close("end")
+    assert not event.segment.complete and len(event.segment.samples) == 0
+    assert event.segment.error == "end; lost 1 chunk (3 bytes): over max_segment_bytes=2"
 
 
 # --- cancel, close, ended contexts -----------------------------------------------------------
@@ -987,3 +1007,51 @@ def test_max_open_segments(any_core):
     sink.feed(json.dumps({"type": "flush_done", "context_id": "c", "flush_id": 1}))
     assert sink.feed(third) == ()
     assert sink.stats.open_segments == 2
+
+
+# --- memory the byte caps do not count ---------------------------------------------------------
+
+def test_timestamps_are_capped_over_the_open_segments(any_core):
+    """max_timestamps bounds the timestamp items all open segments hold together: a
+    timestamps frame that would pass it raises CapacityError and attaches nothing; items
+    leave the count when their segment finishes."""
+    pair = Pair(any_core, max_timestamps=3)
+    assert pair.feed(words(["a", "b"], [0.0, 0.1], [0.1, 0.2], cid="c", fid=1))[0][0] == "timestamps"
+    assert pair.feed(words(["x", "y"], [0.0, 0.1], [0.1, 0.2], cid="d", fid=1)) == ("capacity",)
+    assert pair.feed(words(["c"], [0.2], [0.3], cid="c", fid=1))[0][0] == "timestamps"
+    (event,) = pair.feed(flush_done("c", 1))
+    assert [t[0] for t in ready(event)["words"]] == ["a", "b", "c"]
+    assert pair.feed(words(["x", "y"], [0.0, 0.1], [0.1, 0.2], cid="d", fid=1))[0][0] == "timestamps"
+    with pytest.raises(CapacityError, match="max_timestamps=3"):
+        pair.sink.feed(enc(words(["p", "q"], [0.0, 0.1], [0.1, 0.2], cid="d", fid=1)))
+
+
+def test_finished_labels_remembered_are_the_last_ones(any_core):
+    """A context remembers the labels of its last max_finished_labels finished segments,
+    to drop their late frames; an older one is forgotten, and a late chunk of it opens a
+    new segment, so a server that floods flush_done cannot grow the sink without bound."""
+    pair = Pair(any_core, max_finished_labels=2)
+    for fid in (1, 2, 3):
+        pair.feed(chunk(b"\1\1", "c", fid))
+        pair.feed(flush_done("c", fid))
+    assert pair.feed(chunk(b"\2\2", "c", 3)) == []    # remembered: dropped
+    assert pair.feed(chunk(b"\2\2", "c", 2)) == []    # remembered: dropped
+    dropped = pair.sink.stats.dropped_frames
+    assert pair.feed(chunk(b"\3\3", "c", 1)) == []    # forgotten: a new segment 1
+    assert pair.sink.stats.dropped_frames == dropped
+    (event,) = pair.feed(flush_done("c", 1))
+    assert (ready(event)["flush_id"], ready(event)["samples"]) == (1, b"\3\3")
+
+
+def test_a_flood_of_flush_done_keeps_memory_bounded(any_core):
+    """100,000 flush_done frames of one context, each for a new label, leave the sink
+    remembering max_finished_labels of them."""
+    sink = any_core.Sink(max_finished_labels=100)
+    for fid in range(100_000):
+        sink.feed(b'{"type":"flush_done","context_id":"c","flush_id":%d}' % fid)
+    assert sink.stats.segments == 100_000
+    # the last 100 labels drop their late frames, the ones before do not
+    sink.feed(b'{"type":"chunk","context_id":"c","flush_id":99999,"data":"AAAA"}')
+    assert sink.stats.dropped_frames == 1
+    sink.feed(b'{"type":"chunk","context_id":"c","flush_id":99899,"data":"AAAA"}')
+    assert sink.stats.dropped_frames == 1 and sink.stats.open_segments == 1

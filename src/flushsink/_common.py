@@ -39,7 +39,8 @@ class SinkStats(NamedTuple):
 
 def check_sink_args(format: Any, prealloc_seconds: Any, max_segment_bytes: Any,
                     max_total_bytes: Any, max_ended_contexts: Any,
-                    max_open_segments: Any) -> None:
+                    max_open_segments: Any, max_timestamps: Any = 0,
+                    max_finished_labels: Any = 0) -> None:
     if not isinstance(format, AudioFormat):
         raise TypeError(f"format must be an AudioFormat, not {type(format).__name__}")
     if isinstance(prealloc_seconds, bool) or not isinstance(prealloc_seconds, (int, float)):
@@ -49,7 +50,9 @@ def check_sink_args(format: Any, prealloc_seconds: Any, max_segment_bytes: Any,
     for name, value in (("max_segment_bytes", max_segment_bytes),
                         ("max_total_bytes", max_total_bytes),
                         ("max_ended_contexts", max_ended_contexts),
-                        ("max_open_segments", max_open_segments)):
+                        ("max_open_segments", max_open_segments),
+                        ("max_timestamps", max_timestamps),
+                        ("max_finished_labels", max_finished_labels)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int")
         if not 0 <= value <= 2**62:
@@ -91,6 +94,14 @@ def open_segments_cap_error(context_id: Any, flush_id: int, cap: int) -> Capacit
     )
 
 
+def timestamps_cap_error(context_id: Any, flush_id: int, count: int, cap: int) -> CapacityError:
+    return CapacityError(
+        f"timestamps would grow the open segments' items to {count}, "
+        f"over max_timestamps={cap}",
+        context_id, flush_id,
+    )
+
+
 def total_cap_error(context_id: Any, flush_id: int, size: int, cap: int) -> CapacityError:
     return CapacityError(
         f"chunk would grow the open audio to {size} bytes, over max_total_bytes={cap}",
@@ -104,3 +115,17 @@ def flush_id_value(text: bytes) -> int | None:
         return None
     value = int(text)
     return value if value <= MAX_FLUSH_ID else None
+
+
+def lost_error(error: Any, chunks: int, nbytes: int, reason: str) -> str:
+    """The error of a segment from which ``chunks`` chunk frames were rejected (by a cap
+    or their base64): what was lost, and why the first one was. ``error`` is the reason
+    the segment finished otherwise (None when it finished normally)."""
+    what = "1 chunk" if chunks == 1 else f"{chunks} chunks"
+    lost = f"lost {what} ({nbytes} bytes){'' if chunks == 1 else ', the first'}: {reason}"
+    return lost if error is None else f"{error}; {lost}"
+
+
+def cap_reason(name: str, cap: int) -> str:
+    """What lost_error says of a chunk that a byte cap refused."""
+    return f"over {name}={cap}"

@@ -20,15 +20,18 @@ import numpy as np
 from ._common import (
     FRAME_TYPES,
     SinkStats,
+    cap_reason,
     check_sink_args,
     flush_id_value,
     frame_type_error,
+    lost_error,
     open_segments_cap_error,
     segment_cap_error,
     str_frame_error,
+    timestamps_cap_error,
     total_cap_error,
 )
-from .errors import FrameError
+from .errors import FRAME_ERROR_REASONS, FrameError
 from .formats import DEFAULT_FORMAT, AudioFormat
 from .segments import (
     ContextDone,
@@ -378,7 +381,8 @@ class _Scanner:
 
 
 class _Segment:
-    __slots__ = ("data", "label", "unlabelled", "format", "start", "words", "phonemes")
+    __slots__ = ("data", "label", "unlabelled", "format", "start", "words", "phonemes",
+                 "lost_chunks", "lost_bytes", "lost_reason")
 
     def __init__(self, label: int, unlabelled: bool, format: AudioFormat, start: float) -> None:
         # a bytearray grows geometrically by itself and allocates nothing up front,
@@ -390,17 +394,23 @@ class _Segment:
         self.start = start
         self.words: list[Any] = []
         self.phonemes: list[Any] = []
+        self.lost_chunks = 0  # chunks rejected (Sink._lose)
+        self.lost_bytes = 0
+        self.lost_reason: Optional[str] = None
 
 
 class _Context:
-    __slots__ = ("context_id", "format", "open", "next_label", "finished", "stored", "frames")
+    __slots__ = ("context_id", "format", "open", "next_label", "finished", "finished_order",
+                 "finished_pos", "stored", "frames")
 
     def __init__(self, context_id: Optional[str], format: AudioFormat) -> None:
         self.context_id = context_id
         self.format = format
         self.open: dict[int, _Segment] = {}
         self.next_label = 0
-        self.finished: set[int] = set()
+        self.finished: set[int] = set()  # the last max_finished_labels finished labels
+        self.finished_order: list[int] = []  # the same, a ring in finishing order
+        self.finished_pos = 0
         self.stored = 0
         self.frames = 0  # accepted frames of this context (Sink.activity)
 
@@ -419,10 +429,15 @@ class Sink:
     def __init__(self, format: AudioFormat = DEFAULT_FORMAT, *, prealloc_seconds: float = 10.0,
                  max_segment_bytes: int = 256 * 2**20, max_total_bytes: int = 1024 * 2**20,
                  max_ended_contexts: int = 10_000, max_open_segments: int = 100_000,
+                 max_timestamps: int = 1_000_000, max_finished_labels: int = 10_000,
                  drop_unannounced: bool = False) -> None:
         check_sink_args(format, prealloc_seconds, max_segment_bytes, max_total_bytes,
-                        max_ended_contexts, max_open_segments)
+                        max_ended_contexts, max_open_segments, max_timestamps,
+                        max_finished_labels)
         self._max_open_segments = max_open_segments
+        self._max_timestamps = max_timestamps
+        self._max_finished_labels = max_finished_labels
+        self._open_timestamps = 0
         self._drop_unannounced = bool(drop_unannounced)
         self._format = format
         self._prealloc_seconds = float(prealloc_seconds)
@@ -464,6 +479,14 @@ class Sink:
     @property
     def max_open_segments(self) -> int:
         return self._max_open_segments
+
+    @property
+    def max_timestamps(self) -> int:
+        return self._max_timestamps
+
+    @property
+    def max_finished_labels(self) -> int:
+        return self._max_finished_labels
 
     @property
     def drop_unannounced(self) -> bool:
@@ -648,10 +671,15 @@ class Sink:
 
     def _finish(self, ctx: _Context, seg: _Segment, complete: bool, error: Optional[str]) -> Any:
         data = seg.data
+        if seg.lost_chunks:
+            assert seg.lost_reason is not None
+            complete = False
+            error = lost_error(error, seg.lost_chunks, seg.lost_bytes, seg.lost_reason)
         if ctx.open.pop(seg.label, None) is not None:
             self._open_segments -= 1
             self._open_bytes -= len(data)
-        ctx.finished.add(seg.label)
+            self._open_timestamps -= len(seg.words) + len(seg.phonemes)
+        self._remember_finished(ctx, seg.label)
         self._counts["segments"] += 1
         width = seg.format.sample_width
         whole = len(data) // width * width
@@ -660,6 +688,21 @@ class Sink:
                           bytes(data[whole:]), seg.start, shift(tuple(seg.words), seg.start),
                           shift(tuple(seg.phonemes), seg.start))
         return SegmentReady(segment)
+
+    def _remember_finished(self, ctx: _Context, label: int) -> None:
+        """Remember that label finished, so that its late frames are dropped: the last
+        max_finished_labels of the context, so that a server finishing flush after flush
+        cannot grow the sink without bound (docs/sink.md)."""
+        cap = self._max_finished_labels
+        if cap == 0 or label in ctx.finished:
+            return
+        ctx.finished.add(label)
+        if len(ctx.finished_order) < cap:
+            ctx.finished_order.append(label)
+            return
+        ctx.finished.discard(ctx.finished_order[ctx.finished_pos])
+        ctx.finished_order[ctx.finished_pos] = label
+        ctx.finished_pos = (ctx.finished_pos + 1) % cap
 
     def _finish_all(self, ctx: Optional[_Context], complete: bool, error: Optional[str]) -> list[Any]:
         if ctx is None:
@@ -712,9 +755,13 @@ class Sink:
         if new_segment and self._open_segments >= self._max_open_segments:
             raise open_segments_cap_error(ctx.context_id, seg_label, self._max_open_segments)
         if current + size > self._max_segment_bytes:
+            self._lose(ctx, new_context, found, new_segment, adopt, label, size,
+                       cap_reason("max_segment_bytes", self._max_segment_bytes))
             raise segment_cap_error(ctx.context_id, seg_label, current + size,
                                     self._max_segment_bytes)
         if self._open_bytes + size > self._max_total_bytes:
+            self._lose(ctx, new_context, found, new_segment, adopt, label, size,
+                       cap_reason("max_total_bytes", self._max_total_bytes))
             raise total_cap_error(ctx.context_id, seg_label, self._open_bytes + size,
                                   self._max_total_bytes)
         try:
@@ -724,6 +771,8 @@ class Sink:
             else:
                 decoded = _b64_decode(text, data is not None and data.clean)
         except _Reject as exc:
+            self._lose(ctx, new_context, found, new_segment, adopt, label, size,
+                       FRAME_ERROR_REASONS[exc.code])
             if isinstance(text, str):
                 raise
             assert data is not None  # an absent data decodes to b"" without error
@@ -739,6 +788,18 @@ class Sink:
         c["chunks"] += 1
         c["frames"] += 1
         return ()
+
+    def _lose(self, ctx: _Context, new_context: bool, found: Any, new_segment: bool,
+              adopt: bool, label: Optional[int], size: int, reason: str) -> None:
+        """A chunk of this segment is being rejected (a cap, its base64): the segment
+        records the loss, so that it finishes incomplete and says what it lost. A chunk
+        that would have opened the segment opens it, empty (docs/sink.md "Lost chunks")."""
+        seg = self._open_segment(ctx, label) if new_segment else found
+        self._register(ctx, new_context, seg, new_segment, adopt, label)
+        seg.lost_chunks += 1
+        seg.lost_bytes += size
+        if seg.lost_reason is None:
+            seg.lost_reason = reason
 
     @staticmethod
     def _decode_escaped(buf: bytes, data: _Value, text: str) -> bytes:
@@ -814,9 +875,14 @@ class Sink:
         if new_segment and self._open_segments >= self._max_open_segments:
             raise open_segments_cap_error(cid, label if label is not None else ctx.next_label,
                                           self._max_open_segments)
+        if self._open_timestamps + len(items) > self._max_timestamps:
+            raise timestamps_cap_error(
+                cid, label if label is not None else ctx.next_label if new_segment
+                else found.label, self._open_timestamps + len(items), self._max_timestamps)
         seg = self._open_segment(ctx, label) if new_segment else found
         self._register(ctx, new_context, seg, new_segment, adopt, label)
         (seg.words if ftype == "timestamps" else seg.phonemes).extend(items)
+        self._open_timestamps += len(items)
         self._counts["frames"] += 1
         ctx.frames += 1
         return (Timestamps(cid, seg.label, "words" if ftype == "timestamps" else "phonemes",

@@ -22,6 +22,8 @@ class Sink:
         max_total_bytes: int = 1073741824,
         max_ended_contexts: int = 10000,
         max_open_segments: int = 100000,
+        max_timestamps: int = 1000000,
+        max_finished_labels: int = 10000,
         drop_unannounced: bool = False,
     ) -> None: ...
     @property
@@ -38,6 +40,10 @@ class Sink:
     def max_ended_contexts(self) -> int: ...
     @property
     def max_open_segments(self) -> int: ...
+    @property
+    def max_timestamps(self) -> int: ...
+    @property
+    def max_finished_labels(self) -> int: ...
     @property
     def drop_unannounced(self) -> bool: ...
     @drop_unannounced.setter
