@@ -258,9 +258,10 @@ class FileWriter:
       between a check and the rename. On file systems without hard links it falls
       back to check-then-rename, which two concurrent writers could race.
     - An empty segment (no samples and no trailing bytes: a ``flush_done`` without
-      audio) is not written and its ``path`` stays None, unless ``write_empty=True``: a
-      server sending a flood of ``flush_done`` frames would otherwise make a file each
-      (100,000 empty WAV files in 4 s).
+      audio, or an incomplete segment whose every chunk was lost) is not written and its
+      ``path`` stays None, unless ``write_empty=True``: a server sending a flood of
+      ``flush_done`` frames would otherwise make a file each (100,000 empty WAV files
+      in 4 s). The segment still reaches the caller, with its ``error`` if any.
 
     The final path must lie inside ``directory`` once symbolic links are resolved
     (a sub-directory that is a link to elsewhere is refused). The check is made
