@@ -361,6 +361,93 @@ def test_receive_timeout_instead_of_a_hang():
     run(main())
 
 
+@pytest.mark.parametrize("client", ["asyncio", "sync"])
+def test_receive_timeout_is_the_longest_silence_not_the_length_of_a_segment(client):
+    """A segment whose audio streams for 1.5 s (a chunk every 0.15 s, no flush_done until
+    the end) with receive_timeout=0.5: chunks bring no events, but they are not silence.
+    Before: ReceiveTimeout after 0.5 s while the audio was arriving."""
+    emulator = Emulator(chunk_ms=50, pace=1 / 3)  # "Hi." is 0.5 s: 10 chunks, 1.5 s
+    if client == "asyncio":
+        async def main():
+            async with emulator as emu:
+                async with flushsink.connect(emu.url, receive_timeout=0.5) as tts:
+                    ctx = tts.context(voice=VOICE, output_format=S16)
+                    await ctx.push("Hi.")
+                    await ctx.no_more_inputs()
+                    started = time.monotonic()
+                    return await ctx.collect(), time.monotonic() - started
+
+        segments, took = run(main())
+    else:
+        with emulator.running_in_thread() as emu:
+            with sync.connect(emu.url, receive_timeout=0.5) as tts:
+                ctx = tts.context(voice=VOICE, output_format=S16)
+                ctx.push("Hi.")
+                ctx.no_more_inputs()
+                started = time.monotonic()
+                segments, took = ctx.collect(), time.monotonic() - started
+    assert took > 1.0  # it did stream for longer than the timeout
+    assert [s.samples.tobytes() for s in segments] == [expected("Hi.")]
+
+
+def test_sync_receive_timeout_instead_of_a_hang():
+    with Emulator(pace=0.05, chunk_ms=100).running_in_thread() as emu:  # a chunk every 2 s
+        with sync.connect(emu.url, receive_timeout=0.3) as tts:
+            ctx = tts.context(voice=VOICE, output_format=S16)
+            ctx.push("This takes a while to arrive.")
+            ctx.no_more_inputs()
+            started = time.monotonic()
+            with pytest.raises(ReceiveTimeout):
+                ctx.collect()
+            assert time.monotonic() - started < 1.5
+
+
+def test_two_open_clients_cannot_share_a_sink(any_core):
+    """Closing a connection closes its Sink (every context in it ends), so a Sink serves
+    one open client at a time: a second connect(sink=...) is a ConfigError, asyncio or
+    sync, until the first is closed or gone. Nothing is connected here."""
+    import gc
+
+    from flushsink.errors import ConfigError
+
+    url = "ws://127.0.0.1:9"
+    sink = any_core.Sink()
+    first = flushsink.connect(url, sink=sink)
+    for connect in (flushsink.connect, sync.connect):
+        with pytest.raises(ConfigError) as refused:
+            connect(url, sink=sink)
+        assert isinstance(refused.value, ValueError) and isinstance(refused.value, FlushsinkError)
+        assert "another client" in str(refused.value)
+    flushsink.connect(url)  # clients with sinks of their own never conflict
+    flushsink.connect(url, sink=any_core.Sink())
+    run(first.close())  # a closed client releases its sink...
+    second = sync.connect(url, sink=sink)
+    with pytest.raises(ConfigError):
+        run(first.connect())  # ...and cannot take it back while another has it
+    second.close()
+    third = flushsink.connect(url, sink=sink)
+    del third
+    gc.collect()  # a client that is gone releases it too
+    flushsink.connect(url, sink=sink)
+
+
+@pytest.mark.parametrize("client", ["asyncio", "sync"])
+@pytest.mark.parametrize("bad_id", ["a\ud800b", "\udfff", "x" * 10 + "\udc80"])
+def test_a_lone_surrogate_in_a_context_id_is_refused_before_anything_happens(client, bad_id):
+    """JSON would carry it as a \\ud800 escape, which is no character: the server's frames
+    could never be routed (the Sink rejects the escape) and the context would wait for
+    nothing. Refused at context(): nothing registered, nothing sent."""
+    from flushsink.errors import ConfigError
+
+    tts = (flushsink.connect if client == "asyncio" else sync.connect)("ws://127.0.0.1:9")
+    with pytest.raises(ConfigError) as refused:
+        tts.context(voice=VOICE, context_id=bad_id)
+    assert isinstance(refused.value, ValueError) and isinstance(refused.value, FlushsinkError)
+    assert tts.session.contexts == {} and tts._contexts == {} and tts.connections == 0
+    ok = tts.context(voice=VOICE, context_id="a\u00e9b")  # any real character is fine
+    assert list(tts.session.contexts) == [ok.context_id]
+
+
 # --- the sans-I/O session, with frames made by hand -----------------------------------------
 
 def frame(**fields):

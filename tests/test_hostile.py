@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -332,7 +333,8 @@ def test_late_and_duplicate_frames_are_dropped_and_counted(core, tmp_path):
     assert [(s.flush_id, s.samples.tobytes(), s.complete) for s in ready] == [
         (1, b"\x01\x00\x02\x00", True), (7, b"", True)]  # an unknown flush_done: an empty segment
     assert sink.stats.dropped_frames == 7
-    assert sorted(os.listdir(tmp_path / "a")) == ["1.wav", "7.wav"]
+    assert sorted(os.listdir(tmp_path / "a")) == ["1.wav"]  # the empty one is not written
+    assert ready[1].path is None
     data, _ = soundfile.read(tmp_path / "a" / "1.wav", dtype="int16")
     assert data.tolist() == [1, 2]
 
@@ -637,3 +639,333 @@ def test_a_segment_that_lost_a_chunk_is_written_as_partial(core, tmp_path):
     assert sorted(os.listdir(tmp_path / "a")) == ["1.partial.wav"]
     data, rate = soundfile.read(tmp_path / "a" / "1.partial.wav", dtype="int16")
     assert data.tobytes() == good1 + good2 and rate == 44100  # the context's default format
+
+
+# --- floods the caps do not see -----------------------------------------------------------------
+
+CLIENTS = ["asyncio", "sync"]
+FLOOD_SCRIPT = Path(__file__).resolve().parent / "fragment_flood.py"
+
+
+def fragment_flood(client: str, fragments: int, max_size: int, **env) -> dict:
+    """tests/fragment_flood.py in a subprocess of its own: ru_maxrss is then the flood's."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(FLOOD_SCRIPT), client, str(fragments),
+                           str(max_size)], capture_output=True, text=True, timeout=240,
+                          env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _websockets_fragment_limit():
+    try:
+        from websockets.asyncio.messages import MAX_FRAGMENTS
+    except ImportError:
+        return None
+    return MAX_FRAGMENTS
+
+
+@pytest.mark.skipif(_websockets_fragment_limit() is None,
+                    reason="this websockets' recv() has no fragment limit")
+@pytest.mark.parametrize("client", CLIENTS)
+def test_flood_of_tiny_fragments_is_refused_like_recv(client):
+    """12 MB sent as one TEXT frame and 12 million 1-byte continuation frames: refused
+    with 1009 "too many fragments" at websockets' MAX_FRAGMENTS, as its recv() does.
+    Before: the client kept every fragment (a list of bytes objects: 64 B each, 764 MB)."""
+    result = fragment_flood(client, 12_000_000, 16 * 2**20)
+    assert result["close_code"] == 1009 and "too many fragments" in result["message"]
+    assert result["error"] == "ConnectionLost"
+    assert result["growth"] < 200 * 2**20, result
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_fragments_are_joined_in_memory_bounded_by_the_message(client):
+    """Without a fragment limit (websockets < 16, or WEBSOCKETS_MAX_FRAGMENTS raised) a
+    message of a million 1-byte fragments is joined into one buffer: the peak grows by
+    the parser's per-read frames and the message, not by 64 B per fragment (before:
+    215 MB asyncio, 175 MB sync; now 82 and 11). The message arrives whole."""
+    result = fragment_flood(client, 1_000_000, 16 * 2**20, WEBSOCKETS_MAX_FRAGMENTS="1000000000")
+    assert result["close_code"] == 1000, result  # the server's: the message was accepted
+    assert result["growth"] < 150 * 2**20, result
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_fragmented_message_over_max_size_closes_1009(client, monkeypatch):
+    """The size of a fragmented message counts as a whole, as in recv(): 1009 once it
+    passes max_size, however small each fragment."""
+    from fragment_flood import chunk_message, flood_bytes
+    from rawserver import RawServer, accept_websocket
+
+    from flushsink import client as client_module
+    monkeypatch.setattr(client_module._Connection, "_max_fragments", 10**9, raising=False)
+    monkeypatch.setattr(sync._Connection, "_max_fragments", 10**9, raising=False)
+    wire = flood_bytes(chunk_message(60_000))
+
+    def handler(conn):
+        accept_websocket(conn)
+        conn.recv(65536)
+        try:
+            conn.sendall(wire)
+        except OSError:
+            pass
+        conn.shutdown(socket.SHUT_RDWR)
+
+    fmt = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 24000}
+    with RawServer(handler) as server:
+        if client == "asyncio":
+            async def main():
+                async with flushsink.connect(server.url, max_size=50_000,
+                                             receive_timeout=TIMEOUT) as tts:
+                    ctx = tts.context(voice="v", context_id="a", output_format=fmt)
+                    await ctx.push("text")
+                    with pytest.raises(ConnectionLost) as lost:
+                        await ctx.collect()
+                    return tts.close_code, str(lost.value)
+
+            code, message = run(main())
+        else:
+            with sync.connect(server.url, max_size=50_000, receive_timeout=TIMEOUT) as tts:
+                ctx = tts.context(voice="v", context_id="a", output_format=fmt)
+                ctx.push("text")
+                with pytest.raises(ConnectionLost) as lost:
+                    ctx.collect()
+                code, message = tts.close_code, str(lost.value)
+    assert code == 1009 and "1009" in message
+
+
+def in_thread(target, timeout: float = 30):
+    """Run a blocking test body in a thread, so a hang fails the test instead of the run."""
+    outcome: dict = {}
+
+    def body():
+        try:
+            outcome["result"] = target()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still blocked after {timeout} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def push_until_send_timeout(client: str, url: str, send_timeout: float):
+    """Push 256 KiB transcripts until one raises SendTimeout (at most 100 MB); returns how
+    many went through, how long the failing push took, its error, and what the context's
+    iterator raised after it."""
+    import time
+    from flushsink.errors import SendTimeout
+
+    text = "x" * 2**18
+    fmt = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 24000}
+    if client == "asyncio":
+        async def main():
+            async with flushsink.connect(url, send_timeout=send_timeout,
+                                         receive_timeout=TIMEOUT) as tts:
+                ctx = tts.context(voice="v", output_format=fmt)
+                for sent in range(400):
+                    started = time.monotonic()
+                    try:
+                        await ctx.push(text)
+                    except SendTimeout as exc:
+                        took = time.monotonic() - started
+                        with pytest.raises(ConnectionLost) as lost:
+                            await ctx.collect()
+                        return sent, took, exc, lost.value
+                raise AssertionError("every push went through")
+
+        return run(main())
+
+    def body():
+        with sync.connect(url, send_timeout=send_timeout, receive_timeout=TIMEOUT) as tts:
+            ctx = tts.context(voice="v", output_format=fmt)
+            for sent in range(400):
+                started = time.monotonic()
+                try:
+                    ctx.push(text)
+                except SendTimeout as exc:
+                    took = time.monotonic() - started
+                    with pytest.raises(ConnectionLost) as lost:
+                        ctx.collect()
+                    return sent, took, exc, lost.value
+            raise AssertionError("every push went through")
+
+    return in_thread(body)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_push_to_a_server_that_stopped_reading_raises_send_timeout(client):
+    """A server that completes the handshake and never reads again (4 kB receive
+    buffer): a push raises SendTimeout within about send_timeout, the connection is
+    closed and the context ends as on a lost connection. Before: push blocked forever
+    (asyncio in drain(), sync in sendall() holding websockets' lock)."""
+    from rawserver import RawServer, accept_websocket
+
+    stop = threading.Event()
+
+    def handler(conn):
+        accept_websocket(conn)
+        stop.wait(60)  # and never reads again
+
+    try:
+        with RawServer(handler, rcvbuf=4096) as server:
+            sent, took, error, lost = push_until_send_timeout(client, server.url, 0.5)
+            stop.set()
+    finally:
+        stop.set()
+    assert isinstance(error, TimeoutError) and isinstance(error, flushsink.FlushsinkError)
+    assert took < 2.5, took  # 5x send_timeout: generous, no tight timing
+    assert "stopped reading" in str(error) and "stopped reading" in str(lost)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_a_flood_of_context_less_errors_keeps_the_latest_100_and_a_count(core):
+    """Error frames without a context end nothing and were all kept (200,000: 226 MB):
+    now the latest 100 and the count."""
+    session = Session(core.Sink(S16), lambda state, ev: None)
+    for k in range(5000):
+        session.receive(json.dumps({"type": "error", "error": f"error {k}"}).encode())
+    assert session.server_error_count == 5000
+    assert [e.message for e in session.server_errors] == [f"error {k}" for k in range(4900, 5000)]
+    assert session.server_errors[-1].message == "error 4999"  # a sequence, latest last
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_failed_writes_keep_the_latest_100_and_a_count(core, tmp_path):
+    """Each WriteError carries its segment (its audio): a disk that refuses every write
+    must not make the session keep every segment."""
+    def refuse(event):
+        raise flushsink.WriteError("disk full", segment=event.segment)
+
+    session = Session(core.Sink(S16), lambda state, ev: None, writer=refuse)
+    state = session.new_context(model_id="m", voice="v", context_id="a")
+    session.request(state, "x")
+    for fid in range(300):
+        session.receive(chunk("a", fid, b"\x01\x00"))
+        session.receive(flush_done("a", fid))
+    assert session.write_error_count == 300
+    assert len(session.write_errors) == 100
+    assert session.write_errors[-1].segment.flush_id == 299
+
+
+@pytest.mark.parametrize("option", ["close_timeout", "open_timeout"])
+@pytest.mark.parametrize("client", CLIENTS)
+def test_close_returns_within_its_timeout_when_the_server_never_answers(client, option):
+    """A server that reads everything and answers nothing, not even the closing
+    handshake: close() returns within close_timeout (by default open_timeout), and the
+    context still receiving ends with ConnectionLost. Before: 10 s, websockets' own
+    default, whatever the client was told."""
+    import time
+
+    from rawserver import RawServer, accept_websocket, drain_until_closed
+
+    def handler(conn):
+        accept_websocket(conn)
+        drain_until_closed(conn, 30)
+
+    fmt = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 24000}
+    options = {option: 0.5, "receive_timeout": TIMEOUT}
+    with RawServer(handler) as server:
+        if client == "asyncio":
+            async def main():
+                tts = flushsink.connect(server.url, **options)
+                ctx = tts.context(voice="v", output_format=fmt)
+                await ctx.push("text")
+                started = time.monotonic()
+                await tts.close()
+                took = time.monotonic() - started
+                with pytest.raises(ConnectionLost):
+                    await ctx.collect()
+                return took
+
+            took = run(main())
+        else:
+            def body():
+                tts = sync.connect(server.url, **options)
+                ctx = tts.context(voice="v", output_format=fmt)
+                ctx.push("text")
+                started = time.monotonic()
+                tts.close()
+                took = time.monotonic() - started
+                with pytest.raises(ConnectionLost):
+                    ctx.collect()
+                return took
+
+            took = in_thread(body)
+    assert took < 2.5, took  # 5x the timeout: generous, no tight timing
+
+
+def test_asyncio_close_is_bounded_while_a_push_waits_on_a_server_that_stopped_reading():
+    """close() while a push waits for a server that stopped reading (send_timeout far
+    off): websockets' close would wait behind it; close_timeout still bounds it."""
+    import time
+
+    from rawserver import RawServer, accept_websocket
+
+    stop = threading.Event()
+
+    def handler(conn):
+        accept_websocket(conn)
+        stop.wait(60)
+
+    async def main(url):
+        tts = flushsink.connect(url, send_timeout=30, close_timeout=0.5, receive_timeout=TIMEOUT)
+        ctx = tts.context(voice="v")
+        text = "x" * 2**18
+
+        async def flood():
+            for _ in range(400):
+                await ctx.push(text)
+
+        pushing = asyncio.ensure_future(flood())
+        await asyncio.sleep(0.5)  # by now a push waits in drain()
+        assert not pushing.done()
+        started = time.monotonic()
+        await tts.close()
+        took = time.monotonic() - started
+        with pytest.raises((ConnectionLost, flushsink.ContextClosed)):
+            await asyncio.wait_for(pushing, TIMEOUT)
+        return took
+
+    try:
+        with RawServer(handler, rcvbuf=4096) as server:
+            took = run(main(server.url))
+            stop.set()
+    finally:
+        stop.set()
+    assert took < 2.5, took
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_flood_of_flush_done_without_audio_makes_no_files(client, tmp_path):
+    """3000 flush_done frames of the client's own context, no audio: each is still a
+    segment (an event), none becomes a file. Before: 3000 empty WAV files (100,000 took
+    4 s)."""
+    a1 = audio_of("a", 0)
+    script = [chunk("a", 0, a1), flush_done("a", 0)]
+    script += [flush_done("a", fid) for fid in range(1, 3001)] + [done("a")]
+    writer = flushsink.FileWriter(tmp_path)
+    with ScriptedServer(script).running_in_thread() as server:
+        if client == "asyncio":
+            async def main():
+                async with flushsink.connect(server.url, writer=writer,
+                                             receive_timeout=TIMEOUT) as tts:
+                    ctx = tts.context(voice="v", context_id="a")
+                    await ctx.push("text")
+                    return await ctx.collect()
+
+            segments = run(main())
+        else:
+            with sync.connect(server.url, writer=writer, receive_timeout=TIMEOUT) as tts:
+                ctx = tts.context(voice="v", context_id="a")
+                ctx.push("text")
+                segments = ctx.collect()
+    assert len(segments) == 3001
+    assert segments[0].samples.tobytes() == a1 and os.path.exists(segments[0].path)
+    assert all(s.path is None and len(s.samples) == 0 for s in segments[1:])
+    assert [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()] == \
+        [os.path.join("a", "0.wav")]

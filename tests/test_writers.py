@@ -92,7 +92,7 @@ def read(path) -> bytes:
 def test_wav_bytes_and_libsndfile_readback(tmp_path, encoding, rate, n):
     sf = pytest.importorskip("soundfile")
     seg = segment("ctx", 3, encoding, rate, n)
-    path = FileWriter(tmp_path).write(seg)
+    path = FileWriter(tmp_path, write_empty=True).write(seg)  # n == 0: the header alone
 
     assert path == os.path.join(str(tmp_path), "ctx", "3.wav") == seg.path
     data = seg.samples.tobytes()
@@ -147,7 +147,8 @@ def test_wav_bytes_any_rate_and_length(tmp_path, encoding, rate, raw, complete):
     samples = np.frombuffer(whole, dtype=DTYPES[encoding])
     seg = Segment("h", 1, AudioFormat(encoding, rate), samples, complete=complete,
                   trailing_bytes=raw[len(whole):])
-    assert read(FileWriter(tmp_path).write(seg)) == expected_wav(encoding, rate, whole)
+    assert read(FileWriter(tmp_path, write_empty=True).write(seg)) == \
+        expected_wav(encoding, rate, whole)
 
 
 def test_wav_leaves_out_trailing_bytes_raw_keeps_them(tmp_path):
@@ -170,7 +171,26 @@ def test_raw_container_is_exactly_the_bytes_received(tmp_path, encoding):
 
 def test_empty_raw_segment_makes_an_empty_file(tmp_path):
     seg = Segment("c", 0, AudioFormat("pcm_f32le", 24000), np.zeros(0, "<f4"))
-    assert read(FileWriter(tmp_path, container="raw").write(seg)) == b""
+    assert read(FileWriter(tmp_path, container="raw", write_empty=True).write(seg)) == b""
+
+
+@pytest.mark.parametrize("container", ["wav", "raw"])
+@pytest.mark.parametrize("complete", [True, False])
+def test_empty_segments_are_not_written_unless_asked(tmp_path, container, complete):
+    """No samples and no trailing bytes: no file, path None (a flood of flush_done must
+    not become a flood of files); write_empty=True writes them; a segment of trailing
+    bytes alone is not empty."""
+    empty = Segment("c", 0, AudioFormat("pcm_f32le", 24000), np.zeros(0, "<f4"),
+                    complete=complete)
+    writer = FileWriter(tmp_path / "default", container=container)
+    assert writer.write(empty) is None and writer(SegmentReady(empty)) is None
+    assert empty.path is None and not (tmp_path / "default").exists()
+    path = FileWriter(tmp_path / "asked", container=container, write_empty=True).write(empty)
+    assert path == empty.path and os.path.exists(path)
+    stray = Segment("c", 1, AudioFormat("pcm_f32le", 24000), np.zeros(0, "<f4"),
+                    trailing_bytes=b"\x01", complete=complete)
+    assert writer.write(stray) == stray.path and os.path.exists(stray.path)
+    assert "write_empty=False" in repr(writer)
 
 
 def test_non_contiguous_samples_are_written_in_order(tmp_path):

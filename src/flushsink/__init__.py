@@ -21,6 +21,7 @@ from .errors import (
     HandshakeError,
     AuthenticationError,
     RateLimited,
+    ConfigError,
 )
 from .formats import DEFAULT_FORMAT, AudioFormat
 from .segments import (
@@ -48,6 +49,6 @@ __all__ = [
     "FileWriter", "connect", "sync",
     "FlushsinkError", "FrameError", "CapacityError", "FormatError", "WriteError",
     "ContextFailed", "ConnectionLost", "ContextClosed", "ReceiveTimeout", "SendTimeout",
-    "HandshakeError", "AuthenticationError", "RateLimited",
+    "HandshakeError", "AuthenticationError", "RateLimited", "ConfigError",
     "__version__",
 ]

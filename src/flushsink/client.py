@@ -9,18 +9,39 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import email.utils
 import functools
+import math
 import mmap
 import os
+import ssl
+import sys
+import threading
+import weakref
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Optional, cast
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 from websockets.frames import CloseCode, Opcode
+from websockets.uri import parse_uri
+
+try:  # websockets 16+: recv() refuses messages of more frames than this
+    from websockets.asyncio.messages import MAX_FRAGMENTS
+except ImportError:  # pragma: no cover - older websockets have no such limit
+    MAX_FRAGMENTS = sys.maxsize
 
 from ._accel import Sink
-from .errors import FlushsinkError, ReceiveTimeout
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    FlushsinkError,
+    HandshakeError,
+    RateLimited,
+    ReceiveTimeout,
+    SendTimeout,
+)
 from .formats import DEFAULT_FORMAT
 from .segments import Segment, SegmentReady
 from .session import (
@@ -48,6 +69,81 @@ def _resolve_key(url: Optional[str], api_key: Optional[str]) -> Optional[str]:
     return api_key
 
 
+def _check_url(url: str) -> None:
+    try:
+        parse_uri(url)
+    except (InvalidURI, ValueError) as exc:  # ValueError: a port out of range
+        raise ConfigError(f"bad url {_public(url)!r}: {exc}") from None
+
+
+def _public(url: str) -> str:
+    """The URL for messages: without its query, which may carry an API key."""
+    return url.partition("?")[0]
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:  # pragma: no cover - Python < 3.10 returned None
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+# What opening a connection can raise, besides flushsink's own errors and bugs.
+HANDSHAKE_FAILURES = (WebSocketException, OSError, asyncio.TimeoutError)
+
+
+def handshake_error(url: str, exc: BaseException, open_timeout: Optional[float]) -> HandshakeError:
+    """The typed error for a failed opening handshake (raise it ``from exc``): HTTP 401
+    and 403 are AuthenticationError, 429 RateLimited (with Retry-After), any other
+    status, a server that does not speak HTTP or websocket, TLS, a refused connection
+    and the open timeout a HandshakeError whose status is None."""
+    where = _public(url)
+    if isinstance(exc, InvalidStatus):
+        response = exc.response
+        status = response.status_code
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        cls = (AuthenticationError if status in (401, 403)
+               else RateLimited if status == 429 else HandshakeError)
+        detail = _one_line(bytes(response.body or b"").decode("utf-8", "replace")
+                           or response.reason_phrase)
+        message = f"{where} refused the websocket handshake with HTTP {status}"
+        if detail:
+            message += f": {detail}"
+        if retry_after is not None:
+            message += f" (retry after {retry_after:g} s)"
+        return cls(message, status=status, retry_after=retry_after)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        message = f"no websocket handshake with {where} within {open_timeout} s"
+    elif isinstance(exc, ssl.SSLError):
+        message = f"TLS with {where} failed (is it a wss:// server?): {exc}"
+    elif isinstance(exc, WebSocketException):
+        message = f"{where} did not answer as a websocket server: {exc}"
+    else:
+        message = f"cannot connect to {where}: {exc.strerror or exc}" if isinstance(
+            exc, OSError) else f"cannot connect to {where}: {exc!r}"
+    return HandshakeError(_one_line(message, 300))
+
+
 class DirectMessages:
     """Mixin for websockets' ``ClientConnection`` (asyncio or sync): every complete data
     message goes to ``on_message`` as soon as the protocol has parsed it, instead of into
@@ -57,14 +153,27 @@ class DirectMessages:
     a future and a task (or thread) wakeup for each ``recv()``, and read pauses when it
     fills (bench_e2e: 5.6 us per 20 ms message for ``recv()`` alone, 4.0 us this way).
     ``process_event`` is the hook websockets' own subclasses override (for the
-    handshake); fragmented messages are joined here. What still reaches ``recv()`` (a
-    version of websockets that never calls the hook) is fed by the client's reader, so
-    the speed may differ between versions, never the result.
+    handshake). What still reaches ``recv()`` (a version of websockets that never calls
+    the hook) is fed by the client's reader, so the speed may differ between versions,
+    never the result.
+
+    Fragmented messages are joined here, into one bytearray, and refused as ``recv()``
+    refuses them: websockets' protocol closes with 1009 once a message passes
+    ``max_size``, whatever its fragments; websockets 16+ also refuses a message of more
+    than ``MAX_FRAGMENTS`` frames (4096, or ``WEBSOCKETS_MAX_FRAGMENTS``) with 1009 "too
+    many fragments", and so does this, where the installed websockets has the limit.
+    Memory stays within ``max_size`` however small the fragments: a list of them cost
+    64 bytes per fragment (12 MB of 1-byte fragments: 764 MB).
     """
 
     response: Any
     on_message: Callable[[Any], None]
-    _fragments: Optional[list[Any]] = None
+    send_timeout: Optional[float] = None
+    # why flushsink closed the connection itself (e.g. a SendTimeout), for the contexts
+    failure: Optional[BaseException] = None
+    _fragments: Optional[bytearray] = None
+    _fragment_count = 0
+    _max_fragments = sys.maxsize  # set by the shells from websockets' own limit
 
     def process_event(self, event: Any) -> None:
         if self.response is not None:  # the handshake is done: frames
@@ -73,15 +182,35 @@ class DirectMessages:
                 if event.fin:
                     self.on_message(event.data)
                 else:
-                    self._fragments = [event.data]
+                    self._fragments = bytearray(event.data)
+                    self._fragment_count = 1
                 return
-            if opcode is Opcode.CONT and self._fragments is not None:
-                self._fragments.append(event.data)
+            if opcode is Opcode.CONT:
+                fragments = self._fragments
+                if fragments is None:
+                    return  # the rest of a refused message (the protocol refuses others)
+                if self._fragment_count >= self._max_fragments:
+                    self._fragments = None
+                    self.on_message = _drop  # as recv(): nothing more of this connection
+                    self._refuse(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
+                    return
+                fragments += event.data
+                self._fragment_count += 1
                 if event.fin:
-                    message, self._fragments = b"".join(self._fragments), None
-                    self.on_message(message)
+                    self._fragments = None
+                    self.on_message(fragments)
                 return
         super().process_event(event)  # type: ignore[misc]
+
+    def _refuse(self, code: int, reason: str) -> None:
+        """Fail the connection with this close code, as websockets' recv() would."""
+        raise NotImplementedError
+
+    def _send_timed_out(self) -> SendTimeout:
+        self.failure = SendTimeout(
+            f"nothing could be sent for {self.send_timeout} s: the server stopped reading "
+            "(the connection is closed)")
+        return self.failure
 
 
 def _drop(message: Any) -> None:
@@ -106,6 +235,36 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
     4 KiB filled, 256 per connection (about 1.5 ms on a VM)."""
 
     _read_buffer: Optional[memoryview] = None
+    _max_fragments = MAX_FRAGMENTS
+    _refusing: "Optional[asyncio.Task[None]]" = None
+
+    def _refuse(self, code: int, reason: str) -> None:
+        # websockets' recv() does this in send_context(), which sends the close frame,
+        # waits close_timeout for the server's, then drops the TCP connection; it
+        # cannot be awaited here, inside data_received: a task does it next.
+        if self._refusing is None:
+            self._refusing = asyncio.ensure_future(self._fail(code, reason))
+
+    async def _fail(self, code: int, reason: str) -> None:
+        try:
+            async with self.send_context():
+                self.protocol.fail(code, reason)
+        except ConnectionClosed:
+            pass
+
+    async def drain(self) -> None:
+        # websockets waits here, after handing a message to the transport, for as long
+        # as the transport's buffer is over its high-water mark: forever if the server
+        # stopped reading. Bounded by send_timeout; websockets' send_context() then
+        # aborts the connection and raises ConnectionClosed from the SendTimeout. Only
+        # a paused transport waits, so the common case costs one attribute test.
+        if self.paused and self.send_timeout is not None:
+            try:
+                await asyncio.wait_for(super().drain(), self.send_timeout)
+            except asyncio.TimeoutError:
+                raise self._send_timed_out() from None
+        else:
+            await super().drain()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._read_buffer is None:
@@ -134,6 +293,7 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
 
 
 _READ_SIZE = 2**20
+_CLOSE_GRACE = 0.05  # seconds the reader may take past close_timeout to see the end
 _KEPT_READ_BUFFERS = 4
 _idle_read_buffers: list[memoryview] = []  # append and pop are atomic: any thread may use it
 
@@ -234,19 +394,21 @@ class Context:
         if message is not None and self._client._connected():
             try:
                 await self._client._send(message)
-            except (ConnectionClosed, ConnectionLost):
+            except (ConnectionClosed, ConnectionLost, SendTimeout):
                 pass  # the connection is gone, so is the context on the server
 
     async def events(self, timeout: Optional[float] = None) -> AsyncIterator[Any]:
         """Every event of this context (SegmentReady, Timestamps, ContextDone, ...), until
-        it ends. Raises ContextFailed, ConnectionLost or ReceiveTimeout."""
+        it ends. Raises ContextFailed, ConnectionLost or ReceiveTimeout: the latter once
+        the context has been silent (no frame of it, audio included) for ``timeout``
+        (default ``receive_timeout``) seconds, noticed within twice that."""
         wait = self._client.receive_timeout if timeout is None else timeout
+        queue = self._queue
         while True:
-            try:
-                event = await self._queue.get(wait)
-            except asyncio.TimeoutError:
-                raise ReceiveTimeout(
-                    f"no event for context {self.context_id!r} in {wait} s") from None
+            if queue._items:
+                event = queue._items.popleft()
+            else:
+                event = await self._wait(queue, wait)
             if isinstance(event, _End):
                 if event.failure is not None:
                     raise event.failure
@@ -255,6 +417,23 @@ class Context:
                 raise event.error  # e.g. a WriteError: iterate again to go on
             yield event
             del event  # do not pin the last event (and its audio) while waiting for the next
+
+    async def _wait(self, queue: _Inbox, wait: Optional[float]) -> Any:
+        # Chunks bring no events, so a segment that streams for longer than the timeout
+        # would time out while its audio arrives: when the wait runs out, the Sink says
+        # whether frames of the context came meanwhile (a count it keeps anyway), and if
+        # so the wait starts again. No timer or clock per frame.
+        activity = self._client._session.sink.activity
+        seen = activity(self.context_id)
+        while True:
+            try:
+                return await queue.get(wait)
+            except asyncio.TimeoutError:
+                now = activity(self.context_id)
+                if now == seen:
+                    raise ReceiveTimeout(
+                        f"no frame for context {self.context_id!r} in {wait} s") from None
+                seen = now
 
     async def segments(self, timeout: Optional[float] = None) -> AsyncIterator[Segment]:
         """The finished segments of this context, in order, until it ends."""
@@ -270,27 +449,49 @@ class Context:
         return [segment async for segment in self.segments(timeout)]
 
 
+# Which client uses each Sink: Session.connection_lost closes the sink, which ends every
+# context in it, so two open clients on one Sink would end each other's contexts. Weak
+# both ways: a sink or client that is gone frees its entry.
+_sink_users: "weakref.WeakKeyDictionary[Any, weakref.ReferenceType[Any]]" = (
+    weakref.WeakKeyDictionary())
+_sink_users_lock = threading.Lock()
+
+
 class ClientBase:
-    """Options, the Session and the contexts: what the asyncio and sync clients share."""
+    """Options, the Session and the contexts: what the asyncio and sync clients share.
+
+    Options (all keyword-only): ``version``, ``writer``, ``sink``, ``receive_timeout``
+    (longest silence of a context), ``open_timeout`` (handshake), ``send_timeout``
+    (longest wait to hand a message to the socket), ``close_timeout`` (``close()``;
+    default ``open_timeout``), ``max_size``, ``compression``, ``additional_headers``.
+    A ``sink`` may serve one open client at a time (ConfigError otherwise).
+    """
 
     _context_class: Any = None
 
     def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None, *,
                  version: str = DEFAULT_VERSION, writer: Any = None, sink: Optional[Sink] = None,
                  receive_timeout: float = 60.0, open_timeout: float = 10.0,
+                 send_timeout: Optional[float] = 10.0, close_timeout: Optional[float] = None,
                  max_size: Optional[int] = 16 * 2**20, compression: Optional[str] = None,
                  additional_headers: Optional[dict[str, str]] = None) -> None:
         self.api_key = _resolve_key(url, api_key)
         self.url = normalize_url(url)
+        _check_url(self.url)
         self.version = version
         self.receive_timeout = receive_timeout
         self.open_timeout = open_timeout
+        self.send_timeout = send_timeout
+        # close() returns within this (websockets' default would be 10 s whatever
+        # open_timeout said, which the docs promised bounded closing too)
+        self.close_timeout = open_timeout if close_timeout is None else close_timeout
         self.max_size = max_size
         # permessage-deflate costs 3-14x client CPU for ~23% fewer bytes: off by default
         self.compression = compression
         self.headers = {**auth_headers(self.api_key, version), **(additional_headers or {})}
-        self._session = Session(sink if sink is not None else Sink(DEFAULT_FORMAT),
-                                self._deliver, writer)
+        sink = sink if sink is not None else Sink(DEFAULT_FORMAT)
+        self._claim(sink)
+        self._session = Session(sink, self._deliver, writer)
         self._contexts: dict[str, Any] = {}
         self.close_code: Optional[int] = None
         self.close_reason: Optional[str] = None
@@ -299,6 +500,34 @@ class ClientBase:
     @property
     def sink(self) -> Sink:
         return self._session.sink
+
+    def _claim(self, sink: Any) -> None:
+        """Take ``sink`` for this client, or raise ConfigError if another open client
+        has it. Called when the client is made and when it (re)connects."""
+        with _sink_users_lock:
+            try:
+                ref = _sink_users.get(sink)
+            except TypeError:  # pragma: no cover - a sink without weak references
+                return
+            user = ref() if ref is not None else None
+            if user is not None and user is not self:
+                raise ConfigError(
+                    "this Sink is already used by another client that is not closed: a "
+                    "closing connection ends every context of its Sink, so each open client "
+                    "needs a Sink of its own (close the other client first)")
+            if user is None:
+                _sink_users[sink] = weakref.ref(self)
+
+    def _release(self) -> None:
+        """A closed client leaves its Sink to others."""
+        sink = self._session.sink
+        with _sink_users_lock:
+            try:
+                ref = _sink_users.get(sink)
+            except TypeError:  # pragma: no cover
+                return
+            if ref is not None and ref() is self:
+                del _sink_users[sink]
 
     @property
     def session(self) -> Session:
@@ -320,17 +549,26 @@ class ClientBase:
             if isinstance(event, _End):
                 del self._contexts[state.context_id]
 
-    def _closed(self, exc: ConnectionClosed) -> str:
+    def _closed(self, exc: ConnectionClosed, ws: Any) -> str:
         # the server's close frame if it sent one, else ours (e.g. 1009 for a frame over
         # max_size), else none at all: the TCP connection dropped
         close = exc.rcvd or exc.sent
         self.close_code = close.code if close else None
         self.close_reason = close.reason if close else None
+        if ws.failure is not None:
+            return f"closed by flushsink: {ws.failure}"
         if close is None:
             return "connection dropped without a close frame"
         reason = f" ({close.reason})" if close.reason else ""
         side = "the server" if exc.rcvd else "flushsink"
         return f"connection closed by {side} with code {close.code}{reason}"
+
+    @staticmethod
+    def _send_failed(exc: ConnectionClosed, ws: Any) -> FlushsinkError:
+        """What a send that found the connection closed raises."""
+        if isinstance(ws.failure, SendTimeout):
+            return SendTimeout(str(ws.failure))
+        return ConnectionLost(f"connection closed while sending: {exc}")
 
 
 class Client(ClientBase):
@@ -359,21 +597,28 @@ class Client(ClientBase):
         return self._ws is not None and self._reader is not None and not self._reader.done()
 
     async def connect(self) -> None:
-        """Open the connection now (it also opens on the first push)."""
+        """Open the connection now (it also opens on the first push). Raises
+        HandshakeError (AuthenticationError, RateLimited) when it cannot."""
         async with self._lock:
             if self._connected():
                 return
-            self._ws = await ws_connect(
-                self.url, additional_headers=self.headers, open_timeout=self.open_timeout,
-                max_size=self.max_size, compression=self.compression,
-                create_connection=cast(Any, self._new_connection),
-            )
+            self._claim(self._session.sink)  # released if this client was closed
+            try:
+                self._ws = await ws_connect(
+                    self.url, additional_headers=self.headers, open_timeout=self.open_timeout,
+                    close_timeout=self.close_timeout,
+                    max_size=self.max_size, compression=self.compression,
+                    create_connection=cast(Any, self._new_connection),
+                )
+            except HANDSHAKE_FAILURES as exc:
+                raise handshake_error(self.url, exc, self.open_timeout) from exc
             self.connections += 1
             self._reader = asyncio.create_task(self._read(self._ws))
 
     def _new_connection(self, *args: Any, **kwargs: Any) -> ClientConnection:
         connection = _Connection(*args, **kwargs)
         connection.on_message = functools.partial(self._on_message, connection)
+        connection.send_timeout = self.send_timeout
         return connection
 
     def _on_message(self, connection: "_Connection", message: Any) -> None:
@@ -397,11 +642,12 @@ class Client(ClientBase):
     async def _send(self, message: str) -> None:
         if not self._connected():
             await self.connect()  # after an idle close, the next push reconnects
-        assert self._ws is not None
+        ws = self._ws
+        assert ws is not None
         try:
-            await self._ws.send(message)
+            await ws.send(message)
         except ConnectionClosed as exc:
-            raise ConnectionLost(f"connection closed while sending: {exc}") from exc
+            raise self._send_failed(exc, ws) from exc
 
     async def _read(self, ws: ClientConnection) -> None:
         # Messages go to _on_message as they are parsed; this task waits for the end of
@@ -411,7 +657,7 @@ class Client(ClientBase):
             while True:
                 receive(await ws.recv(decode=False))
         except ConnectionClosed as exc:
-            self._session.connection_lost(self._closed(exc))
+            self._session.connection_lost(self._closed(exc, ws))
         except asyncio.CancelledError:
             self._session.connection_lost("the client stopped reading")
             raise
@@ -421,14 +667,27 @@ class Client(ClientBase):
             await ws.close()
 
     async def close(self) -> None:
-        """Close the connection; contexts still open finish as incomplete."""
+        """Close the connection; contexts still open finish as incomplete. Returns within
+        ``close_timeout`` (default: ``open_timeout``): a server that does not answer the
+        closing handshake in time has its connection dropped."""
         ws, reader = self._ws, self._reader
         self._ws = self._reader = None
+        self._release()
+        loop = asyncio.get_running_loop()
+        timeout = self.close_timeout
+        deadline = None if timeout is None else loop.time() + timeout
         if ws is not None:
-            await ws.close()
-        if reader is not None:
+            # websockets bounds its wait for the server's close by close_timeout, but not
+            # a send stuck behind a server that stopped reading (send_timeout): this does
             try:
-                await asyncio.wait_for(reader, self.open_timeout)
+                await asyncio.wait_for(ws.close(), timeout)
+            except asyncio.TimeoutError:
+                ws.transport.abort()
+        if reader is not None:
+            # the reader ends as soon as the connection has: a loop turn or two
+            remaining = None if deadline is None else max(deadline - loop.time(), _CLOSE_GRACE)
+            try:
+                await asyncio.wait_for(reader, remaining)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 reader.cancel()
 

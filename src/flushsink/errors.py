@@ -132,3 +132,9 @@ class AuthenticationError(HandshakeError):
 class RateLimited(HandshakeError):
     """The server is rate limiting this client (HTTP 429); ``retry_after`` says how long
     it asked to wait, when it said."""
+
+
+class ConfigError(FlushsinkError, ValueError):
+    """An argument flushsink cannot use, refused before anything is sent: a URL that is
+    not ``ws://`` or ``wss://``, a Sink that another open client already uses, a
+    context id that cannot be sent as JSON text."""

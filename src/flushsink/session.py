@@ -8,6 +8,7 @@ Nothing here touches a socket.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import uuid
@@ -17,6 +18,7 @@ from typing import Any, Callable, Optional
 from ._accel import Sink
 from .errors import (
     CapacityError,
+    ConfigError,
     ConnectionLost,
     ContextClosed,
     ContextFailed,
@@ -38,12 +40,17 @@ DEFAULT_OUTPUT_FORMAT = {"container": "raw", "encoding": "pcm_s16le", "sample_ra
 
 
 def normalize_url(url: Optional[str]) -> str:
-    """Cartesia's URL by default; a bare ``ws://host:port`` gets ``/tts/websocket``."""
+    """Cartesia's URL by default; a bare ``ws://host:port`` gets ``/tts/websocket``.
+
+    Raises :class:`~flushsink.errors.ConfigError` (a ``ValueError``) for anything but a
+    ``ws://`` or ``wss://`` URL."""
     if url is None:
         return CARTESIA_URL
+    if not isinstance(url, str):
+        raise ConfigError(f"url must be a str, not {type(url).__name__}")
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("ws", "wss"):
-        raise ValueError(f"url must start with ws:// or wss://, not {url!r}")
+        raise ConfigError(f"url must start with ws:// or wss://, not {url!r}")
     host, slash, path = rest.partition("/")
     if not path.strip("/"):
         return f"{scheme}://{host}/tts/websocket"
@@ -70,10 +77,21 @@ class ContextState:
     failure: Optional[BaseException] = None
 
 
+#: How many connection-level server errors and write errors a Session keeps (the latest).
+KEPT_ERRORS = 100
+
+
 class Session:
     """Routes one connection's frames to contexts. ``deliver(state, event)`` is called
     for every event of a known context; events of unknown contexts are logged and
-    counted in ``unrouted``."""
+    counted in ``unrouted``.
+
+    ``server_errors`` holds the latest 100 errors without a context (``ServerError``)
+    and ``server_error_count`` counts them all; ``write_errors`` and
+    ``write_error_count`` do the same for failed writes. Only the latest are kept so a
+    server cannot grow the client's memory with error frames (200,000 of them kept
+    226 MB), nor a full disk with the segments its WriteErrors carry.
+    """
 
     def __init__(self, sink: Sink, deliver: Callable[[ContextState, Any], None],
                  writer: Optional[Callable[[Any], Any]] = None) -> None:
@@ -84,8 +102,10 @@ class Session:
         self.writer = writer
         self.deliver = deliver
         self.contexts: dict[str, ContextState] = {}
-        self.server_errors: list[ServerError] = []
-        self.write_errors: list[WriteError] = []
+        self.server_errors: collections.deque[ServerError] = collections.deque(maxlen=KEPT_ERRORS)
+        self.server_error_count = 0
+        self.write_errors: collections.deque[WriteError] = collections.deque(maxlen=KEPT_ERRORS)
+        self.write_error_count = 0
         self.rejected_frames = 0
         self.unrouted = 0
 
@@ -95,10 +115,23 @@ class Session:
                     output_format: Optional[dict[str, Any]] = None,
                     context_id: Optional[str] = None, **defaults: Any) -> ContextState:
         """Register a context; ``defaults`` (language, add_timestamps, generation_config,
-        max_buffer_delay_ms, ...) go into every request of it."""
+        max_buffer_delay_ms, ...) go into every request of it. A ``context_id`` that is
+        not valid Unicode (a lone surrogate) is a ConfigError, before anything is
+        registered."""
         output_format = dict(output_format or DEFAULT_OUTPUT_FORMAT)
         fmt = AudioFormat.from_output_format(output_format)
         context_id = context_id or str(uuid.uuid4())
+        if not isinstance(context_id, str):
+            raise TypeError(f"context_id must be a str, not {type(context_id).__name__}")
+        try:
+            context_id.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # json.dumps would send it as a \ud800 escape, which is no character: the
+            # server's frames would name no context this client has (and the Sink
+            # rejects such escapes), so the context would wait for nothing
+            raise ConfigError(
+                f"context id {context_id!r} is not valid Unicode text: {exc.reason} at "
+                f"index {exc.start}") from None
         if context_id in self.contexts:
             raise ValueError(f"context id {context_id!r} is already in use on this connection")
         if isinstance(voice, str):
@@ -183,6 +216,7 @@ class Session:
             except WriteError as exc:
                 log.error("flushsink: %s", exc)
                 self.write_errors.append(exc)
+                self.write_error_count += 1
                 failure = exc
         self.deliver(state, event)
         # an incomplete segment's stream ends with its own failure (lost connection,
@@ -193,6 +227,7 @@ class Session:
     def _route(self, event: Any) -> None:
         if isinstance(event, ServerError):
             self.server_errors.append(event)
+            self.server_error_count += 1
             log.warning("flushsink: server error without context: %s", event.message)
             return
         state = self.contexts.get(event.context_id)

@@ -9,15 +9,17 @@ from __future__ import annotations
 import functools
 import inspect
 import queue
+import sys
 import threading
+import time
 from typing import Any, Iterator, Optional, cast
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from .client import ClientBase, DirectMessages, _drop
-from .errors import ReceiveTimeout
+from .client import HANDSHAKE_FAILURES, ClientBase, DirectMessages, _drop, handshake_error
+from .errors import ReceiveTimeout, SendTimeout
 from .segments import Segment, SegmentReady
 from .session import ConnectionLost, ContextState, _End, _Failed, log
 
@@ -29,8 +31,40 @@ _DIRECT: dict[str, Any] = (
     {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {})
 
 
+try:  # websockets 16+: recv() refuses messages of more frames than this
+    from websockets.sync.messages import MAX_FRAGMENTS
+except ImportError:  # pragma: no cover - older websockets have no such limit
+    MAX_FRAGMENTS = sys.maxsize
+
+
 class _Connection(DirectMessages, ClientConnection):
-    pass
+    _max_fragments = MAX_FRAGMENTS
+
+    def _refuse(self, code: int, reason: str) -> None:
+        # As websockets' recv() does, through send_context(): it waits for this very
+        # thread (the one receiving) to end, so another thread must call it.
+        threading.Thread(target=self._fail, args=(code, reason), daemon=True).start()
+
+    def _fail(self, code: int, reason: str) -> None:
+        try:
+            with self.send_context():
+                self.protocol.fail(code, reason)
+        except ConnectionClosed:
+            pass
+
+    def send_data(self) -> None:
+        # The client sets the socket's timeout to send_timeout once the handshake is
+        # done, so a sendall() to a server that stopped reading fails instead of
+        # blocking forever with the protocol lock held (which also stalls websockets'
+        # keepalive and receiving threads). send_context() then closes the connection
+        # and raises ConnectionClosed from the SendTimeout. Once closing, websockets
+        # sets the timeout to its close deadline itself: that one stays its own.
+        try:
+            super().send_data()
+        except TimeoutError:
+            if self.close_deadline is not None:
+                raise
+            raise self._send_timed_out() from None
 
 
 class Context:
@@ -67,19 +101,30 @@ class Context:
         if message is not None and self._client._connected():
             try:
                 self._client._send(message)
-            except (ConnectionClosed, ConnectionLost):
+            except (ConnectionClosed, ConnectionLost, SendTimeout):
                 pass
 
     def events(self, timeout: Optional[float] = None) -> Iterator[Any]:
         """Every event of this context until it ends. Raises ContextFailed,
-        ConnectionLost or ReceiveTimeout."""
+        ConnectionLost or ReceiveTimeout: the latter once the context has been silent
+        (no frame of it, audio included) for ``timeout`` (default ``receive_timeout``)
+        seconds, noticed within twice that."""
         wait = self._client.receive_timeout if timeout is None else timeout
+        activity = self._client._session.sink.activity
         while True:
-            try:
-                event = self._queue.get(timeout=wait)
-            except queue.Empty:
-                raise ReceiveTimeout(
-                    f"no event for context {self.context_id!r} in {wait} s") from None
+            # chunks bring no events: when the wait runs out, the Sink's count of the
+            # context's frames says whether its audio is still arriving (see asyncio's)
+            seen = activity(self.context_id)
+            while True:
+                try:
+                    event = self._queue.get(timeout=wait)
+                    break
+                except queue.Empty:
+                    now = activity(self.context_id)
+                    if now == seen:
+                        raise ReceiveTimeout(
+                            f"no frame for context {self.context_id!r} in {wait} s") from None
+                    seen = now
             if isinstance(event, _End):
                 if event.failure is not None:
                     raise event.failure
@@ -133,14 +178,22 @@ class Client(ClientBase):
         return self._ws is not None and self._reader is not None and self._reader.is_alive()
 
     def connect(self) -> None:
-        """Open the connection now (it also opens on the first push)."""
+        """Open the connection now (it also opens on the first push). Raises
+        HandshakeError (AuthenticationError, RateLimited) when it cannot."""
         with self._connect_lock:
             if self._connected():
                 return
-            ws = ws_connect(self.url, additional_headers=self.headers,
-                            open_timeout=self.open_timeout, max_size=self.max_size,
-                            compression=self.compression,
-                            create_connection=cast(Any, self._new_connection), **_DIRECT)
+            self._claim(self._session.sink)  # released if this client was closed
+            try:
+                ws = ws_connect(self.url, additional_headers=self.headers,
+                                open_timeout=self.open_timeout, max_size=self.max_size,
+                                close_timeout=self.close_timeout,
+                                compression=self.compression,
+                                create_connection=cast(Any, self._new_connection), **_DIRECT)
+            except HANDSHAKE_FAILURES as exc:
+                raise handshake_error(self.url, exc, self.open_timeout) from exc
+            if self.send_timeout is not None:
+                ws.socket.settimeout(self.send_timeout)  # see _Connection.send_data
             self._ws = ws
             self.connections += 1
             self._reader = threading.Thread(target=self._read, args=(ws,),
@@ -150,15 +203,17 @@ class Client(ClientBase):
     def _send(self, message: str) -> None:
         if not self._connected():
             self.connect()  # after an idle close, the next push reconnects
-        assert self._ws is not None
+        ws = self._ws
+        assert ws is not None
         try:
-            self._ws.send(message)
+            ws.send(message)
         except ConnectionClosed as exc:
-            raise ConnectionLost(f"connection closed while sending: {exc}") from exc
+            raise self._send_failed(exc, ws) from exc
 
     def _new_connection(self, *args: Any, **kwargs: Any) -> ClientConnection:
         connection = _Connection(*args, **kwargs)
         connection.on_message = functools.partial(self._on_message, connection)
+        connection.send_timeout = self.send_timeout
         return connection
 
     def _on_message(self, connection: "_Connection", message: Any) -> None:
@@ -187,7 +242,7 @@ class Client(ClientBase):
                     session.receive(frame)
         except ConnectionClosed as exc:
             with self._state_lock:
-                session.connection_lost(self._closed(exc))
+                session.connection_lost(self._closed(exc, ws))
         except Exception as exc:  # a bug must not leave the contexts waiting forever
             log.exception("flushsink: the reader failed")
             with self._state_lock:
@@ -195,13 +250,19 @@ class Client(ClientBase):
             ws.close()
 
     def close(self) -> None:
-        """Close the connection; contexts still open finish as incomplete."""
+        """Close the connection; contexts still open finish as incomplete. Returns within
+        ``close_timeout`` (default: ``open_timeout``): websockets drops the connection of
+        a server that does not answer the closing handshake in time. (A push blocked by
+        a server that stopped reading holds websockets' lock until its send_timeout.)"""
         ws, reader = self._ws, self._reader
         self._ws = self._reader = None
+        self._release()
+        timeout = self.close_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         if ws is not None:
             ws.close()
         if reader is not None:
-            reader.join(self.open_timeout)
+            reader.join(None if deadline is None else max(deadline - time.monotonic(), 0.05))
 
     def __enter__(self) -> "Client":
         return self

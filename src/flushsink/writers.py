@@ -234,7 +234,8 @@ def _describe(segment: Any) -> str:
 class FileWriter:
     """Write each finished segment to its own file, atomically.
 
-    ``FileWriter(directory, pattern=None, *, container="wav", fsync=False, overwrite=True)``
+    ``FileWriter(directory, pattern=None, *, container="wav", fsync=False, overwrite=True,
+    write_empty=False)``
 
     - ``pattern`` is relative to ``directory`` and uses ``/`` for sub-directories,
       which are created as needed. Placeholders: ``{context_id}``, ``{flush_id}``,
@@ -256,6 +257,11 @@ class FileWriter:
       place with ``os.link``, which fails if the name exists, so there is no window
       between a check and the rename. On file systems without hard links it falls
       back to check-then-rename, which two concurrent writers could race.
+    - An empty segment (no samples and no trailing bytes: a ``flush_done`` without
+      audio, or an incomplete segment whose every chunk was lost) is not written and its
+      ``path`` stays None, unless ``write_empty=True``: a server sending a flood of
+      ``flush_done`` frames would otherwise make a file each (100,000 empty WAV files
+      in 4 s). The segment still reaches the caller, with its ``error`` if any.
 
     The final path must lie inside ``directory`` once symbolic links are resolved
     (a sub-directory that is a link to elsewhere is refused). The check is made
@@ -276,6 +282,7 @@ class FileWriter:
         container: str = "wav",
         fsync: bool = False,
         overwrite: bool = True,
+        write_empty: bool = False,
     ) -> None:
         if container not in _DEFAULT_PATTERNS:
             raise FormatError(f"unknown container {container!r}; expected 'wav' or 'raw'")
@@ -288,6 +295,7 @@ class FileWriter:
         self.container = container
         self.fsync = bool(fsync)
         self.overwrite = bool(overwrite)
+        self.write_empty = bool(write_empty)
         self._root_real: Optional[str] = None  # resolved once the directory exists
         # Directories known to exist and to lie inside the root: no syscalls for them.
         self._ready_dirs: set[str] = set()
@@ -295,13 +303,14 @@ class FileWriter:
     def __repr__(self) -> str:
         return (
             f"FileWriter({self.directory!r}, {self.pattern!r}, container={self.container!r}, "
-            f"fsync={self.fsync}, overwrite={self.overwrite})"
+            f"fsync={self.fsync}, overwrite={self.overwrite}, write_empty={self.write_empty})"
         )
 
     def __call__(self, event: Any) -> Optional[str]:
         """Write the segment of a ``SegmentReady`` event; ignore any other event.
 
-        Returns the path written, or None. Lets ``for ev in sink.feed(frame): writer(ev)``.
+        Returns the path written, or None (another event, or an empty segment left
+        unwritten). Lets ``for ev in sink.feed(frame): writer(ev)``.
         """
         segment = getattr(event, "segment", None)
         if segment is None:
@@ -335,8 +344,9 @@ class FileWriter:
             relative = relative.replace("/", os.sep)
         return os.path.join(self.directory, relative)
 
-    def write(self, segment: Segment) -> str:
-        """Write ``segment`` to its file, set ``segment.path`` and return the path.
+    def write(self, segment: Segment) -> Optional[str]:
+        """Write ``segment`` to its file, set ``segment.path`` and return the path; an
+        empty segment is left unwritten (None) unless ``write_empty`` is set.
 
         Raises :class:`~flushsink.errors.WriteError` (an ``OSError`` whose ``errno``
         is the cause's) if the path escapes the directory, the file exists and
@@ -345,6 +355,8 @@ class FileWriter:
         was there before is untouched), no temporary file is left, and ``segment``
         is unchanged, ready to be written by another writer.
         """
+        if not self.write_empty and len(segment.samples) == 0 and not segment.trailing_bytes:
+            return None
         try:
             path = self.path_for(segment)
         except (ValueError, TypeError) as exc:  # e.g. an int too long to print
