@@ -102,7 +102,8 @@ class ContextClosed(FlushsinkError):
 
 
 class ReceiveTimeout(FlushsinkError, TimeoutError):
-    """No event arrived for a context within the client's ``receive_timeout``."""
+    """A context was silent for the client's ``receive_timeout``: no frame of it (audio
+    included) arrived for that long."""
 
 
 class SendTimeout(FlushsinkError, TimeoutError):
