@@ -95,6 +95,8 @@ cdef extern from "frame.h":
     void fs_prefetch(const uint8_t *buf, size_t n)
     fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
                       int tentative_data, fs_memo *memo)
+    int fs_confirm_data_end(const uint8_t *buf, const fs_frame *frame)
+    int fs_data_is_last(const uint8_t *buf, size_t n, const fs_frame *frame)
     fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
                               int *has_escape, size_t *error_offset)
     size_t fs_unescape_chars(const uint8_t *buf, size_t start, size_t end,
@@ -110,8 +112,6 @@ cdef tuple _EMPTY = ()
 _frombuffer = np.frombuffer
 
 
-class _Restart(Exception):
-    """The tentative end of data was wrong: scan the frame again, the exact way."""
 _FIELD_NAMES = ("type", "context_id", "flush_id", "data", "word_timestamps",
                 "phoneme_timestamps")
 
@@ -315,6 +315,7 @@ cdef class Sink:
     cdef size_t _open_timestamps  # timestamp items held by open segments
     cdef Py_ssize_t _open_segments
     cdef unsigned long long _fed, _frames, _chunks, _audio_bytes, _dropped, _segments
+    cdef bint _data_not_last      # the last chunk's data was not its last member (_feed)
     cdef bint _busy               # a call is running (see _acquire)
     cdef unsigned long _owner     # the thread it runs in
     cdef int _waiting             # threads waiting for it to end
@@ -482,20 +483,25 @@ cdef class Sink:
         cdef size_t offset = 0
         self._fed += 1
         fs_prefetch(buf, n)
-        cdef fs_status st = fs_scan(buf, n, &fr, &offset, 1, &self._memo)
+        cdef fs_status st = fs_scan(buf, n, &fr, &offset, not self._data_not_last,
+                                    &self._memo)
         if st != FS_OK:
             raise FrameError(SCAN_CODES[st], offset)
         if self._append(buf, &fr):
             return _EMPTY
-        if not fr.data_tentative:
-            return self._dispatch(buf, n, &fr)
-        try:
-            return self._dispatch(buf, n, &fr)
-        except _Restart:
-            pass  # data was not the last member after all: scan it the exact way
-        st = fs_scan(buf, n, &fr, &offset, 0, &self._memo)
-        if st != FS_OK:
-            raise FrameError(SCAN_CODES[st], offset)
+        # Off the hot path: make sure of data's end before anything is decoded. A server
+        # whose frames put data before other members (Cartesia's documented example:
+        # "type", "data", ..., "flush_id", "context_id") would otherwise have each chunk
+        # decoded on the wrong span, fail, and start again. One such frame turns the
+        # guess off until a frame has data last again.
+        if fr.data_tentative:
+            if not fs_confirm_data_end(buf, &fr):
+                self._data_not_last = True
+                st = fs_scan(buf, n, &fr, &offset, 0, &self._memo)
+                if st != FS_OK:
+                    raise FrameError(SCAN_CODES[st], offset)
+        elif self._data_not_last and fs_data_is_last(buf, n, &fr):
+            self._data_not_last = False
         return self._dispatch(buf, n, &fr)
 
     @cython.final
@@ -538,8 +544,7 @@ cdef class Sink:
 
     cdef int _check_data(self, const uint8_t *buf, size_t n, fs_frame *fr) except -1:
         """Validate the data string the scanner skipped: its JSON errors come first.
-        Every path but a successful decode calls this before it changes anything, so
-        it is also where a tentative end of data is confirmed (or the frame rescanned)."""
+        Every path but a successful decode calls this before it changes anything."""
         cdef size_t end = 0, offset = 0
         cdef int escaped = 0
         cdef fs_status st
@@ -549,8 +554,9 @@ cdef class Sink:
         if st != FS_OK:
             raise FrameError(SCAN_CODES[st], offset)
         if fr.data_tentative:
+            # _feed confirmed the end (no quote before it), so a valid string ends there
             if end != fr.keys[FS_KEY_DATA].end:
-                raise _Restart()
+                raise SystemError("flushsink: the data string's end moved after it was confirmed")
             fr.data_tentative = 0
         fr.data_checked = 1
         fr.keys[FS_KEY_DATA].has_escape = escaped

@@ -717,6 +717,19 @@ static int template_match(const fs_template *t, const uint8_t *buf, size_t n, fs
     return 1;
 }
 
+int fs_confirm_data_end(const uint8_t *buf, const fs_frame *frame)
+{
+    const fs_value *d = &frame->keys[FS_KEY_DATA];
+    return memchr(buf + d->start, '"', d->end - d->start) == NULL;
+}
+
+int fs_data_is_last(const uint8_t *buf, size_t n, const fs_frame *frame)
+{
+    const fs_value *d = &frame->keys[FS_KEY_DATA];
+    return d->kind == FS_STRING && d->value_offset < n && buf[d->value_offset] == '"'
+           && tail_quote(buf, n, d->value_offset) == d->end;
+}
+
 fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
                   int tentative_data, fs_memo *memo)
 {

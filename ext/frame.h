@@ -126,8 +126,8 @@ static inline void fs_prefetch(const uint8_t *buf, size_t n)
  * closing '"}' (Cartesia puts data last) is not searched for its end at all: the last
  * quote is taken as its end and frame->data_tentative is set. That is right exactly
  * when the span holds no unescaped quote, which a successful base64 decode of the span
- * proves for free; anything else must confirm it with fs_check_string (the string must
- * end at keys[FS_KEY_DATA].end) or scan again without tentative_data.
+ * proves for free; anything else must confirm it first with fs_confirm_data_end and,
+ * when that says no, scan again without tentative_data.
  *
  * memo (may be NULL) is read and updated: pass the same one for the frames of a stream,
  * zero-initialised at first. The result is the same with or without it; its template is
@@ -140,6 +140,16 @@ fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_o
  * closing quote and *has_escape says whether a backslash occurs. */
 fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
                           int *has_escape, size_t *error_offset);
+
+/* After a scan with tentative_data that set frame->data_tentative: 1 when the data string
+ * really ends where the scan assumed (no quote inside the span), 0 when data was not the
+ * last member after all (a layout such as {"type":..,"data":..,"context_id":..}): the
+ * frame must then be scanned again without tentative_data. One memchr over the data. */
+int fs_confirm_data_end(const uint8_t *buf, const fs_frame *frame);
+
+/* After a full scan: 1 when the frame's data string is its last member (only whitespace
+ * and the closing brace follow it), the layout tentative_data is made for. */
+int fs_data_is_last(const uint8_t *buf, size_t n, const fs_frame *frame);
 
 typedef enum { FS_TYPE_NONE = 0, FS_TYPE_CHUNK, FS_TYPE_FLUSH_DONE, FS_TYPE_DONE,
                FS_TYPE_ERROR, FS_TYPE_TIMESTAMPS, FS_TYPE_PHONEME_TIMESTAMPS,

@@ -646,6 +646,35 @@ def test_keys_in_any_order_and_any_whitespace(any_core):
     assert ready(expected[0])["samples"] == b"\1\2\3\4"
 
 
+def test_a_stream_that_changes_member_order_keeps_every_chunk(any_core):
+    """The compiled core guesses that data is the last member (Cartesia's layout) and
+    stops guessing after a frame where it is not, until data is last again: whatever the
+    order of each frame, in any sequence, every chunk lands once, in order. Orders: data
+    last, data second with a string last (Cartesia's documented example), data first,
+    data with a flush_id after it and the context before it."""
+    layouts = [
+        ("type", "context_id", "flush_id", "step_time", "data"),
+        ("type", "data", "status_code", "done", "flush_id", "context_id"),
+        ("data", "type", "flush_id", "context_id"),
+        ("type", "context_id", "data", "flush_id"),
+    ]
+    rng = random.Random(5)
+    sink = any_core.Sink(AudioFormat("pcm_s16le", 24000))
+    expected = bytearray()
+    order = [rng.randrange(len(layouts)) for _ in range(60)] + [0] * 5 + [1] * 5 + [0] * 5
+    for k, layout in enumerate(order):
+        audio = bytes((k * 13 + j) & 0xFF for j in range(2 * (50 + k)))
+        expected += audio
+        values = {"type": "chunk", "context_id": "turn-1", "flush_id": 1, "step_time": 1.5 * k,
+                  "status_code": 206, "done": False, "data": ref.b64encode(audio)}
+        frame = "{" + ",".join(f"{json.dumps(key)}:{json.dumps(values[key])}"
+                               for key in layouts[layout]) + "}"
+        assert sink.feed(frame.encode()) == ()
+    (event,) = sink.feed(enc(flush_done("turn-1", 1)))
+    assert event.segment.complete and event.segment.samples.tobytes() == bytes(expected)
+    assert sink.stats.chunks == len(order) and sink.stats.rejected_frames == 0
+
+
 def test_nested_values_are_skipped(any_core):
     tricky = {"a": [{"type": "done", "context_id": "c", "data": "!!", "flush_id": -1}],
               "b": "\"}{][,:\\\"type\\\":\\\"done\\\"", "c": {"d": [[[], {}], "\\", "\u0000"]},
