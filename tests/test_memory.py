@@ -130,25 +130,34 @@ def test_open_segments_without_audio_cost_no_reservation(core):
     assert grown < 20_000 * 1024, f"{grown / 20_000:.0f} bytes per empty open segment"
 
 
-@pytest.mark.skipif(_speedups is None, reason="compiled core not built")
-def test_empty_segments_under_an_address_space_limit_raise_only_documented_errors():
+def run_under_address_limit(sink: str, body: str, gib: int) -> None:
+    """In a subprocess: ``sink = <sink>``, then the address space limited to ``gib`` GiB,
+    then ``body`` (Python source), which exits 3 on MemoryError."""
     import subprocess
+    import textwrap
     script = (
         "import resource, sys\n"
         "from flushsink import _speedups, CapacityError, FrameError\n"
         "from flushsink.formats import AudioFormat\n"
-        "sink = _speedups.Sink(AudioFormat('pcm_s16le', 44100), max_total_bytes=1000)\n"
-        "resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))\n"
-        "try:\n"
-        "    for i in range(20_000):\n"
-        "        sink.feed(b'{\"type\":\"chunk\",\"context_id\":\"a\",\"flush_id\":%d,\"data\":\"\"}' % i)\n"
-        "except (CapacityError, FrameError):\n"
-        "    pass\n"
-        "except MemoryError:\n"
-        "    print('MemoryError after', i, 'frames'); sys.exit(3)\n")
+        f"sink = {sink}\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({gib} * 2**30, {gib} * 2**30))\n"
+        + textwrap.dedent(body))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(_speedups is None, reason="compiled core not built")
+def test_empty_segments_under_an_address_space_limit_raise_only_documented_errors():
+    run_under_address_limit("_speedups.Sink(AudioFormat('pcm_s16le', 44100), max_total_bytes=1000)", """
+        try:
+            for i in range(20_000):
+                sink.feed(b'{"type":"chunk","context_id":"a","flush_id":%d,"data":""}' % i)
+        except (CapacityError, FrameError):
+            pass
+        except MemoryError:
+            print('MemoryError after', i, 'frames'); sys.exit(3)
+        """, 3)
 
 
 @pytest.mark.skipif(_speedups is None, reason="compiled core not built")
@@ -157,20 +166,12 @@ def test_open_segments_with_audio_under_an_address_space_limit():
     44.1 kHz), so 50,000 open segments asked for 44 GB of address space and failed with
     MemoryError under ulimit -v. The unused reservations of all open segments now stay
     within max_total_bytes (docs/sink.md), here the default 1 GiB."""
-    import subprocess
-    script = (
-        "import resource, sys\n"
-        "from flushsink import _speedups\n"
-        "from flushsink.formats import AudioFormat\n"
-        "sink = _speedups.Sink(AudioFormat('pcm_s16le', 44100))\n"
-        "resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))\n"
-        "try:\n"
-        "    for i in range(50_000):\n"
-        "        sink.feed(b'{\"type\":\"chunk\",\"context_id\":\"a\",\"flush_id\":%d,\"data\":\"AAAA\"}' % i)\n"
-        "except MemoryError:\n"
-        "    print('MemoryError after', i, 'frames'); sys.exit(3)\n"
-        "assert sink.stats.open_segments == 50_000, sink.stats\n"
-        "assert len(sink.close()) == 50_000\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_under_address_limit("_speedups.Sink(AudioFormat('pcm_s16le', 44100))", """
+        try:
+            for i in range(50_000):
+                sink.feed(b'{"type":"chunk","context_id":"a","flush_id":%d,"data":"AAAA"}' % i)
+        except MemoryError:
+            print('MemoryError after', i, 'frames'); sys.exit(3)
+        assert sink.stats.open_segments == 50_000, sink.stats
+        assert len(sink.close()) == 50_000
+        """, 4)
