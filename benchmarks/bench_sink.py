@@ -48,6 +48,7 @@ import json
 import os
 import platform
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -76,9 +77,43 @@ notes: list[str] = []
 
 # --- workload ------------------------------------------------------------------------------
 
-def segment_frames(sample_rate: int, chunk_ms: int, seconds: float = SEGMENT_SECONDS):
-    """(frames, per-frame PCM, whole PCM, context_id) of one s16le segment."""
-    rng = random.Random(sample_rate * 1000 + chunk_ms)
+# Member orders of a chunk frame. "data last" is what the server sends and what the main
+# table measures; member order carries no meaning in JSON, so a server (or a proxy that
+# re-serialises) may send any of the others. "docs order" is the order of the chunk example
+# in Cartesia's API documentation: type and data first, a string (context_id) last.
+ORDERS = {
+    "data last": ("type", "context_id", "status_code", "done", "step_time", "flush_id", "data"),
+    "data first": ("data", "type", "context_id", "status_code", "done", "step_time", "flush_id"),
+    "data middle": ("type", "context_id", "status_code", "data", "done", "step_time", "flush_id"),
+    "docs order": ("type", "data", "done", "status_code", "step_time", "flush_id", "context_id"),
+}
+
+
+def chunk_frame(context_id: str, flush_id: int, step_time: float, pcm: bytes,
+                order: str = "data last") -> bytes:
+    values = {"type": "chunk", "context_id": context_id, "status_code": 206, "done": False,
+              "step_time": step_time, "flush_id": flush_id,
+              "data": base64.b64encode(pcm).decode("ascii")}
+    return json.dumps({key: values[key] for key in ORDERS[order]}).encode()
+
+
+def flush_done_frame(context_id: str, flush_id: int) -> bytes:
+    return json.dumps({
+        "type": "flush_done", "context_id": context_id, "status_code": 206, "done": False,
+        "flush_done": True, "flush_id": flush_id,
+    }).encode()
+
+
+def done_frame(context_id: str) -> bytes:
+    return json.dumps({"type": "done", "context_id": context_id, "status_code": 206,
+                       "done": True}).encode()
+
+
+def segment_frames(sample_rate: int, chunk_ms: int, seconds: float = SEGMENT_SECONDS,
+                   order: str = "data last", seed=None):
+    """(frames, per-frame PCM, whole PCM, context_id) of one s16le segment. The same
+    (rate, chunk_ms, seed) gives the same audio, context id and step times in every order."""
+    rng = random.Random(sample_rate * 1000 + chunk_ms if seed is None else seed)
     context_id = str(uuid.UUID(int=rng.getrandbits(128)))
     per_chunk = sample_rate * chunk_ms // 1000 * 2
     total = int(seconds * sample_rate) * 2
@@ -88,18 +123,19 @@ def segment_frames(sample_rate: int, chunk_ms: int, seconds: float = SEGMENT_SEC
     frames, pieces = [], []
     for start in range(0, total, per_chunk):
         piece = pcm[start:start + per_chunk]
-        frames.append(json.dumps({
-            "type": "chunk", "context_id": context_id, "status_code": 206, "done": False,
-            "step_time": round(rng.uniform(20.0, 80.0), 6), "flush_id": 1,
-            "data": base64.b64encode(piece).decode("ascii"),
-        }).encode())
+        frames.append(chunk_frame(context_id, 1, round(rng.uniform(20.0, 80.0), 6), piece, order))
         pieces.append(piece)
-    frames.append(json.dumps({
-        "type": "flush_done", "context_id": context_id, "status_code": 206, "done": False,
-        "flush_done": True, "flush_id": 1,
-    }).encode())
+    frames.append(flush_done_frame(context_id, 1))
     pieces.append(b"")
     return frames, pieces, pcm, context_id
+
+
+def segment_work(sample_rate: int, chunk_ms: int, seconds: float = SEGMENT_SECONDS,
+                 order: str = "data last", seed=None) -> dict:
+    """One segment as the unit of work of the main table (and the order and cold axes)."""
+    frames, pieces, pcm, context_id = segment_frames(sample_rate, chunk_ms, seconds, order, seed)
+    return {"frames": frames, "pieces": pieces, "pcm": pcm, "rate": sample_rate,
+            "context_id": context_id, "chunks": len(frames) - 1}
 
 
 # --- pipelines -----------------------------------------------------------------------------
@@ -117,6 +153,12 @@ class Pipeline:
 
     def as_bytes(self, result) -> bytes:
         return bytes(result)
+
+    def check(self, work):
+        """One untimed run: the PCM the user gets must be what the frames were made from."""
+        self.setup(work)
+        got = self.as_bytes(self.run())
+        assert got == work["pcm"], f"{self.name} gave wrong PCM ({len(got)} vs {len(work['pcm'])} bytes)"
 
 
 class FlushsinkCompiled(Pipeline):
@@ -294,7 +336,7 @@ def build_floor():
     return None, None
 
 
-def make_pipelines(only=None):
+def make_pipelines():
     pipelines = []
     versions = {}
     try:
@@ -358,9 +400,6 @@ def make_pipelines(only=None):
         versions["floor"] = f"benchmarks/_floor.c, {_cbuild.compiler()} {flags}"
         pipelines.append(Floor(floor))
         pipelines.append(FloorLoop(floor))
-    if only:
-        wanted = set(only)
-        pipelines = [p for p in pipelines if p.name in wanted or p.name.split("[")[0] in wanted]
     return pipelines, versions
 
 
@@ -384,6 +423,24 @@ def cpu_description() -> str:
     return f"{model}, {cores} CPUs, {' '.join(simd) or 'no AVX2/AVX-512'}"
 
 
+def cache_description() -> str:
+    """Data and unified caches of CPU 0 (the cold axis needs a working set past the last)."""
+    caches = []
+    root = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(root.glob("index*")):
+        try:
+            kind = (index / "type").read_text().strip()
+            if kind == "Instruction":
+                continue
+            level = (index / "level").read_text().strip()
+            size = (index / "size").read_text().strip()
+            shared = (index / "shared_cpu_list").read_text().strip()
+        except OSError:
+            continue
+        caches.append(f"L{level}{'d' if kind == 'Data' else ''} {size} (cpus {shared})")
+    return ", ".join(caches) or "unknown"
+
+
 def compiler_version() -> str:
     cc = _cbuild.compiler()
     if not cc:
@@ -395,13 +452,6 @@ def compiler_version() -> str:
 
 
 # --- measuring -----------------------------------------------------------------------------
-
-def check(pipeline, work):
-    pipeline.setup(work)
-    result = pipeline.run()
-    got = pipeline.as_bytes(result)
-    assert got == work["pcm"], f"{pipeline.name} gave wrong PCM ({len(got)} vs {len(work['pcm'])} bytes)"
-
 
 # The clock. On a shared machine wall time includes the slices other processes take: a run
 # of a few ms is often preempted and then looks 2-3x slower. The thread's CPU time does not
@@ -425,36 +475,73 @@ def set_clock(name: str) -> str:
     return f"{label}, {clock_overhead:.0f} ns read cost subtracted"
 
 
-def time_once(pipeline, work) -> float:
-    pipeline.setup(work)
+try:
+    RUSAGE = resource.RUSAGE_THREAD     # Linux: this thread's page faults only
+except AttributeError:
+    RUSAGE = resource.RUSAGE_SELF
+
+
+def minor_faults() -> int:
+    return resource.getrusage(RUSAGE).ru_minflt
+
+
+def next_unit(work) -> dict:
+    """The work of one run. A work with a "cycle" hands out its segments in turn, one per
+    run whichever pipeline runs it, so a segment comes back only after all the others."""
+    cycle = work.get("cycle")
+    if cycle is None:
+        return work
+    unit = cycle[work["pos"] % len(cycle)]
+    work["pos"] += 1
+    return unit
+
+
+def time_once(pipeline, work) -> tuple[float, int, int]:
+    """(ns, minor page faults, chunk messages) of one run; setup is not timed."""
+    unit = next_unit(work)
+    pipeline.setup(unit)
+    faults = minor_faults()
     start = clock()
     pipeline.run()
-    return clock() - start - clock_overhead
+    elapsed = clock() - start - clock_overhead
+    return elapsed, minor_faults() - faults, unit["chunks"]
 
 
-def measure(pipelines, configs, rounds: int, budget_ns: float, log) -> dict:
-    works = {}
-    for rate, ms in configs:
-        frames, pieces, pcm, context_id = segment_frames(rate, ms)
-        works[(rate, ms)] = {"frames": frames, "pieces": pieces, "pcm": pcm, "rate": rate,
-                             "context_id": context_id, "chunks": len(frames) - 1}
+def measure(pipelines, works: dict, rounds: int, log, budget_ns: float = 2e6) -> dict:
+    """{(pipeline name, work key): (median ns per chunk message, minor faults per chunk
+    message)}. A work may name the pipelines it is for ("pipelines"); by default all."""
+    def runs_on(p, work):
+        wanted = work.get("pipelines")
+        return wanted is None or p.name in wanted
+
     # correctness first, and a warm-up; then how many runs per round keep short runs
     # above the timer's noise
     inner = {}
     for key, work in works.items():
         for p in pipelines:
-            check(p, work)
-            one = min(time_once(p, work) for _ in range(3))
+            if not runs_on(p, work):
+                continue
+            for unit in work.get("cycle", [work]):
+                p.check(unit)
+            one = min(time_once(p, work)[0] for _ in range(3))
             inner[(p.name, key)] = max(1, min(25, int(budget_ns // max(one, 1))))
-    samples = {(p.name, key): [] for p in pipelines for key in works}
+    samples = {k: [] for k in inner}
+    faults = dict.fromkeys(inner, 0)
+    messages = dict.fromkeys(inner, 0)
     for r in range(rounds):
         for key, work in works.items():
             order = pipelines[r % len(pipelines):] + pipelines[:r % len(pipelines)]
             for p in order:
+                if (p.name, key) not in inner:
+                    continue
                 for _ in range(inner[(p.name, key)]):
-                    samples[(p.name, key)].append(time_once(p, work) / work["chunks"])
+                    ns, faulted, chunks = time_once(p, work)
+                    samples[(p.name, key)].append(ns / chunks)
+                    faults[(p.name, key)] += faulted
+                    messages[(p.name, key)] += chunks
         log(f"  round {r + 1}/{rounds}")
-    return {k: statistics.median(v) for k, v in samples.items()}
+    # faults are summed, not a median: a fault every few runs is what there is to see
+    return {k: (statistics.median(v), faults[k] / messages[k]) for k, v in samples.items()}
 
 
 # --- report --------------------------------------------------------------------------------
@@ -514,11 +601,15 @@ def ratios(results, pipelines, configs):
     return rows, verdicts, best
 
 
-def print_report(env, results, pipelines, configs, rounds):
+def print_header(env):
     print("flushsink receive-path benchmark")
     for k, v in env.items():
         print(f"  {k:14} {v}")
-    print(f"  workload       10 s pcm_s16le segment per run, chunk frames + flush_done; "
+    print()
+
+
+def print_main(results, pipelines, configs, rounds):
+    print(f"main table: a 10 s pcm_s16le segment per run, chunk frames + flush_done; "
           f"median ns per chunk message over {rounds} interleaved rounds")
     print()
     width = max(len(p.name) for p in pipelines) + 2
@@ -542,26 +633,62 @@ def print_report(env, results, pipelines, configs, rounds):
         print(f"targets: {len(met)} of {len(verdicts)} met")
         for v in missed:
             print(f"  MISSED  {v['target']}  at {v['config']}: {v['value']}")
-    for note in notes:
-        print(f"note: {note}")
+    print()
     return verdicts
+
+
+def axis_main(pipelines, rounds, quick, log, args):
+    """Today's table: every pipeline, one 10 s data-last segment, frames hot in cache."""
+    configs = [(r, ms) for r in ((44100,) if quick else RATES) for ms in CHUNK_MS]
+    if args.only:
+        wanted = set(args.only.split(","))
+        pipelines = [p for p in pipelines if p.name in wanted or p.name.split("[")[0] in wanted]
+    works = {key: segment_work(*key) for key in configs}
+    gc.collect()
+    measured = measure(pipelines, works, rounds, log)
+    results = {k: v[0] for k, v in measured.items()}
+    _, verdicts, _ = ratios(results, pipelines, configs)
+    for v in verdicts:
+        v["axis"] = "main"
+    if not args.json:
+        print_main(results, pipelines, configs, rounds)
+    return {
+        "unit": "ns per chunk message", "configs": [config_label(k) for k in configs],
+        "results": {p.name: {config_label(k): round(results[(p.name, k)], 1) for k in configs}
+                    for p in pipelines},
+        "faults_per_message": {p.name: {config_label(k): round(measured[(p.name, k)][1], 4)
+                                        for k in configs} for p in pipelines},
+        "targets": verdicts,
+    }
+
+
+AXES = {"main": axis_main}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--axis", default="all",
+                        help="comma-separated axes to run: " + ", ".join(AXES) + " or all "
+                             "(default)")
     parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--quick", action="store_true", help="3 rounds, 44.1 kHz only")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 rounds and a smaller grid on every axis")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
-    parser.add_argument("--only", help="comma-separated pipeline names")
+    parser.add_argument("--only", help="comma-separated pipeline names (main table)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                         help="cpu: the thread's CPU time (default, robust on a shared "
                              "machine); wall: perf_counter")
     args = parser.parse_args(argv)
+    axes = list(AXES) if args.axis == "all" else [a.strip() for a in args.axis.split(",")]
+    for axis in axes:
+        if axis not in AXES:
+            parser.error(f"unknown axis {axis!r} (choose from {', '.join(AXES)}, all)")
     rounds = 3 if args.quick else args.rounds
-    configs = [(r, ms) for r in ((44100,) if args.quick else RATES) for ms in CHUNK_MS]
-    pipelines, versions = make_pipelines(args.only.split(",") if args.only else None)
+    pipelines, versions = make_pipelines()
     env = {
         "cpu": cpu_description(),
+        "caches": cache_description(),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min, at start)",
         "clock": set_clock(args.clock),
         "python": f"{platform.python_implementation()} {platform.python_version()} ({platform.platform()})",
         **versions,
@@ -573,20 +700,25 @@ def main(argv=None):
     except ImportError:
         pass
     log = (lambda msg: print(msg, file=sys.stderr)) if not args.json else (lambda msg: None)
-    gc.collect()
-    results = measure(pipelines, configs, rounds, budget_ns=2e6, log=log)
+    if not args.json:
+        print_header(env)
+        sys.stdout.flush()
+    report = {"environment": env, "rounds": rounds, "axes": {}}
+    for axis in axes:
+        log(f"axis {axis}")
+        report["axes"][axis] = AXES[axis](pipelines, rounds, args.quick, log, args)
+        sys.stdout.flush()
+    verdicts = [v for data in report["axes"].values() for v in data["targets"]]
+    report["targets"] = verdicts
+    report["notes"] = notes
     if args.json:
-        _, verdicts, best = ratios(results, pipelines, configs)
-        json.dump({
-            "environment": env, "rounds": rounds, "unit": "ns per chunk message",
-            "configs": [config_label(k) for k in configs],
-            "results": {p.name: {config_label(k): round(results[(p.name, k)], 1) for k in configs}
-                        for p in pipelines},
-            "targets": verdicts, "notes": notes,
-        }, sys.stdout, indent=2)
+        json.dump(report, sys.stdout, indent=2)
         print()
     else:
-        print_report(env, results, pipelines, configs, rounds)
+        met = sum(v["met"] for v in verdicts)
+        print(f"all axes: {met} of {len(verdicts)} targets met")
+        for note in notes:
+            print(f"note: {note}")
 
 
 if __name__ == "__main__":
