@@ -662,7 +662,161 @@ def axis_main(pipelines, rounds, quick, log, args):
     }
 
 
-AXES = {"main": axis_main}
+# --- the axes of issue 12 ----------------------------------------------------------------------
+# Each axis prints its own table (ns per chunk message, then ratios and page faults, a
+# target's cells marked "!" when missed) and returns the same numbers for --json.
+
+def fmt_ratio(v: float) -> str:
+    return f"{v:.2f}x"
+
+
+def fmt_faults(v: float) -> str:
+    return f"{v:.3f}"
+
+
+class Table:
+    def __init__(self, axis: str, title: str, columns: list[str]):
+        self.axis, self.title, self.columns = axis, title, columns
+        self.sections: list[tuple[str, list]] = []
+        self.verdicts: list[dict] = []
+
+    def section(self, heading: str):
+        self.sections.append((heading, []))
+
+    def row(self, label: str, values: dict, fmt=fmt_ns, target=None):
+        """values: {column: number or None}; target: (">=" | "<=" | "<", bound)."""
+        marks = {}
+        if target is not None:
+            op, bound = target
+            label = f"{label} ({op}{bound:g})"
+            for col, v in values.items():
+                if v is None:
+                    continue
+                met = {">=": v >= bound, "<=": v <= bound, "<": v < bound}[op]
+                marks[col] = met
+                self.verdicts.append({"axis": self.axis, "target": label, "config": col,
+                                      "value": round(v, 4), "met": met})
+        self.sections[-1][1].append((label, values, fmt, marks))
+
+    def print(self):
+        print(self.title)
+        print()
+        width = max(len(label) for _, rows in self.sections for label, *_ in rows)
+        width = max(width, *(len(h) for h, _ in self.sections)) + 2
+        cell = max(12, max(len(c) for c in self.columns) + 3)
+        for heading, rows in self.sections:
+            print(f"{heading:{width}}" + "".join(f"{c:>{cell}}" for c in self.columns))
+            for label, values, fmt, marks in rows:
+                cells = []
+                for col in self.columns:
+                    v = values.get(col)
+                    text = "" if v is None else fmt(v) + ("" if marks.get(col, True) else "!")
+                    cells.append(f"{text:>{cell}}")
+                print(f"{label:{width}}" + "".join(cells))
+            print()
+        met = sum(v["met"] for v in self.verdicts)
+        if self.verdicts:
+            print(f"targets ({self.axis}): {met} of {len(self.verdicts)} met"
+                  + ("  (! = missed)" if met < len(self.verdicts) else ""))
+            missed: dict[str, list[str]] = {}
+            for v in self.verdicts:
+                if not v["met"]:
+                    missed.setdefault(v["target"], []).append(v["config"])
+            for target, configs in missed.items():
+                print(f"  MISSED  {target}  at {', '.join(configs)}")
+        print()
+
+    def as_json(self) -> dict:
+        return {
+            "title": self.title, "columns": self.columns,
+            "sections": {heading: {label: {c: (None if v is None else round(v, 4))
+                                           for c, v in values.items()}
+                                   for label, values, _, _ in rows}
+                         for heading, rows in self.sections},
+            "targets": self.verdicts,
+        }
+
+
+def best_flushsink(pipelines):
+    for kernel in ("avx512", "avx2", "scalar"):
+        for p in pipelines:
+            if p.name == f"flushsink[{kernel}]":
+                return p
+    return None
+
+
+def named(pipelines, name):
+    return next((p for p in pipelines if p.name == name), None)
+
+
+def axis_pipelines(pipelines, axis):
+    """The best flushsink kernel and orjson+pybase64: the pair issue 12's targets compare."""
+    fs, oj = best_flushsink(pipelines), named(pipelines, "orjson+pybase64")
+    if fs is None:
+        notes.append(f"{axis} axis skipped: no compiled core")
+    if oj is None:
+        notes.append(f"{axis} axis: orjson+pybase64 missing, its rows and ratios are left out")
+    return fs, oj
+
+
+def emit(table: Table, args, extra=None) -> dict:
+    if not args.json:
+        table.print()
+    data = table.as_json()
+    data.update(extra or {})
+    return data
+
+
+# --- member order -------------------------------------------------------------------------------
+
+TARGET_ORDER_VS_LAST = 1.3       # flushsink, any member order / data last
+TARGET_ORDER_VS_ORJSON = 6.0     # orjson+pybase64 / flushsink, in every order
+
+
+def axis_order(pipelines, rounds, quick, log, args):
+    """The chunk frame in each member order of ORDERS: same audio, same step times."""
+    fs, oj = axis_pipelines(pipelines, "order")
+    if fs is None:
+        return {"targets": []}
+    pair = [p for p in (fs, oj) if p is not None]
+    configs = [(r, ms) for r in ((44100,) if quick else RATES) for ms in CHUNK_MS]
+    works = {(order, *key): segment_work(*key, order=order) for order in ORDERS for key in configs}
+    gc.collect()
+    measured = measure(pair, works, rounds, log)
+    columns = [config_label(k) for k in configs]
+
+    def values(name, order, ref=None, ref_order=None):
+        out = {}
+        for key, col in zip(configs, columns):
+            v = measured[(name, (order, *key))][0]
+            if ref is not None:
+                v = v / measured[(ref, (ref_order or order, *key))][0]
+            out[col] = v
+        return out
+
+    table = Table("order", "member order: a 10 s segment per run whose chunk frames put `data` "
+                  f"last / first / in the middle / second (docs order: type, data, ..., flush_id, "
+                  f"context_id); median ns per chunk message over {rounds} interleaved rounds",
+                  columns)
+    table.section("ns/message")
+    for p in pair:
+        for order in ORDERS:
+            table.row(f"{p.name}, {order}", values(p.name, order))
+    table.section("ratios")
+    for order in ORDERS:
+        if order != "data last":
+            table.row(f"{fs.name}: {order} / data last", values(fs.name, order, fs.name, "data last"),
+                      fmt_ratio, ("<=", TARGET_ORDER_VS_LAST))
+    if oj is not None:
+        for order in ORDERS:
+            table.row(f"{oj.name} / {fs.name}, {order}", values(oj.name, order, fs.name),
+                      fmt_ratio, (">=", TARGET_ORDER_VS_ORJSON))
+        table.row(f"{oj.name}: docs order / data last",
+                  values(oj.name, "docs order", oj.name, "data last"), fmt_ratio)
+    return emit(table, args, {"orders": {k: list(v) for k, v in ORDERS.items()}})
+
+
+AXES = {"main": axis_main, "order": axis_order}
 
 
 def main(argv=None):
