@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import base64
 import gc
+import itertools
 import json
 import os
 import platform
@@ -136,6 +137,61 @@ def segment_work(sample_rate: int, chunk_ms: int, seconds: float = SEGMENT_SECON
     frames, pieces, pcm, context_id = segment_frames(sample_rate, chunk_ms, seconds, order, seed)
     return {"frames": frames, "pieces": pieces, "pcm": pcm, "rate": sample_rate,
             "context_id": context_id, "chunks": len(frames) - 1}
+
+
+def stream_work(sample_rate: int, chunk_ms: int, segment_seconds: float, segments: int,
+                contexts: int = 1, seed: int = 0) -> dict:
+    """A stream of frames: each context sends `segments` segments (chunks, flush_done with
+    flush_id 1, 2, ...) and then done; with several contexts their frames are interleaved one
+    by one, as a server that generates them at the same time sends them."""
+    rng = random.Random(seed)
+    per_chunk = sample_rate * chunk_ms // 1000 * 2
+    segment_bytes = int(segment_seconds * sample_rate) * 2
+    streams, expected, names, chunks = [], {}, [], 0
+    for _ in range(contexts):
+        context_id = str(uuid.UUID(int=rng.getrandbits(128)))
+        names.append(context_id)
+        frames = []
+        for flush_id in range(1, segments + 1):
+            pcm = rng.randbytes(segment_bytes)
+            expected[(context_id, flush_id)] = pcm
+            for start in range(0, segment_bytes, per_chunk):
+                frames.append(chunk_frame(context_id, flush_id, round(rng.uniform(20.0, 80.0), 6),
+                                          pcm[start:start + per_chunk]))
+                chunks += 1
+            frames.append(flush_done_frame(context_id, flush_id))
+        frames.append(done_frame(context_id))
+        streams.append(frames)
+    frames = [f for group in itertools.zip_longest(*streams) for f in group if f is not None]
+    return {"frames": frames, "segments": expected, "contexts": names, "rate": sample_rate,
+            "chunks": chunks}
+
+
+_fresh_ids = itertools.count(1)
+
+
+def renamed(work) -> tuple[list, dict]:
+    """The stream's frames with a fresh id for each context, and {old id: new id}. A sink that
+    lives across runs remembers ended contexts and drops their late frames, so each replay
+    must be a new context; a uuid's text has the same length whatever its value."""
+    frames, names = work["frames"], {}
+    for old in work["contexts"]:
+        new = str(uuid.UUID(int=next(_fresh_ids)))
+        names[old] = new
+        frames = [f.replace(old.encode(), new.encode()) for f in frames]
+    return frames, names
+
+
+def check_segments(name, got: dict, names, work):
+    """Every (context, flush) segment, exactly, and nothing else."""
+    if names is not None:
+        back = {new: old for old, new in names.items()}
+        got = {(back[cid], fid): pcm for (cid, fid), pcm in got.items()}
+    expected = work["segments"]
+    assert got.keys() == expected.keys(), \
+        f"{name}: {len(got)} segments, expected {len(expected)}"
+    for key, pcm in expected.items():
+        assert got[key] == pcm, f"{name} gave wrong PCM for {key} ({len(got[key])} vs {len(pcm)} bytes)"
 
 
 # --- pipelines -----------------------------------------------------------------------------
@@ -323,6 +379,89 @@ class FloorLoop(Floor):
         floor.begin(self.capacity)
         floor.loop(self.frames, self.pieces)
         return floor.finish()
+
+
+class StreamFlushsink(Pipeline):
+    """The compiled Sink on a stream of any number of contexts and segments. A work with a
+    "sink" feeds that long-lived Sink (fresh context ids each run, announced with set_format
+    as the clients do); otherwise each run gets a new Sink. Each segment is let go as soon
+    as it is handed over, as by a caller that plays or writes it."""
+
+    def __init__(self, speedups, kernel):
+        self.speedups = speedups
+        self.kernel = kernel
+        self.name = f"flushsink[{kernel}]"
+
+    def setup(self, work):
+        from flushsink import AudioFormat
+        self.speedups._set_simd_path(self.kernel)
+        format = AudioFormat("pcm_s16le", work["rate"])
+        self.sink = work.get("sink")
+        if self.sink is None:
+            self.sink = self.speedups.Sink(format)
+            self.frames, self.names = work["frames"], None
+        else:
+            self.frames, self.names = renamed(work)
+            for context_id in self.names.values():
+                self.sink.set_format(context_id, format)
+
+    def run(self):
+        feed = self.sink.feed
+        for frame in self.frames:
+            feed(frame)
+
+    def check(self, work):
+        from flushsink import SegmentReady
+        self.setup(work)
+        got = {}
+        for frame in self.frames:
+            for event in self.sink.feed(frame):
+                if isinstance(event, SegmentReady):
+                    segment = event.segment
+                    assert segment.complete, f"{self.name}: {segment!r}"
+                    got[(segment.context_id, segment.flush_id)] = bytes(segment.pcm())
+        check_segments(self.name, got, self.names, work)
+
+
+class StreamJsonB64(Pipeline):
+    """JsonB64's routing on a stream: a dict of bytearrays keyed by (context_id, flush_id),
+    a segment popped (and let go) at its flush_done."""
+
+    def __init__(self, name, loads, b64decode):
+        self.name = name
+        self.loads = loads
+        self.b64decode = b64decode
+
+    def setup(self, work):
+        self.segments = {}
+        if work.get("sink") is None:
+            self.frames, self.names = work["frames"], None
+        else:   # the same fresh frames as flushsink gets, so both read them alike
+            self.frames, self.names = renamed(work)
+
+    def run(self, handed=None):
+        loads, b64decode, segments = self.loads, self.b64decode, self.segments
+        for frame in self.frames:
+            message = loads(frame)
+            kind = message["type"]
+            if kind == "chunk":
+                key = (message["context_id"], message.get("flush_id"))
+                segment = segments.get(key)
+                if segment is None:
+                    segment = segments[key] = bytearray()
+                segment += b64decode(message["data"])
+            elif kind == "flush_done":
+                key = (message["context_id"], message.get("flush_id"))
+                segment = segments.pop(key)
+                if handed is not None:
+                    handed[key] = bytes(segment)
+
+    def check(self, work):
+        self.setup(work)
+        got = {}
+        self.run(got)
+        assert not self.segments, f"{self.name}: segments left open"
+        check_segments(self.name, got, self.names, work)
 
 
 def build_floor():
@@ -816,7 +955,188 @@ def axis_order(pipelines, rounds, quick, log, args):
     return emit(table, args, {"orders": {k: list(v) for k, v in ORDERS.items()}})
 
 
-AXES = {"main": axis_main, "order": axis_order}
+# --- short segments, and 200 MiB open -----------------------------------------------------------
+
+SHORT_SECONDS = (0.5, 1.5, 3.0, 10.0)     # the last is the reference
+SHORT_AUDIO_SECONDS = 30.0                # audio per run, whatever the segment length
+SHORT_RATES = (24000, 44100)
+SHORT_CHUNK_MS = (20, 100)
+HELD_BYTES = 200 * 2**20
+TARGET_SHORT_VS_10S = 1.5
+TARGET_FAULTS = 0.1                       # minor page faults per chunk message
+
+
+def hold_open(sink, total_bytes: int, sample_rate: int = 44100, segment_seconds: int = 10) -> dict:
+    """Open segments of one more context of `sink`, never flushed, totalling at least
+    total_bytes of audio: segment_seconds each, in chunks of 1 s."""
+    from flushsink import AudioFormat
+    context_id = "held-" + str(uuid.UUID(int=random.Random(7).getrandbits(128)))
+    sink.set_format(context_id, AudioFormat("pcm_s16le", sample_rate))
+    block = random.Random(8).randbytes(sample_rate * 2)
+    count = -(-total_bytes // (len(block) * segment_seconds))
+    for flush_id in range(1, count + 1):
+        frame = chunk_frame(context_id, flush_id, 50.0, block)
+        for _ in range(segment_seconds):
+            sink.feed(frame)
+    held = {"context_id": context_id, "segments": count, "bytes": count * segment_seconds * len(block),
+            "block": block, "chunks_per_segment": segment_seconds}
+    assert sink.stats.open_bytes >= held["bytes"], sink.stats
+    return held
+
+
+def release_held(sink, held: dict):
+    """Close the sink; the held segments must have come through the timed runs intact."""
+    segments = [e.segment for e in sink.close() if e.segment.context_id == held["context_id"]]
+    assert len(segments) == held["segments"], f"{len(segments)} held segments, expected {held['segments']}"
+    whole = held["block"] * held["chunks_per_segment"]
+    for segment in segments:
+        assert bytes(segment.pcm()) == whole, f"held segment {segment.flush_id} changed"
+
+
+def pool_state(speedups) -> str:
+    try:
+        count, size = speedups._pool_state()
+    except AttributeError:
+        return "unknown"
+    return f"{count} buffers, {size / 2**20:.1f} MiB"
+
+
+def axis_short(pipelines, rounds, quick, log, args):
+    """Many short segments through one long-lived Sink, 30 s of audio per run whatever the
+    segment length, so each length reads the same frame bytes; then the same with 200 MiB
+    of audio open in another context of that sink."""
+    fs, oj = axis_pipelines(pipelines, "short")
+    if fs is None:
+        return {"targets": []}
+    sfs = StreamFlushsink(fs.speedups, fs.kernel)
+    pair = [sfs] + ([StreamJsonB64(oj.name, oj.loads, oj.b64decode)] if oj is not None else [])
+    rates = (24000,) if quick else SHORT_RATES
+    configs = [(r, ms) for r in rates for ms in SHORT_CHUNK_MS]
+    columns = [config_label(k) for k in configs]
+    streams = {(seconds, *key): stream_work(*key, seconds, round(SHORT_AUDIO_SECONDS / seconds),
+                                            seed=int(seconds * 10) * 10**6 + key[0] + key[1])
+               for seconds in SHORT_SECONDS for key in configs}
+    from flushsink import AudioFormat
+    results = {}
+    held_info = None
+    for variant in ("plain", "held"):
+        sink = fs.speedups.Sink(AudioFormat("pcm_s16le", 44100))
+        if variant == "held":
+            held_info = hold_open(sink, HELD_BYTES)
+        works = {key: {**work, "sink": sink} for key, work in streams.items()}
+        runners = pair if variant == "plain" else [sfs]
+        gc.collect()
+        measured = measure(runners, works, rounds, log)
+        if variant == "held":
+            release_held(sink, held_info)
+        results[variant] = measured
+        results[variant + " pool"] = pool_state(fs.speedups)
+        del sink, works
+
+    def cells(variant, name, seconds, what=0, ref_seconds=None):
+        out = {}
+        for key, col in zip(configs, columns):
+            v = results[variant][(name, (seconds, *key))][what]
+            if ref_seconds is not None:
+                v = v / results[variant][(name, (ref_seconds, *key))][what]
+            out[col] = v
+        return out
+
+    def seconds_label(seconds):
+        return f"{seconds:g} s"
+
+    data = {}
+    for variant in ("plain", "held"):
+        if variant == "plain":
+            title = (f"short segments: {SHORT_AUDIO_SECONDS:g} s of audio per run in segments of "
+                     f"{', '.join(map(seconds_label, SHORT_SECONDS))}, one context per run (then done), "
+                     f"one long-lived Sink; median ns per chunk message over {rounds} interleaved "
+                     f"rounds, minor page faults per chunk message over all timed runs")
+        else:
+            title = (f"short segments with {held_info['bytes'] / 2**20:.0f} MiB of audio open: the same, "
+                     f"while another context of the same Sink holds {held_info['segments']} open "
+                     f"10 s segments at 44.1 kHz")
+        runners = pair if variant == "plain" else [sfs]
+        table = Table("short" if variant == "plain" else "short, 200 MiB open", title, columns)
+        table.section("ns/message")
+        for p in runners:
+            for seconds in SHORT_SECONDS:
+                table.row(f"{p.name}, {seconds_label(seconds)} segments", cells(variant, p.name, seconds))
+        table.section("ratios")
+        for p in runners:
+            for seconds in SHORT_SECONDS[:-1]:
+                label = f"{p.name}: {seconds_label(seconds)} / 10 s"
+                if p is sfs:
+                    table.row(label, cells(variant, p.name, seconds, 0, 10.0), fmt_ratio,
+                              ("<=", TARGET_SHORT_VS_10S))
+                else:
+                    table.row(label, cells(variant, p.name, seconds, 0, 10.0), fmt_ratio)
+        if oj is not None and variant == "plain":
+            for seconds in SHORT_SECONDS:
+                table.row(f"{oj.name} / {sfs.name}, {seconds_label(seconds)}",
+                          {c: a / b for (c, a), b in zip(cells(variant, oj.name, seconds).items(),
+                                                          cells(variant, sfs.name, seconds).values())},
+                          fmt_ratio)
+        table.section("page faults/message")
+        for p in runners:
+            for seconds in SHORT_SECONDS:
+                label = f"{p.name}, {seconds_label(seconds)} segments"
+                table.row(label, cells(variant, p.name, seconds, 1), fmt_faults,
+                          ("<", TARGET_FAULTS) if p is sfs else None)
+        extra = {"buffer pool after": results[variant + " pool"]}
+        if variant == "held":
+            extra["held"] = {"segments": held_info["segments"], "bytes": held_info["bytes"]}
+        data[variant] = emit(table, args, extra)
+    return {"plain": data["plain"], "held": data["held"],
+            "targets": data["plain"]["targets"] + data["held"]["targets"]}
+
+
+# --- interleaved contexts -----------------------------------------------------------------------
+
+INTERLEAVED_CONTEXTS = 100
+INTERLEAVED_RATE = 24000
+INTERLEAVED_SECONDS = 1.5
+INTERLEAVED_SEGMENTS = 2                  # per context
+INTERLEAVED_CHUNK_MS = (20, 100)
+TARGET_INTERLEAVED_VS_ORJSON = 5.0
+
+
+def axis_interleaved(pipelines, rounds, quick, log, args):
+    """100 contexts at once on one Sink, their frames interleaved one by one."""
+    fs, oj = axis_pipelines(pipelines, "interleaved")
+    if fs is None:
+        return {"targets": []}
+    sfs = StreamFlushsink(fs.speedups, fs.kernel)
+    pair = [sfs] + ([StreamJsonB64(oj.name, oj.loads, oj.b64decode)] if oj is not None else [])
+    segments = 1 if quick else INTERLEAVED_SEGMENTS
+    works = {ms: stream_work(INTERLEAVED_RATE, ms, INTERLEAVED_SECONDS, segments,
+                             contexts=INTERLEAVED_CONTEXTS, seed=ms) for ms in INTERLEAVED_CHUNK_MS}
+    gc.collect()
+    measured = measure(pair, works, rounds, log)
+    columns = [config_label((INTERLEAVED_RATE, ms)) for ms in INTERLEAVED_CHUNK_MS]
+
+    def cells(name, what=0):
+        return {col: measured[(name, ms)][what] for ms, col in zip(INTERLEAVED_CHUNK_MS, columns)}
+
+    table = Table("interleaved", f"interleaved: {INTERLEAVED_CONTEXTS} contexts on one Sink (a new "
+                  f"Sink per run), {segments} x {INTERLEAVED_SECONDS:g} s segments each then done, "
+                  f"their frames interleaved one by one; median ns per chunk message over {rounds} "
+                  f"interleaved rounds", columns)
+    table.section("ns/message")
+    for p in pair:
+        table.row(p.name, cells(p.name))
+    if oj is not None:
+        table.section("ratios")
+        table.row(f"{oj.name} / {sfs.name}",
+                  {c: a / b for (c, a), b in zip(cells(oj.name).items(), cells(sfs.name).values())},
+                  fmt_ratio, (">=", TARGET_INTERLEAVED_VS_ORJSON))
+    table.section("page faults/message")
+    for p in pair:
+        table.row(p.name, cells(p.name, 1), fmt_faults, ("<", TARGET_FAULTS) if p is sfs else None)
+    return emit(table, args, {"buffer pool after": pool_state(fs.speedups)})
+
+
+AXES = {"main": axis_main, "order": axis_order, "short": axis_short, "interleaved": axis_interleaved}
 
 
 def main(argv=None):
