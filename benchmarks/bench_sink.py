@@ -2,19 +2,33 @@
 """Receive-path benchmark: flushsink's Sink next to the ways people decode Cartesia's
 websocket audio today, and next to the floor, all measured in one process.
 
-Workload: one 10 s segment of pcm_s16le audio per run, sent as chunk frames the way the
+Main table: one 10 s segment of pcm_s16le audio per run, sent as chunk frames the way the
 server sends them ({"type":"chunk","context_id":...,"status_code":206,"done":false,
 "step_time":...,"flush_id":1,"data":"<base64>"}) and ended by flush_done, for 20, 100
 and 500 ms chunks at 16, 24 and 44.1 kHz. Every pipeline turns the frames into the
 segment's PCM (one buffer per (context_id, flush_id), handed over at flush_done); the
 result is checked against the PCM the frames were made from before anything is timed.
 
-Reported: ns per chunk message = time of the whole segment (its chunks, the flush_done
-and handing the segment over) / number of chunks; median over interleaved repeats (each
-round runs every pipeline once per config, in a rotating order, so drifts of a shared
-machine hit all pipelines alike). Per-run state (a new Sink, a dict of buffers) is made
-outside the timed region. The clock is the thread's CPU time by default (--clock wall for
-perf_counter): on a shared machine wall time counts other processes' time slices.
+The axes of issue 12 (flushsink's best kernel next to orjson+pybase64; --axis runs some):
+  order        the same segment with `data` last, first, in the middle, and second with a
+               string last (the docs' order: type, data, ..., flush_id, context_id)
+  short        30 s of audio per run in segments of 0.5, 1.5, 3 and 10 s through one
+               long-lived Sink, with minor page faults per message; then the same while
+               another context of that Sink holds 200 MiB of audio open
+  interleaved  100 contexts on one Sink, 2 x 1.5 s segments each at 24 kHz, frames
+               interleaved one by one; orjson routes by (context_id, flush_id) alike
+  cold         each run the next of enough distinct segments to make 96 MiB of frames
+               (several times the last-level cache), next to one segment run hot
+Each prints its own table, targets marked; benchmarks/README.md says what each measures.
+
+Reported: ns per chunk message = time of the whole run (its chunks, the flush_done and
+done frames, handing the segments over) / number of chunks; median over interleaved
+repeats (each round runs every pipeline once per config, in a rotating order, so drifts
+of a shared machine hit all pipelines alike). Per-run state (a new Sink, a dict of
+buffers, fresh context ids) is made outside the timed region. The clock is the thread's
+CPU time by default (--clock wall for perf_counter): on a shared machine wall time counts
+other processes' time slices. Page faults: the thread's minor faults (getrusage) over all
+timed runs / their chunk messages.
 
 Pipelines:
   flushsink[<kernel>]   the compiled Sink on each base64 kernel this CPU supports
@@ -34,8 +48,8 @@ Pipelines:
   floor, one C loop     the same for the whole segment in one C call (no Python call per
                         message): shown for reference only
 
-Usage: python benchmarks/bench_sink.py [--rounds N] [--quick] [--json] [--only NAME,...]
-                                       [--clock cpu|wall]
+Usage: python benchmarks/bench_sink.py [--axis main,order,short,interleaved,cold|all]
+           [--rounds N] [--quick] [--json] [--only NAME,...] [--cold-mib N] [--clock cpu|wall]
 Missing baseline packages are skipped with a note (pip install flushsink[bench]).
 """
 
@@ -56,6 +70,10 @@ import sys
 import time
 import uuid
 from pathlib import Path
+
+# numpy (imported by flushsink) must not start BLAS threads: idle ones spin and steal one
+# of the machine's cores from the measurement
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -140,10 +158,11 @@ def segment_work(sample_rate: int, chunk_ms: int, seconds: float = SEGMENT_SECON
 
 
 def stream_work(sample_rate: int, chunk_ms: int, segment_seconds: float, segments: int,
-                contexts: int = 1, seed: int = 0) -> dict:
+                contexts: int = 1, seed: int = 0, interleave: bool = True) -> dict:
     """A stream of frames: each context sends `segments` segments (chunks, flush_done with
     flush_id 1, 2, ...) and then done; with several contexts their frames are interleaved one
-    by one, as a server that generates them at the same time sends them."""
+    by one, as a server that generates them at the same time sends them (or, interleave=False,
+    one context after the other). The same seed gives the same frames in either order."""
     rng = random.Random(seed)
     per_chunk = sample_rate * chunk_ms // 1000 * 2
     segment_bytes = int(segment_seconds * sample_rate) * 2
@@ -162,7 +181,13 @@ def stream_work(sample_rate: int, chunk_ms: int, segment_seconds: float, segment
             frames.append(flush_done_frame(context_id, flush_id))
         frames.append(done_frame(context_id))
         streams.append(frames)
-    frames = [f for group in itertools.zip_longest(*streams) for f in group if f is not None]
+    if interleave:
+        ordered = [f for group in itertools.zip_longest(*streams) for f in group if f is not None]
+    else:
+        ordered = [f for frames in streams for f in frames]
+    # copies made in stream order lie in memory in that order, as a socket's reads would;
+    # the frames as built lie context by context
+    frames = [bytes(memoryview(f)) for f in ordered]
     return {"frames": frames, "segments": expected, "contexts": names, "rate": sample_rate,
             "chunks": chunks}
 
@@ -475,7 +500,7 @@ def build_floor():
     return None, None
 
 
-def make_pipelines():
+def make_pipelines(floor: bool = True):
     pipelines = []
     versions = {}
     try:
@@ -534,7 +559,7 @@ def make_pipelines():
             pipelines.append(SimdjsonPybase64(simdjson, pybase64))
     except ImportError as exc:
         notes.append(f"simdjson+pybase64 skipped: {exc} (pip install pysimdjson)")
-    floor, flags = build_floor()
+    floor, flags = build_floor() if floor else (None, None)
     if floor is not None:
         versions["floor"] = f"benchmarks/_floor.c, {_cbuild.compiler()} {flags}"
         pipelines.append(Floor(floor))
@@ -793,8 +818,7 @@ def axis_main(pipelines, rounds, quick, log, args):
     _, verdicts, _ = ratios(results, pipelines, configs)
     for v in verdicts:
         v["axis"] = "main"
-    if not args.json:
-        print_main(results, pipelines, configs, rounds)
+    print_main(results, pipelines, configs, rounds)
     return {
         "unit": "ns per chunk message", "configs": [config_label(k) for k in configs],
         "results": {p.name: {config_label(k): round(results[(p.name, k)], 1) for k in configs}
@@ -867,7 +891,7 @@ class Table:
                     missed.setdefault(v["target"], []).append(v["config"])
             for target, configs in missed.items():
                 print(f"  MISSED  {target}  at {', '.join(configs)}")
-        print()
+            print()
 
     def as_json(self) -> dict:
         return {
@@ -903,8 +927,7 @@ def axis_pipelines(pipelines, axis):
 
 
 def emit(table: Table, args, extra=None) -> dict:
-    if not args.json:
-        table.print()
+    table.print()       # into the worker's captured stdout; the parent shows it or not
     data = table.as_json()
     data.update(extra or {})
     return data
@@ -956,6 +979,11 @@ def axis_order(pipelines, rounds, quick, log, args):
                       fmt_ratio, (">=", TARGET_ORDER_VS_ORJSON))
         table.row(f"{oj.name}: docs order / data last",
                   values(oj.name, "docs order", oj.name, "data last"), fmt_ratio)
+    table.section("page faults/message")
+    for p in pair:
+        for order in ORDERS:
+            table.row(f"{p.name}, {order}", {col: measured[(p.name, (order, *key))][1]
+                                             for key, col in zip(configs, columns)}, fmt_faults)
     return emit(table, args, {"orders": {k: list(v) for k, v in ORDERS.items()}})
 
 
@@ -1005,10 +1033,37 @@ def pool_state(speedups) -> str:
     return f"{count} buffers, {size / 2**20:.1f} MiB"
 
 
+def short_part(pipelines, rounds, quick, log, variant: str, seconds: float) -> dict:
+    """One segment length of the short axis, plain or with 200 MiB open, in this process
+    alone: glibc's mmap threshold (hence whether a fresh segment buffer faults) depends on
+    what the process freed before, so a length measured after 10 s segments were freed
+    would not fault as a process that only ever gets short segments does."""
+    fs, oj = axis_pipelines(pipelines, "short")
+    sfs = StreamFlushsink(fs.speedups, fs.kernel)
+    pair = [sfs] + ([StreamJsonB64(oj.name, oj.loads, oj.b64decode)] if oj is not None else [])
+    rates = (24000,) if quick else SHORT_RATES
+    configs = [(r, ms) for r in rates for ms in SHORT_CHUNK_MS]
+    from flushsink import AudioFormat
+    sink = fs.speedups.Sink(AudioFormat("pcm_s16le", 44100))
+    held = hold_open(sink, HELD_BYTES) if variant == "held" else None
+    works = {(seconds, *key): {**stream_work(*key, seconds, round(SHORT_AUDIO_SECONDS / seconds),
+                                             seed=int(seconds * 10) * 10**6 + key[0] + key[1]),
+                               "sink": sink}
+             for key in configs}
+    gc.collect()
+    measured = measure(pair if variant == "plain" else [sfs], works, rounds, log)
+    part = {"measured": encode_measured(measured), "pool": pool_state(fs.speedups)}
+    if held is not None:
+        release_held(sink, held)
+        part["held"] = {"segments": held["segments"], "bytes": held["bytes"]}
+    return part
+
+
 def axis_short(pipelines, rounds, quick, log, args):
     """Many short segments through one long-lived Sink, 30 s of audio per run whatever the
     segment length, so each length reads the same frame bytes; then the same with 200 MiB
-    of audio open in another context of that sink."""
+    of audio open in another context of that sink. Each length and variant runs in a
+    process of its own (short_part)."""
     fs, oj = axis_pipelines(pipelines, "short")
     if fs is None:
         return {"targets": []}
@@ -1017,25 +1072,14 @@ def axis_short(pipelines, rounds, quick, log, args):
     rates = (24000,) if quick else SHORT_RATES
     configs = [(r, ms) for r in rates for ms in SHORT_CHUNK_MS]
     columns = [config_label(k) for k in configs]
-    streams = {(seconds, *key): stream_work(*key, seconds, round(SHORT_AUDIO_SECONDS / seconds),
-                                            seed=int(seconds * 10) * 10**6 + key[0] + key[1])
-               for seconds in SHORT_SECONDS for key in configs}
-    from flushsink import AudioFormat
-    results = {}
+    results = {"plain": {}, "held": {}}
     held_info = None
     for variant in ("plain", "held"):
-        sink = fs.speedups.Sink(AudioFormat("pcm_s16le", 44100))
-        if variant == "held":
-            held_info = hold_open(sink, HELD_BYTES)
-        works = {key: {**work, "sink": sink} for key, work in streams.items()}
-        runners = pair if variant == "plain" else [sfs]
-        gc.collect()
-        measured = measure(runners, works, rounds, log)
-        if variant == "held":
-            release_held(sink, held_info)
-        results[variant] = measured
-        results[variant + " pool"] = pool_state(fs.speedups)
-        del sink, works
+        for seconds in SHORT_SECONDS:
+            part = run_isolated({"part": "short", "variant": variant, "seconds": seconds}, args)
+            results[variant].update(decode_measured(part["measured"]))
+            results[f"{variant} pool {seconds:g}"] = part["pool"]
+            held_info = part.get("held", held_info)
 
     def cells(variant, name, seconds, what=0, ref_seconds=None):
         out = {}
@@ -1054,8 +1098,9 @@ def axis_short(pipelines, rounds, quick, log, args):
         if variant == "plain":
             title = (f"short segments: {SHORT_AUDIO_SECONDS:g} s of audio per run in segments of "
                      f"{', '.join(map(seconds_label, SHORT_SECONDS))}, one context per run (then done), "
-                     f"one long-lived Sink; median ns per chunk message over {rounds} interleaved "
-                     f"rounds, minor page faults per chunk message over all timed runs")
+                     f"one long-lived Sink, each length in a process of its own; median ns per "
+                     f"chunk message over {rounds} interleaved rounds, minor page faults per chunk "
+                     f"message over all timed runs")
         else:
             title = (f"short segments with {held_info['bytes'] / 2**20:.0f} MiB of audio open: the same, "
                      f"while another context of the same Sink holds {held_info['segments']} open "
@@ -1087,7 +1132,8 @@ def axis_short(pipelines, rounds, quick, log, args):
                 label = f"{p.name}, {seconds_label(seconds)} segments"
                 table.row(label, cells(variant, p.name, seconds, 1), fmt_faults,
                           ("<", TARGET_FAULTS) if p is sfs else None)
-        extra = {"buffer pool after": results[variant + " pool"]}
+        extra = {"buffer pool after": {f"{seconds:g} s": results[f"{variant} pool {seconds:g}"]
+                                       for seconds in SHORT_SECONDS}}
         if variant == "held":
             extra["held"] = {"segments": held_info["segments"], "bytes": held_info["bytes"]}
         data[variant] = emit(table, args, extra)
@@ -1106,37 +1152,59 @@ TARGET_INTERLEAVED_VS_ORJSON = 5.0
 
 
 def axis_interleaved(pipelines, rounds, quick, log, args):
-    """100 contexts at once on one Sink, their frames interleaved one by one."""
+    """100 contexts at once on one Sink, their frames interleaved one by one; next to the
+    same frames one context after the other, which tells the cost of switching contexts
+    from that of the run's larger working set."""
     fs, oj = axis_pipelines(pipelines, "interleaved")
     if fs is None:
         return {"targets": []}
     sfs = StreamFlushsink(fs.speedups, fs.kernel)
     pair = [sfs] + ([StreamJsonB64(oj.name, oj.loads, oj.b64decode)] if oj is not None else [])
     segments = 1 if quick else INTERLEAVED_SEGMENTS
-    works = {ms: stream_work(INTERLEAVED_RATE, ms, INTERLEAVED_SECONDS, segments,
-                             contexts=INTERLEAVED_CONTEXTS, seed=ms) for ms in INTERLEAVED_CHUNK_MS}
+    modes = ("interleaved", "sequential")
+    works = {(mode, ms): stream_work(INTERLEAVED_RATE, ms, INTERLEAVED_SECONDS, segments,
+                                     contexts=INTERLEAVED_CONTEXTS, seed=ms,
+                                     interleave=mode == "interleaved")
+             for mode in modes for ms in INTERLEAVED_CHUNK_MS}
     gc.collect()
     measured = measure(pair, works, rounds, log)
     columns = [config_label((INTERLEAVED_RATE, ms)) for ms in INTERLEAVED_CHUNK_MS]
 
-    def cells(name, what=0):
-        return {col: measured[(name, ms)][what] for ms, col in zip(INTERLEAVED_CHUNK_MS, columns)}
+    def cells(name, mode, what=0, ref=None, ref_mode=None):
+        out = {}
+        for ms, col in zip(INTERLEAVED_CHUNK_MS, columns):
+            v = measured[(name, (mode, ms))][what]
+            if ref is not None:
+                v = v / measured[(ref, (ref_mode or mode, ms))][what]
+            out[col] = v
+        return out
 
+    frame_mib = {ms: sum(map(len, works[("interleaved", ms)]["frames"])) / 2**20
+                 for ms in INTERLEAVED_CHUNK_MS}
     table = Table("interleaved", f"interleaved: {INTERLEAVED_CONTEXTS} contexts on one Sink (a new "
                   f"Sink per run), {segments} x {INTERLEAVED_SECONDS:g} s segments each then done, "
-                  f"their frames interleaved one by one; median ns per chunk message over {rounds} "
-                  f"interleaved rounds", columns)
+                  f"their frames interleaved one by one (sequential: the same frames one context "
+                  f"after the other); "
+                  + ", ".join(f"{frame_mib[ms]:.0f} MiB of frames at {ms} ms" for ms in INTERLEAVED_CHUNK_MS)
+                  + f"; median ns per chunk message over {rounds} interleaved rounds", columns)
     table.section("ns/message")
     for p in pair:
-        table.row(p.name, cells(p.name))
+        for mode in modes:
+            table.row(f"{p.name}, {mode}", cells(p.name, mode))
+    table.section("ratios")
     if oj is not None:
-        table.section("ratios")
-        table.row(f"{oj.name} / {sfs.name}",
-                  {c: a / b for (c, a), b in zip(cells(oj.name).items(), cells(sfs.name).values())},
+        table.row(f"{oj.name} / {sfs.name}, interleaved", cells(oj.name, "interleaved", 0, sfs.name),
                   fmt_ratio, (">=", TARGET_INTERLEAVED_VS_ORJSON))
+        table.row(f"{oj.name} / {sfs.name}, sequential", cells(oj.name, "sequential", 0, sfs.name),
+                  fmt_ratio)
+    for p in pair:
+        table.row(f"{p.name}: interleaved / sequential",
+                  cells(p.name, "interleaved", 0, p.name, "sequential"), fmt_ratio)
     table.section("page faults/message")
     for p in pair:
-        table.row(p.name, cells(p.name, 1), fmt_faults, ("<", TARGET_FAULTS) if p is sfs else None)
+        for mode in modes:
+            target = ("<", TARGET_FAULTS) if p is sfs and mode == "interleaved" else None
+            table.row(f"{p.name}, {mode}", cells(p.name, mode, 1), fmt_faults, target)
     return emit(table, args, {"buffer pool after": pool_state(fs.speedups)})
 
 
@@ -1208,6 +1276,55 @@ AXES = {"main": axis_main, "order": axis_order, "short": axis_short,
         "interleaved": axis_interleaved, "cold": axis_cold}
 
 
+# --- one process per axis ------------------------------------------------------------------------
+# Whether a new segment buffer faults depends on glibc's mmap threshold, which rises when the
+# process frees a large mmapped block: an axis run after another would inherit that history.
+# So each axis runs in a fresh interpreter (the same numbers alone or in a full run).
+
+def encode_measured(measured: dict) -> list:
+    return [[name, list(key) if isinstance(key, tuple) else key, ns, faults]
+            for (name, key), (ns, faults) in measured.items()]
+
+
+def decode_measured(rows: list) -> dict:
+    return {(name, tuple(key) if isinstance(key, list) else key): (ns, faults)
+            for name, key, ns, faults in rows}
+
+
+def run_isolated(spec: dict, args) -> dict:
+    """Run spec ({"axis": name} or {"part": ...}) in a child interpreter; its JSON result."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec),
+            "--rounds", str(args.rounds), "--clock", args.clock, "--cold-mib", str(args.cold_mib)]
+    if args.quick:
+        argv.append("--quick")
+    if args.only:
+        argv += ["--only", args.only]
+    if args.json:
+        argv.append("--json")
+    child = subprocess.run(argv, stdout=subprocess.PIPE, text=True)   # stderr: its progress
+    if child.returncode != 0:
+        raise SystemExit(f"{spec} failed (exit {child.returncode})")
+    return json.loads(child.stdout)
+
+
+def worker(spec: dict, args):
+    import contextlib
+    import io
+    rounds = 3 if args.quick else args.rounds
+    set_clock(args.clock)
+    pipelines, _ = make_pipelines(floor=spec.get("axis") in ("main", "cold"))
+    log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if "part" in spec:
+        result = short_part(pipelines, rounds, args.quick, log, spec["variant"], spec["seconds"])
+    else:
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            data = AXES[spec["axis"]](pipelines, rounds, args.quick, log, args)
+        result = {"text": text.getvalue(), "data": data}
+    result["notes"] = notes
+    json.dump(result, sys.stdout)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--axis", default="all",
@@ -1224,46 +1341,56 @@ def main(argv=None):
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                         help="cpu: the thread's CPU time (default, robust on a shared "
                              "machine); wall: perf_counter")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        return worker(json.loads(args.worker), args)
     axes = list(AXES) if args.axis == "all" else [a.strip() for a in args.axis.split(",")]
     for axis in axes:
         if axis not in AXES:
             parser.error(f"unknown axis {axis!r} (choose from {', '.join(AXES)}, all)")
     rounds = 3 if args.quick else args.rounds
-    pipelines, versions = make_pipelines()
+    _, versions = make_pipelines()
     env = {
         "cpu": cpu_description(),
         "caches": cache_description(),
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min, at start)",
-        "clock": set_clock(args.clock),
+        "clock": set_clock(args.clock) + " (each axis in a process of its own)",
         "python": f"{platform.python_implementation()} {platform.python_version()} ({platform.platform()})",
         **versions,
         "compiler": compiler_version(),
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", ""),
     }
     try:
         import numpy
         env["numpy"] = numpy.__version__
     except ImportError:
         pass
-    log = (lambda msg: print(msg, file=sys.stderr)) if not args.json else (lambda msg: None)
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if not args.json else (lambda msg: None)
     if not args.json:
         print_header(env)
         sys.stdout.flush()
     report = {"environment": env, "rounds": rounds, "axes": {}}
+    started = time.monotonic()
     for axis in axes:
         log(f"axis {axis}")
-        report["axes"][axis] = AXES[axis](pipelines, rounds, args.quick, log, args)
-        sys.stdout.flush()
+        result = run_isolated({"axis": axis}, args)
+        report["axes"][axis] = result["data"]
+        notes.extend(n for n in result["notes"] if n not in notes)
+        if not args.json:
+            print(result["text"], end="")
+            sys.stdout.flush()
     verdicts = [v for data in report["axes"].values() for v in data["targets"]]
     report["targets"] = verdicts
     report["notes"] = notes
+    report["seconds"] = round(time.monotonic() - started, 1)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
         if verdicts:
             met = sum(v["met"] for v in verdicts)
-            print(f"all axes: {met} of {len(verdicts)} targets met")
+            print(f"all axes: {met} of {len(verdicts)} targets met ({report['seconds']:.0f} s)")
         for note in notes:
             print(f"note: {note}")
 
