@@ -37,4 +37,6 @@ def build(name: str, source: Path, flags: list[str], include_dirs: list[Path] = 
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     sys.modules[name] = module
+    # the loaded library stays mapped; the directory would pile up in /tmp, one per run
+    shutil.rmtree(out_dir, ignore_errors=True)
     return module
