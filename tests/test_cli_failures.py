@@ -1,19 +1,37 @@
 """The flushsink command when things go wrong, run as a user would: a subprocess on loopback.
 
-An argument that makes no sense is refused in one line ``flushsink: ...`` on stderr, never
-a traceback, with exit status 2, before anything starts.
+Whatever the user typed or the world did (a wrong key or URL, a port in use, a full disk),
+the command prints one line ``flushsink: ...`` to stderr per problem, never a traceback,
+keeps and lists every file it wrote, and exits non-zero: 1 when the run failed, 2 for a
+bad argument.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
+import soundfile
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import serve as ws_serve
 
-from flushsink.cli import main
+from flushsink.cli import DEMO_VOICE, main
+from flushsink.emulator import Emulator, render
+from flushsink.formats import AudioFormat
+
+WAIT = 30.0  # the longest any step may take before the test gives up (never a pass condition)
+FORMAT = AudioFormat("pcm_s16le", 8000)
+FORMAT_ARGS = ("--encoding", "pcm_s16le", "--sample-rate", "8000")
+CHUNK_BYTES = 1600  # what the scripted server puts in one chunk
 
 
 def environment():
@@ -22,9 +40,21 @@ def environment():
     return env
 
 
-def flushsink(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "flushsink", *args], cwd=cwd,
-                          env=environment(), capture_output=True, text=True, timeout=120)
+def flushsink(*args, cwd, prefix=()):
+    """Run the command to its end; ``prefix`` is Python run before it (e.g. a rlimit)."""
+    if prefix:
+        command = [sys.executable, "-c", "; ".join(
+            [*prefix, "import runpy", "runpy.run_module('flushsink', run_name='__main__')"]), *args]
+    else:
+        command = [sys.executable, "-m", "flushsink", *args]
+    return subprocess.run(command, cwd=cwd, env=environment(), capture_output=True, text=True,
+                          timeout=120)
+
+
+def start(*args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "flushsink", *args], cwd=cwd,
+                            env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def one_line(stderr):
@@ -34,6 +64,90 @@ def one_line(stderr):
     assert len(lines) == 1 and stderr.endswith("\n"), stderr
     assert re.match(r"flushsink: \S", lines[0]), stderr
     return lines[0]
+
+
+def wait_for(condition, what):
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
+def files_under(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root)
+                  for d, _, names in os.walk(root) for f in names)
+
+
+def table_rows(stdout):
+    """The rows of the table ``say`` prints (without its header and summary)."""
+    lines = stdout.splitlines()
+    assert lines[0].split()[:2] == ["flush_id", "duration"], stdout
+    assert re.fullmatch(r"\d+ segments?, [\d.]+ s of audio.*", lines[-1]), stdout
+    return lines[1:-1]
+
+
+def samples(path):
+    data, rate = soundfile.read(path, dtype="int16")
+    assert rate == FORMAT.sample_rate
+    return data.tobytes()
+
+
+@pytest.fixture
+def emulator():
+    with Emulator().running_in_thread() as emu:
+        yield emu
+
+
+# --- a scripted server: the test decides what is sent, and when ---------------------------
+
+@contextlib.contextmanager
+def scripted_server(handler):
+    """A websocket server on 127.0.0.1 running ``handler(ws)`` for each connection."""
+    with ws_serve(handler, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}"
+        finally:
+            server.shutdown()
+            thread.join(WAIT)
+
+
+def read_context(ws):
+    """Read the requests of one context up to its last; returns its id and the text of
+    each segment (a flush ends one, the last request the last)."""
+    texts, text = [], ""
+    while True:
+        request = json.loads(ws.recv(timeout=WAIT))
+        text += request["transcript"]
+        if request.get("flush") or not request["continue"]:
+            texts.append(text)
+            text = ""
+        if not request["continue"]:
+            return request["context_id"], texts
+
+
+def chunk_frames(context_id, flush_id, text):
+    pcm = render(text, DEMO_VOICE, FORMAT)
+    return [json.dumps({"type": "chunk", "context_id": context_id, "flush_id": flush_id,
+                        "status_code": 206, "done": False,
+                        "data": base64.b64encode(pcm[i:i + CHUNK_BYTES]).decode()})
+            for i in range(0, len(pcm), CHUNK_BYTES)]
+
+
+def end_frame(context_id, flush_id, last):
+    if last:
+        return json.dumps({"type": "done", "context_id": context_id, "status_code": 200,
+                           "done": True})
+    return json.dumps({"type": "flush_done", "context_id": context_id, "flush_id": flush_id,
+                       "status_code": 206, "done": False, "flush_done": True})
+
+
+def wait_until_closed(ws):
+    with contextlib.suppress(ConnectionClosed, TimeoutError):
+        while True:
+            ws.recv(timeout=WAIT)
 
 
 # --- values that make no sense: argparse refuses them, in one line, exit 2 ---------------
@@ -100,3 +214,227 @@ def test_other_values_that_make_no_sense(tmp_path, monkeypatch, capsys, args, op
     assert main(args) == 2
     out, err = capsys.readouterr()
     assert option in one_line(err) and out == ""
+
+
+# --- the server refuses, or is not what the URL says ---------------------------------------
+
+@contextlib.contextmanager
+def canned_server(answer):
+    """A TCP server on 127.0.0.1 that reads a request head and answers ``answer``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            with conn:
+                conn.settimeout(WAIT)
+                request = b""
+                with contextlib.suppress(OSError):
+                    while b"\r\n\r\n" not in request:
+                        piece = conn.recv(4096)
+                        if not piece:
+                            break
+                        request += piece
+                    conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"ws://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(WAIT)
+        listener.close()
+
+
+def say_fails(url, cwd, *extra):
+    result = flushsink("say", "Hi.", "--url", url, *extra, cwd=cwd)
+    assert result.returncode == 1, result
+    assert result.stdout == ""  # nothing was written, so no table
+    assert not os.path.exists(os.path.join(cwd, "out")) or not files_under(os.path.join(cwd, "out"))
+    return one_line(result.stderr)
+
+
+def test_a_wrong_api_key(tmp_path):
+    with Emulator(api_key="secret").running_in_thread() as emu:
+        line = say_fails(emu.url, tmp_path, "--api-key", "wrong")
+    assert "401" in line and "--api-key" in line and "wrong" not in line
+
+
+def test_a_wrong_url_path(tmp_path, emulator):
+    line = say_fails(emulator.url + "/v2/tts/websocket", tmp_path)
+    assert "404" in line and "/v2/tts/websocket" in line
+
+
+@pytest.mark.parametrize("answer, expected", [
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "404"),
+    (b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n",
+     "retry after 7 s"),
+    (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\noops\n", "500"),
+    (b"SSH-2.0-OpenSSH_9.6\r\n", "ws://127.0.0.1:"),  # not HTTP at all
+    (b"", "ws://127.0.0.1:"),  # closes without a word
+])
+def test_a_server_that_refuses_or_is_not_a_websocket_server(tmp_path, answer, expected):
+    with canned_server(answer) as url:
+        line = say_fails(url, tmp_path)
+    assert expected in line
+
+
+def test_wss_to_a_plain_server(tmp_path, emulator):
+    url = emulator.url.replace("ws://", "wss://")
+    line = say_fails(url, tmp_path)
+    assert url in line and "TLS" in line
+
+
+def test_nothing_listening(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        port = placeholder.getsockname()[1]
+    assert f"127.0.0.1:{port}" in say_fails(f"ws://127.0.0.1:{port}", tmp_path)
+
+
+def test_serve_on_a_port_in_use(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = flushsink("serve", "--port", str(port), cwd=tmp_path)
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert f"127.0.0.1:{port}" in line and "in use" in line
+    assert result.stdout == ""
+
+
+# --- the connection drops mid-segment: the partial audio is kept and listed ----------------
+
+def test_a_connection_closed_mid_segment(tmp_path, emulator):
+    text = "Two three four five six seven."
+    url = emulator.ws_url + "?fault=close@chunk:3"
+    result = flushsink("say", text, "--url", url, "--out", "o", *FORMAT_ARGS, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "1011" in one_line(result.stderr)
+    (partial,) = files_under(tmp_path / "o")
+    assert partial.endswith(os.sep + "1.partial.wav")
+    chunk = emulator.chunk_bytes(FORMAT)
+    assert samples(tmp_path / "o" / partial) == render(text, DEMO_VOICE, FORMAT)[:3 * chunk]
+    (row,) = table_rows(result.stdout)
+    assert os.path.join("o", partial) in row and "incomplete" in row
+
+
+# --- files that cannot be written: one line each, the other segments go on -----------------
+
+def assert_write_failures(result, written, failed):
+    """``written``: files that must exist; ``failed``: flush ids reported once each."""
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(failed), result.stderr
+    for line, flush_id in zip(lines, failed):
+        assert line.startswith(f"flushsink: cannot write flush {flush_id} "), line
+    rows = table_rows(result.stdout)
+    assert len(rows) == len(written) + len(failed)
+    for row in rows:
+        flush_id = int(row.split()[0])
+        assert ("not written" in row) == (flush_id in failed), row
+    return rows
+
+
+def test_a_directory_that_becomes_unwritable_fails_each_later_segment_once(tmp_path):
+    texts = ["One.", "Two three four five six seven.", "Three."]
+    go_on = threading.Event()
+
+    def handler(ws):
+        context_id, received = read_context(ws)
+        for flush_id, text in enumerate(received, 1):
+            for frame in chunk_frames(context_id, flush_id, text):
+                ws.send(frame)
+            ws.send(end_frame(context_id, flush_id, last=flush_id == len(received)))
+            go_on.wait(WAIT)
+        wait_until_closed(ws)
+
+    with scripted_server(handler) as url:
+        say = start("say", *texts, "--url", url, "--out", "o", *FORMAT_ARGS, cwd=tmp_path)
+        try:
+            wait_for(lambda: files_under(tmp_path / "o"), "the first file")
+            (first,) = files_under(tmp_path / "o")
+            # The context's directory becomes a file: even root cannot write into that.
+            context_dir = tmp_path / "o" / os.path.dirname(first)
+            context_dir.rename(tmp_path / "moved")
+            context_dir.write_bytes(b"")
+            go_on.set()
+            stdout, stderr = say.communicate(timeout=WAIT)
+        finally:
+            say.kill()
+            say.wait()
+    result = subprocess.CompletedProcess(say.args, say.returncode, stdout, stderr)
+    assert_write_failures(result, written=[1], failed=[2, 3])
+    assert all("Not a directory" in line for line in stderr.splitlines())
+    assert samples(tmp_path / "moved" / os.path.basename(first)) == render(
+        texts[0], DEMO_VOICE, FORMAT)
+
+
+def wav_bytes(text):
+    return 44 + len(render(text, DEMO_VOICE, FORMAT))
+
+
+def test_a_file_too_large_for_the_disk_fails_only_its_segment(tmp_path, emulator):
+    # RLIMIT_FSIZE makes a write fail part-way as a full disk would (EFBIG rather than
+    # ENOSPC), for root too; Python ignores SIGXFSZ, so the write returns the error.
+    texts = ["One.", "Stay hungry, stay foolish, and never stop asking why the sky is blue.",
+             "Three."]
+    limit = 3 * max(wav_bytes(texts[0]), wav_bytes(texts[2]))
+    assert limit < wav_bytes(texts[1])
+    result = flushsink("say", *texts, "--url", emulator.url, "--out", "o", *FORMAT_ARGS,
+                       cwd=tmp_path, prefix=[
+                           "import resource",
+                           f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))"])
+    assert_write_failures(result, written=[1, 3], failed=[2])
+    assert "File too large" in result.stderr
+    files = files_under(tmp_path / "o")
+    assert [os.path.basename(f) for f in files] == ["1.wav", "3.wav"]  # no temp file left
+    assert samples(tmp_path / "o" / files[1]) == render(texts[2], DEMO_VOICE, FORMAT)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs, where the system lets this process mount one (root, not in a
+    restricted container); else the test is skipped."""
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs",
+                              str(mountpoint)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def test_a_full_disk_fails_only_the_segment_that_does_not_fit(tmp_path, emulator, tiny_disk):
+    texts = ["One.", "Stay hungry, stay foolish, and never stop asking why the sky is blue "
+             "at noon, at dusk, at midnight and at dawn, every single day of the year.",
+             "Three."]
+    assert wav_bytes(texts[1]) > 64 * 1024
+    result = flushsink("say", *texts, "--url", emulator.url, "--out", str(tiny_disk),
+                       *FORMAT_ARGS, cwd=tmp_path)
+    assert_write_failures(result, written=[1, 3], failed=[2])
+    assert "No space left on device" in result.stderr
+    files = files_under(tiny_disk)
+    assert [os.path.basename(f) for f in files] == ["1.wav", "3.wav"]
+    assert samples(tiny_disk / files[0]) == render(texts[0], DEMO_VOICE, FORMAT)
+
+
+def test_an_output_directory_that_cannot_exist_fails_before_connecting(tmp_path, emulator):
+    (tmp_path / "a-file").write_bytes(b"")  # a parent that is a file: refused even to root
+    result = flushsink("say", "One.", "Two.", "--url", emulator.url, "--out", "a-file/out",
+                       cwd=tmp_path)
+    assert result.returncode == 1
+    line = one_line(result.stderr)
+    assert "a-file/out" in line and "Not a directory" in line
+    assert result.stdout == ""
+    assert emulator.stats.connections == 0  # nothing was spent on the server

@@ -2,6 +2,14 @@
 
 Without an API key (``--api-key`` or ``CARTESIA_API_KEY``) and without ``--url``,
 ``say`` and ``demo`` start the embedded emulator on 127.0.0.1 and say so.
+
+Whatever goes wrong is told in one line on stderr, ``flushsink: ...``, never a traceback
+(a failed write: one line per segment, and the run goes on). The exit status:
+
+- 0: every segment arrived complete and was written (``say``, ``demo``);
+- 1: the run failed: a segment incomplete or not written, the connection refused or
+  lost, the server's error, a port in use...;
+- 2: an argument that makes no sense (nothing was started).
 """
 
 from __future__ import annotations
@@ -9,25 +17,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import platform
+import signal
+import socket
 import sys
+import tempfile
 import time
-from typing import Any, AsyncIterator, Callable, NoReturn, Optional, Sequence
+from typing import (Any, AsyncIterator, Callable, Iterator, NamedTuple, NoReturn, Optional,
+                    Sequence)
 
 from . import __version__
 from ._accel import BACKEND, SIMD
-from .client import connect
-from .errors import ConfigError
+from .client import Context, connect
+from .errors import AuthenticationError, ConfigError, FlushsinkError, HandshakeError, WriteError
 from .formats import ENCODINGS, SAMPLE_RATES
 from .session import normalize_url
 from .writers import FileWriter
 
 DEMO_VOICE = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"  # the voice of Cartesia's seed example
 
-#: The exit status after an argument that makes no sense.
-USAGE = 2
+#: The exit status after a run that failed, and after an argument that makes no sense.
+FAILED, USAGE = 1, 2
 
 
 def version_text() -> str:
@@ -35,9 +48,180 @@ def version_text() -> str:
             f"Python {platform.python_version()} {platform.python_implementation()})")
 
 
+class _Failure(Exception):
+    """The command cannot go on: ``message`` is its one line, ``status`` its exit status."""
+
+    def __init__(self, message: str, status: int = FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- the run's stderr ----------------------------------------------------------------------
+
+class _Console:
+    """The run's stderr: a line per problem, and a progress line. On a terminal the
+    progress line is redrawn in place; elsewhere (a log file, a pipe) only its last state
+    is printed, once, at the end, so logs do not fill with carriage returns."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        try:
+            self.live = bool(self.stream.isatty())
+        except (AttributeError, ValueError):  # no isatty, or already closed
+            self.live = False
+        self._progress = ""
+        self._drawn = 0  # characters of the progress line on screen; 0: at a line start
+
+    def say(self, text: str) -> None:
+        """Print ``flushsink: text`` on a line of its own."""
+        self._end_line()
+        print(f"flushsink: {text}", file=self.stream, flush=True)
+
+    def progress(self, text: str) -> None:
+        self._progress = text
+        if self.live:
+            print("\r" + text.ljust(self._drawn), end="", file=self.stream, flush=True)
+            self._drawn = len(text)
+
+    def finish(self) -> None:
+        """End the progress line (print it, where it was not drawn)."""
+        if self.live:
+            self._end_line()
+        elif self._progress:
+            print(self._progress, file=self.stream, flush=True)
+        self._progress = ""
+
+    def _end_line(self) -> None:
+        if self._drawn:
+            print(file=self.stream)
+            self._drawn = 0
+
+
+class _LibraryWarnings(logging.Handler):
+    """The library's warnings (a rejected frame, a server error without a context...) as
+    the command's one-line messages. A failed write is left out: the recorder reports it,
+    once, when it happens."""
+
+    def __init__(self, console: _Console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if any(isinstance(arg, WriteError) for arg in args):
+            return
+        message = record.getMessage()
+        if message.startswith("flushsink: "):
+            message = message[len("flushsink: "):]
+        if record.exc_info and record.exc_info[1] is not None:
+            message += f": {record.exc_info[1]!r}"
+        self.console.say(" ".join(message.split()))
+
+
+@contextlib.contextmanager
+def _library_warnings(console: _Console) -> Iterator[None]:
+    logger = logging.getLogger("flushsink")
+    handler = _LibraryWarnings(console)
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+# --- what became of each segment -----------------------------------------------------------
+
+class _Row(NamedTuple):
+    """One segment in the table: what it was and where it went (its audio is not kept)."""
+
+    flush_id: Any
+    duration: float
+    samples: int
+    complete: bool
+    error: Optional[str]  # why it is incomplete
+    path: Optional[str]  # None: not written
+    write_failed: bool
+
+    @property
+    def state(self) -> str:
+        state = "complete" if self.complete else f"incomplete ({self.error})"
+        if self.write_failed:
+            return state + ", not written"
+        if self.path is None:
+            return state + ", empty: no file"
+        return state
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and not self.write_failed
+
+
+class _Recorder:
+    """The writer ``say`` gives the client: it writes each segment with a FileWriter, notes
+    what became of it, reports a failed write in one line at once (with the client, the
+    WriteError then comes out of ``ctx.segments()``, where ``say`` goes on), and shows
+    the progress of long runs."""
+
+    def __init__(self, writer: FileWriter, console: _Console, expected: int,
+                 show_progress: bool) -> None:
+        self.writer = writer
+        self.console = console
+        self.expected = expected
+        self.show_progress = show_progress
+        self.rows: list[_Row] = []
+        self.connected = False  # the server accepted the connection
+        self.started = time.perf_counter()
+
+    def __call__(self, event: Any) -> Optional[str]:
+        segment = getattr(event, "segment", None)
+        if segment is None:
+            return None
+        try:
+            path = self.writer(event)
+        except WriteError as exc:
+            self._note(segment, None, write_failed=True)
+            self.console.say(" ".join(str(exc).split()))
+            raise
+        self._note(segment, path, write_failed=False)
+        return path
+
+    def _note(self, segment: Any, path: Optional[str], write_failed: bool) -> None:
+        self.rows.append(_Row(segment.flush_id, segment.duration, len(segment.samples),
+                              segment.complete, segment.error, path, write_failed))
+        if self.show_progress:
+            audio = sum(row.duration for row in self.rows)
+            self.console.progress(
+                f"  {len(self.rows)}/{self.expected} segments, {audio:.1f} s of audio, "
+                f"{time.perf_counter() - self.started:.1f} s")
+
+
+def print_table(rows: Sequence[_Row], out: Any = None) -> None:
+    """The segments as a table (when there are any), then a one-line summary."""
+    out = out if out is not None else sys.stdout
+    lines = [("flush_id", "duration", "samples", "state", "path")]
+    for row in rows:
+        lines.append((str(row.flush_id), f"{row.duration:.3f} s", str(row.samples), row.state,
+                      os.path.relpath(row.path) if row.path else "-"))
+    if rows:
+        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+        for line in lines:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip(),
+                  file=out)
+    summary = (f"{len(rows)} segment{'' if len(rows) == 1 else 's'}, "
+               f"{sum(row.duration for row in rows):.3f} s of audio")
+    partial = sum(not row.complete and not row.write_failed for row in rows)
+    failed = sum(row.write_failed for row in rows)
+    problems = [f"{partial} partial"] * bool(partial) + [f"{failed} not written"] * bool(failed)
+    print(summary + (f" ({', '.join(problems)})" if problems else ""), file=out)
+
+
+# --- say and demo ----------------------------------------------------------------------
+
 @contextlib.asynccontextmanager
 async def _server(url: Optional[str], api_key: Optional[str],
-                  out: Any = sys.stderr) -> AsyncIterator[tuple[Optional[str], Optional[str]]]:
+                  out: Any = None) -> AsyncIterator[tuple[Optional[str], Optional[str]]]:
     """The url and key to use: Cartesia or --url as given, else the embedded emulator."""
     api_key = api_key or os.environ.get("CARTESIA_API_KEY") or None
     if url is not None or api_key is not None:
@@ -47,71 +231,128 @@ async def _server(url: Optional[str], api_key: Optional[str],
 
     async with Emulator() as emu:
         print(f"no API key (--api-key or CARTESIA_API_KEY): using the embedded emulator at "
-              f"{emu.ws_url}", file=out)
+              f"{emu.ws_url}", file=out if out is not None else sys.stderr)
         yield emu.url, None
 
 
-async def synthesize(texts: Sequence[str], *, out_dir: str, container: str, encoding: str,
-                     sample_rate: int, model: str, voice: str, url: Optional[str],
-                     api_key: Optional[str], language: Optional[str], timeout: float,
-                     progress: bool = True) -> list[Any]:
-    """Speak ``texts`` in one context, one flush segment each; returns the segments."""
-    writer = FileWriter(out_dir, container=container)
-    output_format = {"container": "raw", "encoding": encoding, "sample_rate": sample_rate}
-    segments = []
-    async with _server(url, api_key) as (server_url, key):
-        async with connect(server_url, key, writer=writer, receive_timeout=timeout) as tts:
-            ctx = tts.context(model_id=model, voice=voice, output_format=output_format,
-                              language=language)
-            for i, text in enumerate(texts):
+class _Run(NamedTuple):
+    texts: Sequence[str]
+    out_dir: str
+    container: str
+    encoding: str
+    sample_rate: int
+    model: str
+    voice: str
+    language: Optional[str]
+    url: Optional[str]
+    api_key: Optional[str]
+    timeout: float
+
+
+async def _receive_all(ctx: Context) -> None:
+    """Read the context to its end. After a failed write (already reported by the
+    recorder) its WriteError comes out of ``segments()``: iterating again goes on."""
+    while True:
+        try:
+            async for _ in ctx.segments():
+                pass
+            return
+        except WriteError:
+            continue
+
+
+async def _synthesize(run: _Run, recorder: _Recorder) -> None:
+    """Speak the texts in one context, one flush segment each, into ``recorder``."""
+    output_format = {"container": "raw", "encoding": run.encoding,
+                     "sample_rate": run.sample_rate}
+    async with _server(run.url, run.api_key) as (server_url, key):
+        async with connect(server_url, key, writer=recorder,
+                           receive_timeout=run.timeout) as tts:
+            await tts.connect()
+            recorder.connected = True
+            ctx = tts.context(model_id=run.model, voice=run.voice,
+                              output_format=output_format, language=run.language)
+            for i, text in enumerate(run.texts):
                 await ctx.push(text)
-                if i < len(texts) - 1:
+                if i < len(run.texts) - 1:
                     await ctx.flush()
             await ctx.no_more_inputs()
-            started = time.perf_counter()
-            async for segment in ctx.segments():
-                segments.append(segment)
-                if progress and len(texts) > 3:
-                    audio = sum(s.duration for s in segments)
-                    print(f"\r  {len(segments)}/{len(texts)} segments, {audio:.1f} s of audio, "
-                          f"{time.perf_counter() - started:.1f} s", end="", file=sys.stderr)
-            if progress and len(texts) > 3:
-                print(file=sys.stderr)
-    return segments
+            await _receive_all(ctx)
 
 
-def print_table(segments: Sequence[Any], out: Any = sys.stdout) -> None:
-    rows = [("flush_id", "duration", "samples", "state", "path")]
-    for s in segments:
-        state = "complete" if s.complete else f"incomplete ({s.error})"
-        rows.append((str(s.flush_id), f"{s.duration:.3f} s", str(len(s.samples)), state,
-                     os.path.relpath(s.path) if s.path else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
-    total = sum(s.duration for s in segments)
-    print(f"{len(segments)} segments, {total:.3f} s of audio", file=out)
+def _prepare_out_dir(path: str) -> None:
+    """Create the output directory and a file in it, before anything is asked of the
+    server: a run whose every file would fail would cost its time (and credits) for
+    nothing. A directory that fails later fails its segments, one line each."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = ("it exists and is not a directory" if isinstance(exc, FileExistsError)
+                  else _os_reason(exc))
+        raise _Failure(f"cannot write to the output directory {path!r}: {reason}") from None
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror) or not exc.errno:
+        return str(exc.strerror or exc)
+    return os.strerror(exc.errno)  # not asyncio's "error while attempting to bind ... (...)"
+
+
+def _failure_line(exc: BaseException) -> str:
+    """What went wrong, in one line, with a hint where the fix is in the command line."""
+    line = " ".join(str(exc).split())
+    cause = exc.__cause__
+    if line.endswith(":") and cause is not None:  # an OS error without words (ECONNRESET)
+        line += f" {type(cause).__name__}"
+    if isinstance(exc, AuthenticationError):
+        line += " (check --api-key or CARTESIA_API_KEY)"
+    elif isinstance(exc, HandshakeError) and exc.status == 404:
+        line += " (Cartesia's path is /tts/websocket, which a URL without a path gets)"
+    elif (isinstance(exc, HandshakeError) and "wss://" in line
+          and isinstance(cause, ConnectionResetError)):  # a plain server hung up on TLS
+        line += " (does the server speak TLS? wss:// needs it, ws:// is plain)"
+    return line
+
+
+def _speak(run: _Run) -> int:
+    """Run ``say`` (or ``demo``): write the files, print the table; the exit status."""
+    _prepare_out_dir(run.out_dir)
+    console = _Console()
+    recorder = _Recorder(FileWriter(run.out_dir, container=run.container), console,
+                         expected=len(run.texts), show_progress=len(run.texts) > 3)
+    failure: Optional[str] = None
+    with _library_warnings(console):
+        try:
+            asyncio.run(_synthesize(run, recorder))
+        except (FlushsinkError, OSError) as exc:  # OSError: the embedded emulator's port
+            failure = _failure_line(exc)
+        finally:
+            console.finish()
+    rows = recorder.rows
+    if failure is not None:
+        console.say(failure)
+    if recorder.connected or rows:
+        print_table(rows)
+    return 0 if failure is None and all(row.ok for row in rows) else FAILED
 
 
 def _cmd_say(args: argparse.Namespace) -> int:
-    segments = asyncio.run(synthesize(
-        args.text, out_dir=args.out, container=args.container, encoding=args.encoding,
-        sample_rate=args.sample_rate, model=args.model, voice=args.voice, url=args.url,
-        api_key=args.api_key, language=args.language, timeout=args.timeout))
-    print_table(segments)
-    return 0 if all(s.complete for s in segments) else 1
+    return _speak(_Run(args.text, args.out, args.container, args.encoding, args.sample_rate,
+                       args.model, args.voice, args.language, args.url, args.api_key,
+                       args.timeout))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"{version_text()}\n"
-          "Seed scenario: 'Stay hungry, ' then a flush, then 'stay foolish.' -> two WAV files")
-    segments = asyncio.run(synthesize(
-        ["Stay hungry, ", "stay foolish."], out_dir=args.out, container="wav",
-        encoding="pcm_s16le", sample_rate=44100, model="sonic-latest", voice=DEMO_VOICE,
-        url=args.url, api_key=args.api_key, language="en", timeout=args.timeout))
-    print_table(segments)
-    return 0 if len(segments) == 2 and all(s.complete for s in segments) else 1
+          "Seed scenario: 'Stay hungry, ' then a flush, then 'stay foolish.' -> two WAV files",
+          flush=True)
+    return _speak(_Run(["Stay hungry, ", "stay foolish."], args.out, "wav", "pcm_s16le", 44100,
+                       "sonic-latest", DEMO_VOICE, "en", args.url, args.api_key, args.timeout))
 
+
+# --- serve and bench -------------------------------------------------------------------
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .emulator import Emulator
@@ -125,8 +366,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def ready(emu: Any) -> None:
         print(f"flushsink emulator listening on {emu.ws_url} (Ctrl-C stops it)", flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(emulator.serve_forever(ready))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(emulator.serve_forever(ready))
+    except OSError as exc:
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        raise _Failure(f"cannot listen on {host}:{args.port}: {_os_reason(exc)}") from None
     return 0
 
 
@@ -136,6 +381,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     run_quick_bench(seconds=args.seconds, chunk_ms=args.chunk_ms, sample_rate=args.sample_rate)
     return 0
 
+
+# --- arguments -------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error in one line like every other error of the command:
@@ -210,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flushsink",
         description="Receive Cartesia-style TTS websocket audio fast: one file per flush.",
         epilog="Without --url and without an API key, 'say' and 'demo' run against the "
-               "embedded emulator on 127.0.0.1.")
+               "embedded emulator on 127.0.0.1. Exit status: 0 done, 1 failed, 2 bad "
+               "arguments.")
     parser.add_argument("--version", action="version", version=version_text(),
                         help="print the version, the core (compiled or pure), the SIMD path "
                              "and the Python, and exit")
@@ -232,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
         "say", help="speak texts, one flush segment and file each",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Speak each TEXT as one flush segment of one context and write one file "
-                    "per segment\n(OUT/CONTEXT_ID/FLUSH_ID.wav), then print a table of them.",
+                    "per segment\n(OUT/CONTEXT_ID/FLUSH_ID.wav), then print a table of them. "
+                    "Audio cut short (a lost\nconnection) is kept as FLUSH_ID.partial.wav.",
         epilog="example:\n  flushsink say 'Stay hungry, ' 'stay foolish.' --out out "
                "--encoding pcm_f32le --sample-rate 24000")
     say.add_argument("text", nargs="+", metavar="TEXT", type=_not_blank("must not be blank"),
@@ -296,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- the command -----------------------------------------------------------------------
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
@@ -305,12 +555,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else USAGE
     try:
         return int(args.run(args))
+    except _Failure as exc:
+        print(f"flushsink: {exc}", file=sys.stderr)
+        return exc.status
     except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # a clear line, not a traceback, for expected failures
-        from .errors import FlushsinkError
-
-        if isinstance(exc, (FlushsinkError, OSError)):
-            print(f"flushsink: {exc}", file=sys.stderr)
-            return 2
-        raise
+        print("flushsink: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except (FlushsinkError, OSError) as exc:  # expected failures; a bug keeps its traceback
+        print(f"flushsink: {_failure_line(exc)}", file=sys.stderr)
+        return FAILED
