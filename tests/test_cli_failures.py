@@ -1,9 +1,9 @@
 """The flushsink command when things go wrong, run as a user would: a subprocess on loopback.
 
-Whatever the user typed or the world did (a wrong key or URL, a port in use, a full disk),
-the command prints one line ``flushsink: ...`` to stderr per problem, never a traceback,
-keeps and lists every file it wrote, and exits non-zero: 1 when the run failed, 2 for a
-bad argument.
+Whatever the user typed or the world did (a wrong key or URL, a port in use, a full disk, a
+signal), the command prints one line ``flushsink: ...`` to stderr per problem, never a
+traceback, keeps and lists every file it wrote, and exits non-zero: 1 when the run failed,
+2 for a bad argument, 128 + N after signal N.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import time
 import pytest
 import soundfile
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 from websockets.sync.server import serve as ws_serve
 
 from flushsink.cli import DEMO_VOICE, main
@@ -305,6 +307,71 @@ def test_serve_on_a_port_in_use(tmp_path):
     line = one_line(result.stderr)
     assert f"127.0.0.1:{port}" in line and "in use" in line
     assert result.stdout == ""
+
+
+# --- signals: what was received is kept, listed, and the exit says which signal --------------
+
+SIGNALS = [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.skipif(
+    signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
+    reason="SIGINT is ignored here, so it is in the command too (as in any shell job)"))]
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+def test_a_signal_during_say_keeps_the_audio_received_as_partial_files(tmp_path, signum):
+    texts = ["One.", "Two three four five six seven."]
+    cut = 3  # chunks of the second segment sent before the server goes quiet
+    quiet = threading.Event()
+
+    def handler(ws):
+        context_id, received = read_context(ws)
+        assert received == texts
+        for frame in chunk_frames(context_id, 1, texts[0]):
+            ws.send(frame)
+        ws.send(end_frame(context_id, 1, last=False))
+        for frame in chunk_frames(context_id, 2, texts[1])[:cut]:
+            ws.send(frame)
+        quiet.set()
+        wait_until_closed(ws)
+
+    with scripted_server(handler) as url:
+        say = start("say", *texts, "--url", url, "--out", "o", *FORMAT_ARGS, cwd=tmp_path)
+        try:
+            assert quiet.wait(WAIT), say.stderr.read()
+            wait_for(lambda: any(f.endswith("1.wav") for f in files_under(tmp_path / "o")),
+                     "the first file")
+            say.send_signal(signum)
+            stdout, stderr = say.communicate(timeout=WAIT)
+        finally:
+            say.kill()
+            say.wait()
+    assert say.returncode == 128 + signum
+    assert signal.Signals(signum).name in one_line(stderr)
+    first, second = files_under(tmp_path / "o")
+    assert first.endswith(os.sep + "1.wav") and second.endswith(os.sep + "2.partial.wav")
+    assert samples(tmp_path / "o" / first) == render(texts[0], DEMO_VOICE, FORMAT)
+    assert samples(tmp_path / "o" / second) == render(texts[1], DEMO_VOICE, FORMAT)[
+        :cut * CHUNK_BYTES]
+    rows = table_rows(stdout)
+    assert len(rows) == 2
+    assert os.path.join("o", first) in rows[0] and "complete" in rows[0]
+    assert os.path.join("o", second) in rows[1]
+    assert f"incomplete (stopped by {signal.Signals(signum).name})" in rows[1]
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path):
+    serve = start("serve", "--port", "0", cwd=tmp_path)
+    try:
+        url = re.search(r"ws://\S+", serve.stdout.readline()).group(0)
+        with ws_connect(url) as ws:
+            serve.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(timeout=WAIT)
+        stdout, stderr = serve.communicate(timeout=WAIT)
+    finally:
+        serve.kill()
+        serve.wait()
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1001  # "going away"
+    assert serve.returncode == 0 and "Traceback" not in stderr
 
 
 # --- the connection drops mid-segment: the partial audio is kept and listed ----------------

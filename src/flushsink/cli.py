@@ -6,10 +6,13 @@ Without an API key (``--api-key`` or ``CARTESIA_API_KEY``) and without ``--url``
 Whatever goes wrong is told in one line on stderr, ``flushsink: ...``, never a traceback
 (a failed write: one line per segment, and the run goes on). The exit status:
 
-- 0: every segment arrived complete and was written (``say``, ``demo``);
+- 0: every segment arrived complete and was written (``say``, ``demo``), or ``serve``
+  was stopped by SIGINT or SIGTERM;
 - 1: the run failed: a segment incomplete or not written, the connection refused or
   lost, the server's error, a port in use...;
-- 2: an argument that makes no sense (nothing was started).
+- 2: an argument that makes no sense (nothing was started);
+- 128 + N: ``say`` or ``demo`` stopped by signal N (130: Ctrl-C, 143: SIGTERM), after
+  writing the audio received so far (``NAME.partial.wav``) and listing the files.
 """
 
 from __future__ import annotations
@@ -172,6 +175,7 @@ class _Recorder:
         self.show_progress = show_progress
         self.rows: list[_Row] = []
         self.connected = False  # the server accepted the connection
+        self.stopped_by: Optional[int] = None  # the signal that ended the run
         self.started = time.perf_counter()
 
     def __call__(self, event: Any) -> Optional[str]:
@@ -187,9 +191,20 @@ class _Recorder:
         self._note(segment, path, write_failed=False)
         return path
 
+    def stop(self, signum: int) -> None:
+        """Called when a signal stops the run: said at once, as closing can take a while
+        (up to the client's close timeout against a server that does not answer)."""
+        self.stopped_by = signum
+        self.console.say(f"stopping on {signal.Signals(signum).name}: the audio received is "
+                         "kept (.partial files); a second signal stops at once")
+
     def _note(self, segment: Any, path: Optional[str], write_failed: bool) -> None:
+        error = segment.error
+        if self.stopped_by is not None and not segment.complete:
+            # the client's reason would be its own close of the connection
+            error = f"stopped by {signal.Signals(self.stopped_by).name}"
         self.rows.append(_Row(segment.flush_id, segment.duration, len(segment.samples),
-                              segment.complete, segment.error, path, write_failed))
+                              segment.complete, error, path, write_failed))
         if self.show_progress:
             audio = sum(row.duration for row in self.rows)
             self.console.progress(
@@ -215,6 +230,60 @@ def print_table(rows: Sequence[_Row], out: Any = None) -> None:
     failed = sum(row.write_failed for row in rows)
     problems = [f"{partial} partial"] * bool(partial) + [f"{failed} not written"] * bool(failed)
     print(summary + (f" ({', '.join(problems)})" if problems else ""), file=out)
+
+
+# --- signals ---------------------------------------------------------------------------
+
+class _StopOnSignals:
+    """While inside, SIGINT and SIGTERM cancel the current task, so that what it holds is
+    closed in order (the client finishes the open segments as incomplete and the writer
+    writes them as ``.partial`` files) rather than the process dying (SIGTERM's default)
+    or unwinding from wherever it happened to be (Ctrl-C). ``received`` is the first
+    signal. A second one cancels again: the cleanup is cut short, as the user asked.
+
+    A signal the process inherited as ignored (``nohup``, a background job of a
+    non-interactive shell) stays ignored."""
+
+    def __init__(self, on_stop: Optional[Callable[[int], None]] = None) -> None:
+        self.received: Optional[int] = None
+        self.on_stop = on_stop
+        self._installed: list[int] = []
+
+    def __enter__(self) -> "_StopOnSignals":
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue
+            try:
+                loop.add_signal_handler(signum, self._stop, task, signum)
+            except (NotImplementedError, RuntimeError):  # Windows; not the main thread
+                continue
+            self._installed.append(signum)
+        return self
+
+    def _stop(self, task: "asyncio.Task[Any]", signum: int) -> None:
+        if self.received is None:
+            self.received = signum
+            if self.on_stop is not None:
+                self.on_stop(signum)
+        task.cancel()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self._installed:
+            loop.remove_signal_handler(signum)
+
+    def stopped_us(self) -> bool:
+        """Call in ``except CancelledError``: True (and the cancel is taken back) when
+        the cancel came from a signal, which then ends the run like a normal return."""
+        if self.received is None:
+            return False
+        task = asyncio.current_task()
+        if task is not None and hasattr(task, "uncancel"):  # 3.11+: keep the count right
+            task.uncancel()
+        return True
 
 
 # --- say and demo ----------------------------------------------------------------------
@@ -261,23 +330,30 @@ async def _receive_all(ctx: Context) -> None:
             continue
 
 
-async def _synthesize(run: _Run, recorder: _Recorder) -> None:
-    """Speak the texts in one context, one flush segment each, into ``recorder``."""
+async def _synthesize(run: _Run, recorder: _Recorder) -> Optional[int]:
+    """Speak the texts in one context, one flush segment each, into ``recorder``.
+    Returns the signal that stopped the run, None when it ran to its end."""
     output_format = {"container": "raw", "encoding": run.encoding,
                      "sample_rate": run.sample_rate}
-    async with _server(run.url, run.api_key) as (server_url, key):
-        async with connect(server_url, key, writer=recorder,
-                           receive_timeout=run.timeout) as tts:
-            await tts.connect()
-            recorder.connected = True
-            ctx = tts.context(model_id=run.model, voice=run.voice,
-                              output_format=output_format, language=run.language)
-            for i, text in enumerate(run.texts):
-                await ctx.push(text)
-                if i < len(run.texts) - 1:
-                    await ctx.flush()
-            await ctx.no_more_inputs()
-            await _receive_all(ctx)
+    with _StopOnSignals(on_stop=recorder.stop) as signals:
+        try:
+            async with _server(run.url, run.api_key) as (server_url, key):
+                async with connect(server_url, key, writer=recorder,
+                                   receive_timeout=run.timeout) as tts:
+                    await tts.connect()
+                    recorder.connected = True
+                    ctx = tts.context(model_id=run.model, voice=run.voice,
+                                      output_format=output_format, language=run.language)
+                    for i, text in enumerate(run.texts):
+                        await ctx.push(text)
+                        if i < len(run.texts) - 1:
+                            await ctx.flush()
+                    await ctx.no_more_inputs()
+                    await _receive_all(ctx)
+        except asyncio.CancelledError:
+            if not signals.stopped_us():
+                raise
+        return signals.received
 
 
 def _prepare_out_dir(path: str) -> None:
@@ -323,9 +399,10 @@ def _speak(run: _Run) -> int:
     recorder = _Recorder(FileWriter(run.out_dir, container=run.container), console,
                          expected=len(run.texts), show_progress=len(run.texts) > 3)
     failure: Optional[str] = None
+    stopped_by: Optional[int] = None
     with _library_warnings(console):
         try:
-            asyncio.run(_synthesize(run, recorder))
+            stopped_by = asyncio.run(_synthesize(run, recorder))
         except (FlushsinkError, OSError) as exc:  # OSError: the embedded emulator's port
             failure = _failure_line(exc)
         finally:
@@ -335,6 +412,8 @@ def _speak(run: _Run) -> int:
         console.say(failure)
     if recorder.connected or rows:
         print_table(rows)
+    if stopped_by is not None:
+        return 128 + stopped_by
     return 0 if failure is None and all(row.ok for row in rows) else FAILED
 
 
@@ -366,9 +445,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def ready(emu: Any) -> None:
         print(f"flushsink emulator listening on {emu.ws_url} (Ctrl-C stops it)", flush=True)
 
+    async def serve() -> None:
+        # SIGTERM (a service manager's stop) as Ctrl-C: clients get a close frame (1001)
+        with _StopOnSignals() as signals:
+            try:
+                await emulator.serve_forever(ready)
+            except asyncio.CancelledError:
+                if not signals.stopped_us():
+                    raise
+
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(emulator.serve_forever(ready))
+        asyncio.run(serve())
     except OSError as exc:
         host = f"[{args.host}]" if ":" in args.host else args.host
         raise _Failure(f"cannot listen on {host}:{args.port}: {_os_reason(exc)}") from None
@@ -458,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Receive Cartesia-style TTS websocket audio fast: one file per flush.",
         epilog="Without --url and without an API key, 'say' and 'demo' run against the "
                "embedded emulator on 127.0.0.1. Exit status: 0 done, 1 failed, 2 bad "
-               "arguments.")
+               "arguments, 128+N stopped by signal N (the audio received is kept).")
     parser.add_argument("--version", action="version", version=version_text(),
                         help="print the version, the core (compiled or pure), the SIMD path "
                              "and the Python, and exit")
@@ -481,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Speak each TEXT as one flush segment of one context and write one file "
                     "per segment\n(OUT/CONTEXT_ID/FLUSH_ID.wav), then print a table of them. "
-                    "Audio cut short (a lost\nconnection) is kept as FLUSH_ID.partial.wav.",
+                    "Audio cut short (a lost\nconnection, Ctrl-C, SIGTERM) is kept as "
+                    "FLUSH_ID.partial.wav.",
         epilog="example:\n  flushsink say 'Stay hungry, ' 'stay foolish.' --out out "
                "--encoding pcm_f32le --sample-rate 24000")
     say.add_argument("text", nargs="+", metavar="TEXT", type=_not_blank("must not be blank"),
@@ -507,7 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     server_options(demo)
     demo.set_defaults(run=_cmd_demo, out=os.path.join("out", "demo"))
 
-    serve = commands.add_parser("serve", help="run the Cartesia emulator")
+    serve = commands.add_parser("serve", help="run the Cartesia emulator",
+                                description="Run the Cartesia emulator until Ctrl-C or "
+                                            "SIGTERM, which close its connections (1001).")
     serve.add_argument("--host", default="127.0.0.1",
                        type=_not_blank("must not be empty (0.0.0.0 listens on every "
                                        "interface)"),
@@ -558,7 +648,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _Failure as exc:
         print(f"flushsink: {exc}", file=sys.stderr)
         return exc.status
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C outside a run: nothing is open that could be kept
         print("flushsink: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     except (FlushsinkError, OSError) as exc:  # expected failures; a bug keeps its traceback
