@@ -505,3 +505,20 @@ def test_an_output_directory_that_cannot_exist_fails_before_connecting(tmp_path,
     assert "a-file/out" in line and "Not a directory" in line
     assert result.stdout == ""
     assert emulator.stats.connections == 0  # nothing was spent on the server
+
+
+# --- the output is read by another program that stops reading ------------------------------
+
+def test_stdout_closed_early(tmp_path, emulator):
+    say = subprocess.Popen([sys.executable, "-m", "flushsink", "say", "One.", "--url",
+                            emulator.url, "--out", "o"], cwd=tmp_path, env=environment(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    say.stdout.close()  # like `flushsink say ... | head -0`
+    stderr = say.stderr.read()
+    say.wait(WAIT)
+    say.stderr.close()
+    assert say.returncode == 128 + 13  # as a program killed by SIGPIPE
+    # nobody is reading: a complaint about the pipe would only be noise
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr, stderr
+    assert "Exception ignored" not in stderr, stderr
+    assert files_under(tmp_path / "o")  # the audio is written all the same

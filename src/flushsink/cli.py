@@ -44,6 +44,7 @@ DEMO_VOICE = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"  # the voice of Cartesia's s
 
 #: The exit status after a run that failed, and after an argument that makes no sense.
 FAILED, USAGE = 1, 2
+_SIGPIPE = 13  # signal.SIGPIPE, which Windows lacks
 
 
 def version_text() -> str:
@@ -637,8 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- the command -----------------------------------------------------------------------
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+def _run(argv: Optional[Sequence[str]]) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed
@@ -652,5 +652,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("flushsink: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     except (FlushsinkError, OSError) as exc:  # expected failures; a bug keeps its traceback
+        if isinstance(exc, BrokenPipeError):
+            raise
         print(f"flushsink: {_failure_line(exc)}", file=sys.stderr)
         return FAILED
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
+        return status
+    except BrokenPipeError:
+        # `flushsink ... | head`: stdout's reader is gone, so there is no one to tell;
+        # point stdout at devnull so that the flush at exit does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + _SIGPIPE
