@@ -18,7 +18,7 @@ import json
 import re
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Optional, Protocol, cast
 
 import numpy as np
 
@@ -435,8 +435,8 @@ def _string_value(buf: bytes, value: _Value) -> str:
 # faster than the regex walk. It takes a frame only when it can show that the exact path
 # accepts the frame with the same fields; in any doubt, and for every frame with an error,
 # it returns None and the frame takes the exact path, which finds the error's code and
-# offset. It changes no state, so a frame may take both. Where json and docs/sink.md
-# disagree, a cheap check sends the frame to the exact path:
+# offset. It changes nothing but its cache of envelopes, so a frame may take both. Where
+# json and docs/sink.md disagree, a cheap check sends the frame to the exact path:
 #
 # - UTF-8: a strict decode rejects what the spec rejects (overlong forms, encoded
 #   surrogates, past U+10FFFF, cut sequences); a BOM decodes to "\ufeff", which is not "{";
@@ -501,9 +501,10 @@ _scan_object = _scanner()
 _scan_pairs = _scanner(object_pairs_hook=tuple)
 
 
-def _fast_frame(buf: bytes) -> Optional[_FrameFields]:
+def _fast_frame(buf: bytes, envelopes: _Envelopes) -> Optional[_FrameFields]:
     """The fields of a frame the exact path would accept, with the decoded audio of a
-    chunk; None when the frame must take the exact path.
+    chunk; None when the frame must take the exact path. envelopes: the Sink's envelope
+    templates, which this keeps up to date.
 
     It cuts the data string out first, so that json parses the envelope alone, not the
     audio's base64 too. Why the cut is the top-level data member's value: none of the
@@ -521,6 +522,7 @@ def _fast_frame(buf: bytes) -> Optional[_FrameFields]:
     whole.
     """
     audio: Optional[bytes] = None
+    envelope: Optional[bytes] = None
     key = buf.find(b'"data"')
     if key > 0 and buf[key - 1] != 0x5C:
         # the value's opening quote: json.dumps puts it at key + 9, compact writers at
@@ -544,14 +546,18 @@ def _fast_frame(buf: bytes) -> Optional[_FrameFields]:
             except ValueError:  # binascii.Error
                 audio = None
             else:
+                envelope = buf[:start] + buf[end:]
+                fields = envelopes.match(envelope)
+                if fields is not None:
+                    return fields + (audio,)
                 try:
-                    text = (buf[:start] + buf[end:]).decode("utf-8")
+                    text = envelope.decode("utf-8")
                 except UnicodeDecodeError:
                     return None
                 # nested containers: parse it whole (also a frame that does not start
                 # with "{", which is rare and takes the full parse, where it is checked)
                 if "[" in text or text.find("{", 1) >= 0:
-                    audio = None
+                    audio = envelope = None
     if audio is None:
         try:
             text = buf.decode("utf-8")
@@ -595,7 +601,120 @@ def _fast_frame(buf: bytes) -> Optional[_FrameFields]:
         audio = _b64_fast(data) if data is not None else b""
         if audio is None:
             return None
+    if envelope is not None:
+        envelopes.learn(envelope, (ftype, cid, label))
     return ftype, cid, label, audio
+
+
+# Envelope templates. Within a context the server repeats its envelope but for a number
+# or two (step_time changes with every chunk), so most of a small chunk's cost, the
+# envelope's parse and checks, can be kept from the chunk before. A template is an
+# envelope that passed every check, as a head and a tail around the value of one number
+# member that changed (none if nothing did), with the fields it gave. An envelope that is
+# the head, a JSON number, then the tail, is valid exactly as the template's envelope,
+# with the same fields: the exact path finds the same members, keys and known values, and
+# a number of its own grammar where the other was. (The compiled core remembers repeated
+# members for the same reason, ext/frame.c fs_memo.)
+#
+# A template is made from two envelopes of the same shape (the envelope without its
+# digits): the first one is kept, and the next one shows which number changed. Contexts
+# interleave, so there is a template per shape, the last one used tried first; the map
+# is emptied when full, so that a server sending ever new envelopes costs one entry each.
+
+_MAX_TEMPLATES = 256
+# the JSON number grammar (docs/sink.md, ext/frame.c)
+_NUMBER_TOKEN = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+# in an envelope without backslashes, its strings and its numbers, in order
+_ENVELOPE_TOKEN = re.compile(rb'"[^"]*"|-?[0-9][-+.eE0-9]*')
+_KNOWN_QUOTED = frozenset(b'"' + key.encode() + b'"' for key in KNOWN_KEYS)
+
+
+class _Template(NamedTuple):
+    head: bytes
+    tail: bytes  # empty when nothing changed: head is then the whole envelope
+    fields: tuple[Optional[str], Optional[str], Optional[int]]
+
+    def match(self, envelope: bytes) -> Optional[tuple[Optional[str], Optional[str],
+                                                       Optional[int]]]:
+        head, tail = self.head, self.tail
+        if not tail:
+            return self.fields if envelope == head else None
+        end = len(envelope) - len(tail)
+        if (end > len(head) and envelope.startswith(head) and envelope.endswith(tail)
+                and _NUMBER_TOKEN.fullmatch(envelope, len(head), end)):
+            return self.fields
+        return None
+
+
+class _Envelopes:
+    """The envelope templates of one Sink."""
+
+    __slots__ = ("last", "by_shape")
+
+    def __init__(self) -> None:
+        self.last: Optional[_Template] = None
+        # shape -> its template, or the first envelope of that shape
+        self.by_shape: dict[bytes, Any] = {}
+
+    def match(self, envelope: bytes) -> Optional[tuple[Optional[str], Optional[str],
+                                                      Optional[int]]]:
+        """The fields of an envelope that fits a template; None if none does."""
+        last = self.last
+        if last is not None:
+            fields = last.match(envelope)
+            if fields is not None:
+                return fields
+        template = self.by_shape.get(envelope.translate(None, b"0123456789"))
+        if type(template) is _Template:
+            fields = template.match(envelope)
+            if fields is not None:
+                self.last = template
+                return fields
+        return None
+
+    def learn(self, envelope: bytes, fields: tuple[Any, ...]) -> None:
+        """After a flat envelope passed every check (and fit no template)."""
+        if b"\\" in envelope:
+            return  # escapes: the tokens below would not be exact
+        shape = envelope.translate(None, b"0123456789")
+        seen = self.by_shape.get(shape)
+        template = None
+        if type(seen) is bytes:
+            template = _template(seen, envelope, fields)
+        if template is None:
+            if len(self.by_shape) >= _MAX_TEMPLATES and shape not in self.by_shape:
+                self.by_shape.clear()
+            self.by_shape[shape] = envelope
+        else:
+            self.by_shape[shape] = self.last = template
+
+
+def _template(before: bytes, envelope: bytes, fields: tuple[Any, ...]) -> Optional[_Template]:
+    """The template of two valid flat envelopes without backslashes that differ in at
+    most one number, the value of a member other than a known field (so their fields are
+    the same); else None.
+
+    Without backslashes every quote opens or closes a string, so the tokens are exact;
+    flat, so the key of a number is the string just before it."""
+    tokens = _ENVELOPE_TOKEN.findall(envelope)
+    before_tokens = _ENVELOPE_TOKEN.findall(before)
+    if len(tokens) != len(before_tokens):
+        return None
+    changed = None
+    key = b""
+    for index, (text, old) in enumerate(zip(tokens, before_tokens)):
+        if text[0] == 0x22:
+            if text != old:
+                return None
+            key = text
+        elif text != old:
+            if changed is not None or key in _KNOWN_QUOTED:
+                return None
+            changed = index
+    if changed is None:
+        return _Template(envelope, b"", fields)
+    number = list(_ENVELOPE_TOKEN.finditer(envelope))[changed]
+    return _Template(envelope[:number.start()], envelope[number.end():], fields)
 
 
 def _negative_zero(text: str) -> bool:
@@ -702,6 +821,7 @@ class Sink:
         # False sends every frame through the exact scanner (tests and benchmarks only);
         # an instance attribute, as a class one is slower to read once per frame
         self._fast_path = True
+        self._envelopes = _Envelopes()  # envelope templates (_fast_frame)
         self._owner: Optional[int] = None
 
     @property
@@ -836,7 +956,7 @@ class Sink:
         self._owner = _get_ident()
         try:
             try:
-                fields = _fast_frame(buf) if self._fast_path else None
+                fields = _fast_frame(buf, self._envelopes) if self._fast_path else None
             except Exception:  # unforeseen by the fast intake: the exact path judges it
                 fields = None
             if fields is None:
