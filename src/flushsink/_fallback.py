@@ -30,6 +30,7 @@ from ._common import (
     check_sink_args,
     flush_id_value,
     frame_type_error,
+    load_payload,
     lost_error,
     open_segments_cap_error,
     segment_cap_error,
@@ -1202,7 +1203,7 @@ class Sink:
         message: Any = None
         items: Any = None
         if ftype in ("error", "timestamps", "phoneme_timestamps") or not known:
-            message = json.loads(buf)
+            message = load_payload(buf)
         if ftype in ("timestamps", "phoneme_timestamps"):
             kind = "words" if ftype == "timestamps" else "phonemes"
             key = "word_timestamps" if kind == "words" else "phoneme_timestamps"

@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator, Callable, Optional, cast
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
-from websockets.frames import CloseCode, Opcode
+from websockets.frames import Close, CloseCode, Opcode
 from websockets.uri import parse_uri
 
 try:  # websockets 16+: recv() refuses messages of more frames than this
@@ -556,6 +556,7 @@ class ClientBase:
         # the close frame of the side that closed first (the server's, or ours: e.g.
         # 1009 for a frame over max_size, 1000 for close()), else none at all: the TCP
         # connection dropped
+        close: Optional[Close]
         if exc.rcvd is not None and (exc.sent is None or exc.rcvd_then_sent):
             close, side = exc.rcvd, "the server"
         else:
