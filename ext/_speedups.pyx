@@ -23,7 +23,8 @@ import os
 import numpy as np
 
 from ._common import (BASE64_CODES, SCAN_CODES, SinkStats, cap_reason, check_sink_args,
-                      frame_type_error, lost_error, open_segments_cap_error, prealloc_bytes,
+                      frame_type_error, load_payload, lost_error, open_segments_cap_error,
+                      prealloc_bytes,
                       segment_cap_error, str_frame_error, timestamps_cap_error,
                       total_cap_error)
 from .errors import FRAME_ERROR_REASONS, FrameError
@@ -984,7 +985,7 @@ cdef class Sink:
         items = None
         if ftype == FS_TYPE_ERROR or ftype == FS_TYPE_TIMESTAMPS or ftype == FS_TYPE_PHONEME_TIMESTAMPS \
                 or ftype == FS_TYPE_NONE or ftype == FS_TYPE_UNKNOWN:
-            message = json.loads(PyBytes_FromStringAndSize(<const char *>buf, n))
+            message = load_payload(PyBytes_FromStringAndSize(<const char *>buf, n))
         if ftype == FS_TYPE_TIMESTAMPS or ftype == FS_TYPE_PHONEME_TIMESTAMPS:
             key = FS_KEY_WORD_TIMESTAMPS if ftype == FS_TYPE_TIMESTAMPS else FS_KEY_PHONEME_TIMESTAMPS
             try:

@@ -207,13 +207,30 @@ typedef struct {
     fs_frame *frame;
     int tentative_data;
     fs_memo *memo;
-    size_t members;                          /* top-level members seen, data excluded */
+    size_t members;                          /* top-level members before data */
     fs_tmpl_member member[FS_TMPL_MEMBERS];  /* the first of them, for the template */
+    size_t data_end;                         /* data's closing quote, once passed; else 0 */
+    size_t after;                            /* top-level members after data */
+    fs_tmpl_member after_member[FS_TMPL_MEMBERS];   /* offsets from data_end */
 } scanner;
 
 /* A top-level member's value was buf[value:value_end] (for the template). */
 static inline void record_member(scanner *s, size_t value, size_t value_end, int key)
 {
+    if (key == FS_KEY_DATA) {   /* (a data string skipped with its end known) */
+        if (value_end > value && s->buf[value] == '"') s->data_end = value_end - 1;
+        return;
+    }
+    if (s->data_end != 0) {
+        if (s->after < FS_TMPL_MEMBERS && value_end - s->data_end <= FS_TMPL_BYTES) {
+            fs_tmpl_member *m = &s->after_member[s->after];
+            m->value = (uint16_t)(value - s->data_end);
+            m->value_end = (uint16_t)(value_end - s->data_end);
+            m->key = (int8_t)key;
+        }
+        s->after++;
+        return;
+    }
     if (s->members < FS_TMPL_MEMBERS && value_end <= FS_TMPL_BYTES) {
         fs_tmpl_member *m = &s->member[s->members];
         m->value = (uint16_t)value;
@@ -642,30 +659,57 @@ static void template_build(fs_template *t, const scanner *s)
                (size_t)(s->member[k].value_end - s->member[k].value) + 1);
     t->members = (uint32_t)s->members;
     t->frame = *s->frame;
+    t->suffix_len = 0;
     t->len = (uint32_t)len;
 }
 
-/* The scan of buf[0:n] with tentative_data, if the frame fits the template: its bytes up
- * to data's content are the template's but for the values of some string or number
- * members, each still a valid value of the same kind; 0 otherwise (scan it in full). */
-static int template_match(const fs_template *t, const uint8_t *buf, size_t n, fs_frame *frame)
+/* The template of a frame whose data string (skipped, no backslash before its end) has
+ * members after it: template_build's part up to data, and the bytes from data's closing
+ * quote to the end. */
+static void template_build_inside(fs_template *t, const scanner *s)
 {
-    size_t len = t->len, p = 0, next = 0, changes = 0;
-    ptrdiff_t shift = 0;                 /* a byte at template offset x is at buf[x + shift] */
-    uint32_t changed[FS_TMPL_MEMBERS];   /* the members whose value changed, in order */
-    ptrdiff_t shifts[FS_TMPL_MEMBERS];   /* the shift after each of them */
-    if (n < len + 2) return 0;
-    *frame = t->frame;
+    size_t end = s->data_end, suffix = s->n - end;
+    if (suffix > FS_TMPL_BYTES || s->after > FS_TMPL_MEMBERS || suffix < 2) {
+        t->len = 0;
+        return;
+    }
+    template_build(t, s);
+    if (t->len == 0) return;
+    memcpy(t->suffix_bytes, s->buf + end, suffix);
+    memcpy(t->suffix_member, s->after_member, s->after * sizeof(fs_tmpl_member));
+    memset(t->suffix_owner, 0xFF, suffix);
+    for (size_t k = 0; k < s->after; k++)
+        memset(t->suffix_owner + s->after_member[k].value, (int)k,
+               (size_t)(s->after_member[k].value_end - s->after_member[k].value) + 1);
+    t->suffix_members = (uint32_t)s->after;
+    t->data_end = (uint32_t)end;
+    t->suffix_len = (uint32_t)suffix;
+}
+
+/* Whether buf, from base on, is bytes[0:len] of a template span but for the values of
+ * some string or number members (owner, member), each still a valid value of the same
+ * kind, with at least tail bytes after it. Sets the changed members' known keys in frame
+ * (absolute offsets) and, for move_keys, which changed and the shift after each (a byte
+ * at span offset x is at buf[base + x + shift]); *shift_out: the shift at the end. */
+static int match_span(const uint8_t *bytes, const uint8_t *owner, const fs_tmpl_member *member,
+                      size_t len, const uint8_t *buf, size_t n, size_t base, size_t tail,
+                      fs_frame *frame, uint32_t *changed, ptrdiff_t *shifts, size_t *changes,
+                      ptrdiff_t *shift_out)
+{
+    size_t p = 0, next = 0;
+    ptrdiff_t shift = 0;
+    *changes = 0;
+    if (n < base + len + tail) return 0;
     for (;;) {
-        size_t d = p + first_difference(buf + p + shift, t->bytes + p, len - p);
+        size_t d = p + first_difference(buf + base + p + shift, bytes + p, len - p);
         if (d == len) break;
         /* a changed value, after the last one (a key or a separator differs: no) */
-        if (t->owner[d] == 0xFF || t->owner[d] < next) return 0;
-        next = t->owner[d];
-        const fs_tmpl_member *m = &t->member[next];
-        size_t v = (size_t)((ptrdiff_t)m->value + shift), end;
+        if (owner[d] == 0xFF || owner[d] < next) return 0;
+        next = owner[d];
+        const fs_tmpl_member *m = &member[next];
+        size_t v = (size_t)((ptrdiff_t)(base + m->value) + shift), end;
         fs_value *fv = m->key >= 0 ? &frame->keys[m->key] : NULL;
-        uint8_t kind = t->bytes[m->value], c = buf[v];   /* v <= d + shift < n */
+        uint8_t kind = bytes[m->value], c = buf[v];   /* v <= base + d + shift < n */
         if (kind == '"') {
             size_t close, offset;
             int escaped;
@@ -683,29 +727,77 @@ static int template_match(const fs_template *t, const uint8_t *buf, size_t n, fs
             return 0;
         }
         if (fv) fv->value_offset = v;
-        shift = (ptrdiff_t)end - (ptrdiff_t)m->value_end;
-        if ((ptrdiff_t)n < (ptrdiff_t)len + shift + 2) return 0;
-        changed[changes] = (uint32_t)next;
-        shifts[changes++] = shift;
+        shift = (ptrdiff_t)end - (ptrdiff_t)(base + m->value_end);
+        if ((ptrdiff_t)n < (ptrdiff_t)(base + len + tail) + shift) return 0;
+        changed[*changes] = (uint32_t)next;
+        shifts[(*changes)++] = shift;
         p = m->value_end;
         next++;
     }
-    size_t quote = (size_t)((ptrdiff_t)len - 1 + shift), last = tail_quote(buf, n, quote);
-    if (last == 0) return 0;
-    if (changes != 0) {   /* the known keys after a longer or shorter value moved (each
-                           * by the shift in force where it sits: two changes that cancel
-                           * out still move the keys between them) */
-        ptrdiff_t moved = 0;
-        for (size_t k = 0, c = 0; k < t->members; k++) {
-            if (c < changes && changed[c] == k) { moved = shifts[c++]; continue; }
-            int key = t->member[k].key;
-            if (moved != 0 && key >= 0) {
-                fs_value *fv = &frame->keys[key];
-                fv->value_offset = (size_t)((ptrdiff_t)fv->value_offset + moved);
-                fv->start = (size_t)((ptrdiff_t)fv->start + moved);
-                fv->end = (size_t)((ptrdiff_t)fv->end + moved);
-            }
+    *shift_out = shift;
+    return 1;
+}
+
+/* The known keys of a matched span that kept their values moved: by delta (where the
+ * span starts in buf, less where it started in the template frame) and by the shift in
+ * force where each sits (two changes that cancel out still move the keys between them). */
+static void move_keys(fs_frame *frame, const fs_tmpl_member *member, size_t members,
+                      const uint32_t *changed, const ptrdiff_t *shifts, size_t changes,
+                      ptrdiff_t delta)
+{
+    ptrdiff_t moved = delta;
+    for (size_t k = 0, c = 0; k < members; k++) {
+        if (c < changes && changed[c] == k) { moved = delta + shifts[c++]; continue; }
+        int key = member[k].key;
+        if (moved != 0 && key >= 0) {
+            fs_value *fv = &frame->keys[key];
+            fv->value_offset = (size_t)((ptrdiff_t)fv->value_offset + moved);
+            fv->start = (size_t)((ptrdiff_t)fv->start + moved);
+            fv->end = (size_t)((ptrdiff_t)fv->end + moved);
         }
+    }
+}
+
+/* The scan of buf[0:n], if the frame fits the template: its bytes up to data's content
+ * (and, for a template of a frame with data inside, from data's end on) are the
+ * template's but for the values of some string or number members, each still a valid
+ * value of the same kind; 0 otherwise (scan it in full). */
+static int template_match(const fs_template *t, const uint8_t *buf, size_t n, fs_frame *frame,
+                          int tentative_data)
+{
+    uint32_t changed[FS_TMPL_MEMBERS];   /* the members whose value changed, in order */
+    ptrdiff_t shifts[FS_TMPL_MEMBERS];   /* the shift after each of them */
+    size_t changes;
+    ptrdiff_t shift;
+    *frame = t->frame;
+    if (!match_span(t->bytes, t->owner, t->member, t->len, buf, n, 0, 2, frame, changed,
+                    shifts, &changes, &shift))
+        return 0;
+    size_t quote = (size_t)((ptrdiff_t)t->len - 1 + shift), last;
+    if (t->suffix_len == 0) {   /* data last: its end is taken on trust (tentative_data) */
+        last = tail_quote(buf, n, quote);
+        if (last == 0) return 0;
+    } else {                    /* data inside: its end is the first quote, as in a scan */
+        /* (with tentative_data, a frame that ends with '"}' is one the full scan makes
+         * its guess on: leave it to that scan, so that the answer is the same) */
+        if (tentative_data && tail_quote(buf, n, quote) != 0) return 0;
+        const uint8_t *q = memchr(buf + quote + 1, '"', n - quote - 1);
+        if (q == NULL || (q != buf + quote + 1 && q[-1] == '\\')) return 0;
+        last = (size_t)(q - buf);
+    }
+    move_keys(frame, t->member, t->members, changed, shifts, changes, 0);
+    if (t->suffix_len != 0) {
+        uint32_t after_changed[FS_TMPL_MEMBERS];
+        ptrdiff_t after_shifts[FS_TMPL_MEMBERS];
+        size_t after_changes;
+        ptrdiff_t after_shift;
+        if (!match_span(t->suffix_bytes, t->suffix_owner, t->suffix_member, t->suffix_len,
+                        buf, n, last, 0, frame, after_changed, after_shifts, &after_changes,
+                        &after_shift)
+                || n != last + t->suffix_len + (size_t)after_shift)
+            return 0;
+        move_keys(frame, t->suffix_member, t->suffix_members, after_changed, after_shifts,
+                  after_changes, (ptrdiff_t)last - (ptrdiff_t)t->data_end);
     }
     fs_value *data = &frame->keys[FS_KEY_DATA];
     data->value_offset = quote;
@@ -713,9 +805,13 @@ static int template_match(const fs_template *t, const uint8_t *buf, size_t n, fs
     data->end = last;
     data->has_escape = 0;
     frame->data_checked = 0;
-    frame->data_tentative = 1;
+    frame->data_tentative = t->suffix_len == 0;
     return 1;
 }
+
+#ifdef FS_TEMPLATE_STATS
+unsigned long fs_template_hits[2];
+#endif
 
 int fs_confirm_data_end(const uint8_t *buf, const fs_frame *frame)
 {
@@ -733,12 +829,17 @@ int fs_data_is_last(const uint8_t *buf, size_t n, const fs_frame *frame)
 fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
                   int tentative_data, fs_memo *memo)
 {
-    if (memo != NULL && tentative_data && memo->tmpl.len != 0
-            && template_match(&memo->tmpl, buf, n, frame)) {
+    if (memo != NULL && memo->tmpl.len != 0 && (tentative_data || memo->tmpl.suffix_len != 0)
+            && template_match(&memo->tmpl, buf, n, frame, tentative_data)) {
+#ifdef FS_TEMPLATE_STATS
+        fs_template_hits[memo->tmpl.suffix_len != 0]++;
+#endif
         *error_offset = 0;   /* as the full scan leaves it */
         return FS_OK;
     }
     scanner s = {buf, n, 0, frame, tentative_data, memo, 0};
+    s.data_end = 0;
+    s.after = 0;
     /* only the kinds need clearing: the other fields are read once a kind is set */
     for (int k = 0; k < FS_NKEYS; k++) frame->keys[k].kind = FS_ABSENT;
     frame->object_offset = 0;
@@ -767,8 +868,13 @@ fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_o
             if (dst != FS_OK) { st = dst; s.error_offset = offset; }
         }
     }
-    if (st == FS_OK && memo != NULL && frame->data_tentative)
-        template_build(&memo->tmpl, &s);
+    if (st == FS_OK && memo != NULL) {
+        if (frame->data_tentative)
+            template_build(&memo->tmpl, &s);
+        else if (s.data_end != 0 && !frame->data_checked
+                 && frame->keys[FS_KEY_DATA].end == s.data_end)
+            template_build_inside(&memo->tmpl, &s);
+    }
     *error_offset = s.error_offset;
     return st;
 }

@@ -97,6 +97,17 @@ typedef struct {
     uint8_t owner[FS_TMPL_BYTES];   /* the member whose value spans an offset (its end
                                        included), or 0xFF */
     uint8_t bytes[FS_TMPL_BYTES];
+    /* A frame whose data is not its last member ({"type":..,"data":..,"context_id":..}):
+     * the same again for the bytes from data's closing quote to the frame's end, offsets
+     * counted from that quote. suffix_len 0: the template is of a frame with data last,
+     * used with tentative_data; else of one with data inside, whose end is then found
+     * with one memchr, as the full scan's fast skip does (with tentative_data only for a
+     * frame on which the full scan would not guess: one that does not end with '"}'). */
+    uint32_t suffix_len, suffix_members;
+    uint32_t data_end;     /* the template frame's closing quote of data */
+    fs_tmpl_member suffix_member[FS_TMPL_MEMBERS];
+    uint8_t suffix_owner[FS_TMPL_BYTES];
+    uint8_t suffix_bytes[FS_TMPL_BYTES];
 } fs_template;
 
 typedef struct {
@@ -134,6 +145,12 @@ static inline void fs_prefetch(const uint8_t *buf, size_t n)
  * only used with tentative_data. */
 fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
                   int tentative_data, fs_memo *memo);
+
+#ifdef FS_TEMPLATE_STATS
+/* Frames the template answered: [0] data last (tentative_data), [1] data inside. Built
+ * only into tests/scan_memo.c, which checks that both kinds are exercised. */
+extern unsigned long fs_template_hits[2];
+#endif
 
 /* Validate the string whose content starts at buf[start] (just past the opening quote):
  * escapes, surrogate pairs, control bytes, UTF-8. On success *end is the offset of the

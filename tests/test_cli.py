@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile
 
 from flushsink.cli import DEMO_VOICE
@@ -46,7 +47,11 @@ def test_say_in_another_format_with_progress(tmp_path):
     result = flushsink("say", *texts, "--out", "o", "--encoding", "pcm_f32le",
                        "--sample-rate", "24000", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "5/5 segments" in result.stderr  # the progress line
+    # the progress line: redrawn in place on a terminal, printed once in a pipe or a log
+    notice, progress = result.stderr.splitlines()
+    assert "embedded emulator" in notice
+    assert "\r" not in result.stderr and re.match(r"  5/5 segments, [\d.]+ s of audio", progress)
+    assert re.fullmatch(r"5 segments, [\d.]+ s of audio", result.stdout.splitlines()[-1])
     files = wav_files(tmp_path / "o")
     assert [os.path.basename(f) for f in files] == ["1.wav", "2.wav", "3.wav", "4.wav", "5.wav"]
     fmt = AudioFormat("pcm_f32le", 24000)
@@ -54,6 +59,34 @@ def test_say_in_another_format_with_progress(tmp_path):
         data, rate = soundfile.read(path, dtype="float32")
         assert rate == 24000
         assert np.array_equal(data, np.frombuffer(render(text, DEMO_VOICE, fmt), "<f4"))
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="no pseudo-terminals here")
+def test_progress_on_a_terminal_is_redrawn_in_place(tmp_path):
+    controller, terminal = os.openpty()
+    try:
+        say = subprocess.Popen(
+            [sys.executable, "-m", "flushsink", "say", *[f"Text {i}." for i in range(5)]],
+            cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "CARTESIA_API_KEY"},
+            stdout=subprocess.PIPE, stderr=terminal)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                piece = os.read(controller, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not piece:
+                break
+            shown += piece
+        stdout, _ = say.communicate(timeout=60)
+    finally:
+        os.close(controller)
+    assert say.returncode == 0
+    progress = shown.decode().split("\n", 1)[1]  # after the emulator's notice
+    assert re.fullmatch(r"(\r  [1-5]/5 segments, [\d.]+ s of audio, [\d.]+ s *){5}\r?\n",
+                        progress), progress
+    assert stdout.decode().splitlines()[-1].startswith("5 segments, ")
 
 
 def test_say_raw_container(tmp_path):

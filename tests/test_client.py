@@ -590,3 +590,47 @@ def test_read_buffers_go_from_closed_connections_to_new_ones_within_a_bound():
     assert len(client_module._idle_read_buffers) == kept
     for segments in results:
         assert [s.samples.tobytes() for s in segments] == [expected(text) for text in SEED]
+
+
+def test_a_close_by_the_client_is_reported_as_ours_not_the_servers():
+    """A context still open when the client closes ends with ConnectionLost saying who
+    closed: flushsink (code 1000), not the server that only answered the close."""
+    async def main():
+        async with Emulator() as emu:
+            tts = flushsink.connect(emu.url, receive_timeout=10)
+            ctx = tts.context(voice=VOICE, output_format=S16)
+            await ctx.push(SEED[0])  # no no_more_inputs: the context stays open
+            await tts.close()
+            with pytest.raises(ConnectionLost) as lost:
+                await ctx.collect()
+            return str(lost.value), tts.close_code
+
+    message, code = run(main())
+    assert "closed by flushsink with code 1000" in message and code == 1000, message
+
+
+def test_a_failed_write_the_reader_gets_is_not_also_logged_as_an_error(caplog):
+    """A complete segment's WriteError reaches the reader from the context's iterator, so
+    it is logged at INFO only (an app that handles it must not see it printed twice); an
+    incomplete one's is not raised (the context's own failure is), so it is an ERROR."""
+    from flushsink.errors import WriteError as _WriteError
+
+    def failing_writer(event):
+        raise _WriteError("disk full", event.segment)
+
+    delivered = []
+    session = Session(flushsink.Sink(), lambda state, ev: delivered.append(ev), failing_writer)
+    state = session.new_context(model_id="m", voice="v", context_id="a")
+    session.request(state, "x")
+    chunk = b'{"type":"chunk","context_id":"a","flush_id":1,"data":"AAAA"}'
+    with caplog.at_level("INFO", logger="flushsink"):
+        session.receive(chunk)
+        session.receive(b'{"type":"flush_done","context_id":"a","flush_id":1}')
+        complete = [(r.levelname, r.getMessage()) for r in caplog.records]
+        caplog.clear()
+        session.receive(chunk.replace(b'"flush_id":1', b'"flush_id":2'))
+        session.connection_lost("gone")
+        incomplete = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert complete == [("INFO", "flushsink: disk full")]
+    assert ("ERROR", "flushsink: disk full") in incomplete
+    assert session.write_error_count == 2

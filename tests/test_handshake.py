@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import socket
+import struct
 import time
 
 import pytest
@@ -136,6 +137,20 @@ def test_wss_to_a_plain_server(client):
         error = fails_with(client, url)
     assert error.status is None and "wss://127.0.0.1" in str(error)
     assert isinstance(error.__cause__, OSError)  # ssl.SSLError or a reset
+    # whatever the OS said (a reset says nothing), the message names the TLS failure
+    assert "TLS" in str(error) and not str(error).endswith(": "), str(error)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_wss_to_a_server_that_resets_says_so(client):
+    def handler(conn):  # reads the TLS hello and drops the connection without a word
+        conn.recv(4096)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # with a zero linger: a reset
+
+    with RawServer(handler) as server:
+        error = fails_with(client, server.url.replace("ws://", "wss://"))
+    assert error.status is None and "TLS" in str(error), str(error)
 
 
 @pytest.mark.parametrize("client", CLIENTS)

@@ -969,3 +969,26 @@ def test_a_flood_of_flush_done_without_audio_makes_no_files(client, tmp_path):
     assert all(s.path is None and len(s.samples) == 0 for s in segments[1:])
     assert [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()] == \
         [os.path.join("a", "0.wav")]
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_an_integer_longer_than_int_takes_is_no_crash(core):
+    """Valid JSON may hold an integer of any length; Python's int() refuses more than 4300
+    digits from text, and json.loads with it raised a bare ValueError out of feed (and out
+    of the client's Session). Such a number now comes out as a decimal.Decimal: in an
+    unknown frame or an error it is carried as it is; as a timestamp it is not a time."""
+    import decimal
+
+    huge = "7" * 5000
+    sink = core.Sink(S16)
+    (event,) = sink.feed(('{"type":"nothing","context_id":"a","n":%s}' % huge).encode())
+    assert event.message["n"] == decimal.Decimal(huge)
+    (event,) = sink.feed(('{"type":"error","error":"x","code":%s}' % huge).encode())
+    assert event.raw["code"] == decimal.Decimal(huge)
+    with pytest.raises(FrameError) as info:
+        sink.feed(('{"type":"timestamps","context_id":"a","word_timestamps":'
+                   '{"words":["a"],"start":[%s],"end":[1]}}' % huge).encode())
+    assert info.value.code == "field_type"
+    session = Session(core.Sink(S16), lambda state, ev: None)
+    session.receive(('{"type":"error","error":"x","code":%s}' % huge).encode())
+    assert session.server_error_count == 1

@@ -10,6 +10,7 @@ Skipped where there is no C compiler or no ext/ sources (an installed wheel).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -32,7 +33,8 @@ def scan_memo(tmp_path_factory) -> Path:
     if cc is None or not (EXT / "frame.c").exists():
         pytest.skip("needs a C compiler and the ext/ sources")
     binary = tmp_path_factory.mktemp("scan_memo") / "scan_memo"
-    sources = [str(HERE / "scan_memo.c"), str(EXT / "frame.c"), f"-I{EXT}", "-o", str(binary)]
+    sources = [str(HERE / "scan_memo.c"), str(EXT / "frame.c"), f"-I{EXT}",
+               "-DFS_TEMPLATE_STATS", "-o", str(binary)]
     for flags in (["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"],
                   ["-O2"]):
         if subprocess.run([cc, "-std=c11", *flags, *sources], capture_output=True).returncode == 0:
@@ -46,3 +48,6 @@ def test_scan_with_and_without_memory_agree(scan_memo, seed):
                             timeout=120, env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "200000 iterations, 0 mismatches" in result.stdout
+    # both kinds of template answered frames: data last and data inside (not vacuous)
+    hits = re.search(r"template hits: (\d+) data last, (\d+) data inside", result.stdout)
+    assert hits and int(hits[1]) > 100 and int(hits[2]) > 100, result.stdout

@@ -3,6 +3,8 @@ frame intake for ``str``, capacity messages, and the stats record."""
 
 from __future__ import annotations
 
+import decimal
+import json
 from typing import Any, NamedTuple
 
 from .errors import CapacityError, FrameError
@@ -129,3 +131,18 @@ def lost_error(error: Any, chunks: int, nbytes: int, reason: str) -> str:
 def cap_reason(name: str, cap: int) -> str:
     """What lost_error says of a chunk that a byte cap refused."""
     return f"over {name}={cap}"
+
+
+def _payload_int(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:  # longer than int() takes from text (4300 digits by default)
+        return decimal.Decimal(text)
+
+
+def load_payload(frame: Any) -> Any:
+    """The whole of a valid frame as Python objects, for the events that carry it
+    (errors, timestamps, unknown types). An integer longer than ``int()`` accepts from
+    text comes out as a ``decimal.Decimal``: json.loads would raise a bare ValueError on
+    a frame the scanner found valid, and a server must not be able to raise that."""
+    return json.loads(frame, parse_int=_payload_int)

@@ -2,6 +2,17 @@
 
 Without an API key (``--api-key`` or ``CARTESIA_API_KEY``) and without ``--url``,
 ``say`` and ``demo`` start the embedded emulator on 127.0.0.1 and say so.
+
+Whatever goes wrong is told in one line on stderr, ``flushsink: ...``, never a traceback
+(a failed write: one line per segment, and the run goes on). The exit status:
+
+- 0: every segment arrived complete and was written (``say``, ``demo``), or ``serve``
+  was stopped by SIGINT or SIGTERM;
+- 1: the run failed: a segment incomplete or not written, the connection refused or
+  lost, the server's error, a port in use...;
+- 2: an argument that makes no sense (nothing was started);
+- 128 + N: ``say`` or ``demo`` stopped by signal N (130: Ctrl-C, 143: SIGTERM), after
+  writing the audio received so far (``NAME.partial.wav``) and listing the files.
 """
 
 from __future__ import annotations
@@ -9,19 +20,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
+import math
 import os
 import platform
+import signal
+import socket
 import sys
+import tempfile
 import time
-from typing import Any, AsyncIterator, Optional, Sequence
+from typing import (Any, AsyncIterator, Callable, Iterator, NamedTuple, NoReturn, Optional,
+                    Sequence)
 
 from . import __version__
 from ._accel import BACKEND, SIMD
-from .client import connect
+from .client import Context, connect
+from .errors import AuthenticationError, ConfigError, FlushsinkError, HandshakeError, WriteError
 from .formats import ENCODINGS, SAMPLE_RATES
+from .session import normalize_url
 from .writers import FileWriter
 
 DEMO_VOICE = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"  # the voice of Cartesia's seed example
+
+#: The exit status after a run that failed, and after an argument that makes no sense.
+FAILED, USAGE = 1, 2
+_SIGPIPE = 13  # signal.SIGPIPE, which Windows lacks
 
 
 def version_text() -> str:
@@ -29,9 +52,246 @@ def version_text() -> str:
             f"Python {platform.python_version()} {platform.python_implementation()})")
 
 
+class _Failure(Exception):
+    """The command cannot go on: ``message`` is its one line, ``status`` its exit status."""
+
+    def __init__(self, message: str, status: int = FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- the run's stderr ----------------------------------------------------------------------
+
+class _Console:
+    """The run's stderr: a line per problem, and a progress line. On a terminal the
+    progress line is redrawn in place; elsewhere (a log file, a pipe) only its last state
+    is printed, once, at the end, so logs do not fill with carriage returns."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        try:
+            self.live = bool(self.stream.isatty())
+        except (AttributeError, ValueError):  # no isatty, or already closed
+            self.live = False
+        self._progress = ""
+        self._drawn = 0  # characters of the progress line on screen; 0: at a line start
+
+    def say(self, text: str) -> None:
+        """Print ``flushsink: text`` on a line of its own."""
+        self._end_line()
+        print(f"flushsink: {text}", file=self.stream, flush=True)
+
+    def progress(self, text: str) -> None:
+        self._progress = text
+        if self.live:
+            print("\r" + text.ljust(self._drawn), end="", file=self.stream, flush=True)
+            self._drawn = len(text)
+
+    def finish(self) -> None:
+        """End the progress line (print it, where it was not drawn)."""
+        if self.live:
+            self._end_line()
+        elif self._progress:
+            print(self._progress, file=self.stream, flush=True)
+        self._progress = ""
+
+    def _end_line(self) -> None:
+        if self._drawn:
+            print(file=self.stream)
+            self._drawn = 0
+
+
+class _LibraryWarnings(logging.Handler):
+    """The library's warnings (a rejected frame, a server error without a context...) as
+    the command's one-line messages. A failed write is left out: the recorder reports it,
+    once, when it happens."""
+
+    def __init__(self, console: _Console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if any(isinstance(arg, WriteError) for arg in args):
+            return
+        message = record.getMessage()
+        if message.startswith("flushsink: "):
+            message = message[len("flushsink: "):]
+        if record.exc_info and record.exc_info[1] is not None:
+            message += f": {record.exc_info[1]!r}"
+        self.console.say(" ".join(message.split()))
+
+
+@contextlib.contextmanager
+def _library_warnings(console: _Console) -> Iterator[None]:
+    logger = logging.getLogger("flushsink")
+    handler = _LibraryWarnings(console)
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+# --- what became of each segment -----------------------------------------------------------
+
+class _Row(NamedTuple):
+    """One segment in the table: what it was and where it went (its audio is not kept)."""
+
+    flush_id: Any
+    duration: float
+    samples: int
+    complete: bool
+    error: Optional[str]  # why it is incomplete
+    path: Optional[str]  # None: not written
+    write_failed: bool
+
+    @property
+    def state(self) -> str:
+        state = "complete" if self.complete else f"incomplete ({self.error})"
+        if self.write_failed:
+            return state + ", not written"
+        if self.path is None:
+            return state + ", empty: no file"
+        return state
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and not self.write_failed
+
+
+class _Recorder:
+    """The writer ``say`` gives the client: it writes each segment with a FileWriter, notes
+    what became of it, reports a failed write in one line at once (with the client, the
+    WriteError then comes out of ``ctx.segments()``, where ``say`` goes on), and shows
+    the progress of long runs."""
+
+    def __init__(self, writer: FileWriter, console: _Console, expected: int,
+                 show_progress: bool) -> None:
+        self.writer = writer
+        self.console = console
+        self.expected = expected
+        self.show_progress = show_progress
+        self.rows: list[_Row] = []
+        self.connected = False  # the server accepted the connection
+        self.stopped_by: Optional[int] = None  # the signal that ended the run
+        self.started = time.perf_counter()
+
+    def __call__(self, event: Any) -> Optional[str]:
+        segment = getattr(event, "segment", None)
+        if segment is None:
+            return None
+        try:
+            path = self.writer(event)
+        except WriteError as exc:
+            self._note(segment, None, write_failed=True)
+            self.console.say(" ".join(str(exc).split()))
+            raise
+        self._note(segment, path, write_failed=False)
+        return path
+
+    def stop(self, signum: int) -> None:
+        """Called when a signal stops the run: said at once, as closing can take a while
+        (up to the client's close timeout against a server that does not answer)."""
+        self.stopped_by = signum
+        self.console.say(f"stopping on {signal.Signals(signum).name}: the audio received is "
+                         "kept (.partial files); a second signal stops at once")
+
+    def _note(self, segment: Any, path: Optional[str], write_failed: bool) -> None:
+        error = segment.error
+        if self.stopped_by is not None and not segment.complete:
+            # the client's reason would be its own close of the connection
+            error = f"stopped by {signal.Signals(self.stopped_by).name}"
+        self.rows.append(_Row(segment.flush_id, segment.duration, len(segment.samples),
+                              segment.complete, error, path, write_failed))
+        if self.show_progress:
+            audio = sum(row.duration for row in self.rows)
+            self.console.progress(
+                f"  {len(self.rows)}/{self.expected} segments, {audio:.1f} s of audio, "
+                f"{time.perf_counter() - self.started:.1f} s")
+
+
+def print_table(rows: Sequence[_Row], out: Any = None) -> None:
+    """The segments as a table (when there are any), then a one-line summary."""
+    out = out if out is not None else sys.stdout
+    lines = [("flush_id", "duration", "samples", "state", "path")]
+    for row in rows:
+        lines.append((str(row.flush_id), f"{row.duration:.3f} s", str(row.samples), row.state,
+                      os.path.relpath(row.path) if row.path else "-"))
+    if rows:
+        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+        for line in lines:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip(),
+                  file=out)
+    summary = (f"{len(rows)} segment{'' if len(rows) == 1 else 's'}, "
+               f"{sum(row.duration for row in rows):.3f} s of audio")
+    partial = sum(not row.complete and not row.write_failed for row in rows)
+    failed = sum(row.write_failed for row in rows)
+    problems = [f"{partial} partial"] * bool(partial) + [f"{failed} not written"] * bool(failed)
+    print(summary + (f" ({', '.join(problems)})" if problems else ""), file=out)
+
+
+# --- signals ---------------------------------------------------------------------------
+
+class _StopOnSignals:
+    """While inside, SIGINT and SIGTERM cancel the current task, so that what it holds is
+    closed in order (the client finishes the open segments as incomplete and the writer
+    writes them as ``.partial`` files) rather than the process dying (SIGTERM's default)
+    or unwinding from wherever it happened to be (Ctrl-C). ``received`` is the first
+    signal. A second one cancels again: the cleanup is cut short, as the user asked.
+
+    A signal the process inherited as ignored (``nohup``, a background job of a
+    non-interactive shell) stays ignored."""
+
+    def __init__(self, on_stop: Optional[Callable[[int], None]] = None) -> None:
+        self.received: Optional[int] = None
+        self.on_stop = on_stop
+        self._installed: list[int] = []
+
+    def __enter__(self) -> "_StopOnSignals":
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue
+            try:
+                loop.add_signal_handler(signum, self._stop, task, signum)
+            except (NotImplementedError, RuntimeError):  # Windows; not the main thread
+                continue
+            self._installed.append(signum)
+        return self
+
+    def _stop(self, task: "asyncio.Task[Any]", signum: int) -> None:
+        if self.received is None:
+            self.received = signum
+            if self.on_stop is not None:
+                self.on_stop(signum)
+        task.cancel()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self._installed:
+            loop.remove_signal_handler(signum)
+
+    def stopped_us(self) -> bool:
+        """Call in ``except CancelledError``: True (and the cancel is taken back) when
+        the cancel came from a signal, which then ends the run like a normal return."""
+        if self.received is None:
+            return False
+        task = asyncio.current_task()
+        if task is not None and hasattr(task, "uncancel"):  # 3.11+: keep the count right
+            task.uncancel()
+        return True
+
+
+# --- say and demo ----------------------------------------------------------------------
+
 @contextlib.asynccontextmanager
 async def _server(url: Optional[str], api_key: Optional[str],
-                  out: Any = sys.stderr) -> AsyncIterator[tuple[Optional[str], Optional[str]]]:
+                  out: Any = None) -> AsyncIterator[tuple[Optional[str], Optional[str]]]:
     """The url and key to use: Cartesia or --url as given, else the embedded emulator."""
     api_key = api_key or os.environ.get("CARTESIA_API_KEY") or None
     if url is not None or api_key is not None:
@@ -41,71 +301,138 @@ async def _server(url: Optional[str], api_key: Optional[str],
 
     async with Emulator() as emu:
         print(f"no API key (--api-key or CARTESIA_API_KEY): using the embedded emulator at "
-              f"{emu.ws_url}", file=out)
+              f"{emu.ws_url}", file=out if out is not None else sys.stderr)
         yield emu.url, None
 
 
-async def synthesize(texts: Sequence[str], *, out_dir: str, container: str, encoding: str,
-                     sample_rate: int, model: str, voice: str, url: Optional[str],
-                     api_key: Optional[str], language: Optional[str], timeout: float,
-                     progress: bool = True) -> list[Any]:
-    """Speak ``texts`` in one context, one flush segment each; returns the segments."""
-    writer = FileWriter(out_dir, container=container)
-    output_format = {"container": "raw", "encoding": encoding, "sample_rate": sample_rate}
-    segments = []
-    async with _server(url, api_key) as (server_url, key):
-        async with connect(server_url, key, writer=writer, receive_timeout=timeout) as tts:
-            ctx = tts.context(model_id=model, voice=voice, output_format=output_format,
-                              language=language)
-            for i, text in enumerate(texts):
-                await ctx.push(text)
-                if i < len(texts) - 1:
-                    await ctx.flush()
-            await ctx.no_more_inputs()
-            started = time.perf_counter()
-            async for segment in ctx.segments():
-                segments.append(segment)
-                if progress and len(texts) > 3:
-                    audio = sum(s.duration for s in segments)
-                    print(f"\r  {len(segments)}/{len(texts)} segments, {audio:.1f} s of audio, "
-                          f"{time.perf_counter() - started:.1f} s", end="", file=sys.stderr)
-            if progress and len(texts) > 3:
-                print(file=sys.stderr)
-    return segments
+class _Run(NamedTuple):
+    texts: Sequence[str]
+    out_dir: str
+    container: str
+    encoding: str
+    sample_rate: int
+    model: str
+    voice: str
+    language: Optional[str]
+    url: Optional[str]
+    api_key: Optional[str]
+    timeout: float
 
 
-def print_table(segments: Sequence[Any], out: Any = sys.stdout) -> None:
-    rows = [("flush_id", "duration", "samples", "state", "path")]
-    for s in segments:
-        state = "complete" if s.complete else f"incomplete ({s.error})"
-        rows.append((str(s.flush_id), f"{s.duration:.3f} s", str(len(s.samples)), state,
-                     os.path.relpath(s.path) if s.path else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
-    total = sum(s.duration for s in segments)
-    print(f"{len(segments)} segments, {total:.3f} s of audio", file=out)
+async def _receive_all(ctx: Context) -> None:
+    """Read the context to its end. After a failed write (already reported by the
+    recorder) its WriteError comes out of ``segments()``: iterating again goes on."""
+    while True:
+        try:
+            async for _ in ctx.segments():
+                pass
+            return
+        except WriteError:
+            continue
+
+
+async def _synthesize(run: _Run, recorder: _Recorder) -> Optional[int]:
+    """Speak the texts in one context, one flush segment each, into ``recorder``.
+    Returns the signal that stopped the run, None when it ran to its end."""
+    output_format = {"container": "raw", "encoding": run.encoding,
+                     "sample_rate": run.sample_rate}
+    with _StopOnSignals(on_stop=recorder.stop) as signals:
+        try:
+            async with _server(run.url, run.api_key) as (server_url, key):
+                async with connect(server_url, key, writer=recorder,
+                                   receive_timeout=run.timeout) as tts:
+                    await tts.connect()
+                    recorder.connected = True
+                    ctx = tts.context(model_id=run.model, voice=run.voice,
+                                      output_format=output_format, language=run.language)
+                    for i, text in enumerate(run.texts):
+                        await ctx.push(text)
+                        if i < len(run.texts) - 1:
+                            await ctx.flush()
+                    await ctx.no_more_inputs()
+                    await _receive_all(ctx)
+        except asyncio.CancelledError:
+            if not signals.stopped_us():
+                raise
+        return signals.received
+
+
+def _prepare_out_dir(path: str) -> None:
+    """Create the output directory and a file in it, before anything is asked of the
+    server: a run whose every file would fail would cost its time (and credits) for
+    nothing. A directory that fails later fails its segments, one line each."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = ("it exists and is not a directory" if isinstance(exc, FileExistsError)
+                  else _os_reason(exc))
+        raise _Failure(f"cannot write to the output directory {path!r}: {reason}") from None
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror) or not exc.errno:
+        return str(exc.strerror or exc)
+    return os.strerror(exc.errno)  # not asyncio's "error while attempting to bind ... (...)"
+
+
+def _failure_line(exc: BaseException) -> str:
+    """What went wrong, in one line, with a hint where the fix is in the command line."""
+    line = " ".join(str(exc).split())
+    cause = exc.__cause__
+    if line.endswith(":") and cause is not None:  # an OS error without words (ECONNRESET)
+        line += f" {type(cause).__name__}"
+    if isinstance(exc, AuthenticationError):
+        line += " (check --api-key or CARTESIA_API_KEY)"
+    elif isinstance(exc, HandshakeError) and exc.status == 404:
+        line += " (Cartesia's path is /tts/websocket, which a URL without a path gets)"
+    elif (isinstance(exc, HandshakeError) and "wss://" in line
+          and isinstance(cause, ConnectionResetError)):  # a plain server hung up on TLS
+        line += " (does the server speak TLS? wss:// needs it, ws:// is plain)"
+    return line
+
+
+def _speak(run: _Run) -> int:
+    """Run ``say`` (or ``demo``): write the files, print the table; the exit status."""
+    _prepare_out_dir(run.out_dir)
+    console = _Console()
+    recorder = _Recorder(FileWriter(run.out_dir, container=run.container), console,
+                         expected=len(run.texts), show_progress=len(run.texts) > 3)
+    failure: Optional[str] = None
+    stopped_by: Optional[int] = None
+    with _library_warnings(console):
+        try:
+            stopped_by = asyncio.run(_synthesize(run, recorder))
+        except (FlushsinkError, OSError) as exc:  # OSError: the embedded emulator's port
+            failure = _failure_line(exc)
+        finally:
+            console.finish()
+    rows = recorder.rows
+    if failure is not None:
+        console.say(failure)
+    if recorder.connected or rows:
+        print_table(rows)
+    if stopped_by is not None:
+        return 128 + stopped_by
+    return 0 if failure is None and all(row.ok for row in rows) else FAILED
 
 
 def _cmd_say(args: argparse.Namespace) -> int:
-    segments = asyncio.run(synthesize(
-        args.text, out_dir=args.out, container=args.container, encoding=args.encoding,
-        sample_rate=args.sample_rate, model=args.model, voice=args.voice, url=args.url,
-        api_key=args.api_key, language=args.language, timeout=args.timeout))
-    print_table(segments)
-    return 0 if all(s.complete for s in segments) else 1
+    return _speak(_Run(args.text, args.out, args.container, args.encoding, args.sample_rate,
+                       args.model, args.voice, args.language, args.url, args.api_key,
+                       args.timeout))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"{version_text()}\n"
-          "Seed scenario: 'Stay hungry, ' then a flush, then 'stay foolish.' -> two WAV files")
-    segments = asyncio.run(synthesize(
-        ["Stay hungry, ", "stay foolish."], out_dir=args.out, container="wav",
-        encoding="pcm_s16le", sample_rate=44100, model="sonic-latest", voice=DEMO_VOICE,
-        url=args.url, api_key=args.api_key, language="en", timeout=args.timeout))
-    print_table(segments)
-    return 0 if len(segments) == 2 and all(s.complete for s in segments) else 1
+          "Seed scenario: 'Stay hungry, ' then a flush, then 'stay foolish.' -> two WAV files",
+          flush=True)
+    return _speak(_Run(["Stay hungry, ", "stay foolish."], args.out, "wav", "pcm_s16le", 44100,
+                       "sonic-latest", DEMO_VOICE, "en", args.url, args.api_key, args.timeout))
 
+
+# --- serve and bench -------------------------------------------------------------------
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .emulator import Emulator
@@ -119,8 +446,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def ready(emu: Any) -> None:
         print(f"flushsink emulator listening on {emu.ws_url} (Ctrl-C stops it)", flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(emulator.serve_forever(ready))
+    async def serve() -> None:
+        # SIGTERM (a service manager's stop) as Ctrl-C: clients get a close frame (1001)
+        with _StopOnSignals() as signals:
+            try:
+                await emulator.serve_forever(ready)
+            except asyncio.CancelledError:
+                if not signals.stopped_us():
+                    raise
+
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        raise _Failure(f"cannot listen on {host}:{args.port}: {_os_reason(exc)}") from None
     return 0
 
 
@@ -131,33 +470,111 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- arguments -------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line like every other error of the command:
+    ``flushsink: argument --port: ... (see 'flushsink serve --help')``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"flushsink: {message} (see '{self.prog} --help')\n")
+
+
+def _number(kind: Callable[[str], Any], low: float, high: float, *,
+            above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite number (an int if ``kind`` is int) from ``low`` (or
+    above it) to ``high``. nan and inf are refused: nan slips through checks such as
+    ``x <= 0``, and neither is a duration or a size."""
+    noun = "an integer" if kind is int else "a number"
+    rule = (f"{noun} above {low:g} and at most {high:g}" if above
+            else f"{noun} from {low:g} to {high:g}")
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if (value is None or (kind is not int and not math.isfinite(value))
+                or not (low < value if above else low <= value) or value > high):
+            raise argparse.ArgumentTypeError(f"must be {rule}, not {text!r}")
+        return value
+
+    return parse
+
+
+def _not_blank(what: str = "must not be empty") -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(what)
+        return text
+
+    return parse
+
+
+def _url(text: str) -> str:
+    """A ws:// or wss:// URL with a host (and a port that exists, if it names one)."""
+    from websockets.exceptions import InvalidURI
+    from websockets.uri import parse_uri
+
+    try:
+        parse_uri(normalize_url(text))
+    except ConfigError as exc:  # not ws:// or wss://
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    except InvalidURI as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a usable URL: {exc.msg}") from None
+    except ValueError as exc:  # a port out of range
+        raise argparse.ArgumentTypeError(f"{text!r} is not a usable URL: {exc}") from None
+    return text
+
+
+def _pace(text: str) -> Any:
+    if text in ("fast", "realtime"):
+        return text
+    try:
+        return _number(float, 0, 1e6, above=True)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'fast', 'realtime' or a speed factor above 0, not {text!r}") from None
+
+
+SECONDS_MAX = 86400.0  # a day: longer is a typo, not a wish
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="flushsink",
         description="Receive Cartesia-style TTS websocket audio fast: one file per flush.",
         epilog="Without --url and without an API key, 'say' and 'demo' run against the "
-               "embedded emulator on 127.0.0.1.")
+               "embedded emulator on 127.0.0.1. Exit status: 0 done, 1 failed, 2 bad "
+               "arguments, 128+N stopped by signal N (the audio received is kept).")
     parser.add_argument("--version", action="version", version=version_text(),
                         help="print the version, the core (compiled or pure), the SIMD path "
                              "and the Python, and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def server_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", help="websocket URL (default: Cartesia, or the emulator "
-                                     "when no key is set)")
-        p.add_argument("--api-key", help="API key (default: $CARTESIA_API_KEY)")
-        p.add_argument("--out", default="out", help="output directory (default: %(default)s)")
-        p.add_argument("--timeout", type=float, default=60.0,
-                       help="seconds to wait for the next event (default: %(default)s)")
+        p.add_argument("--url", type=_url,
+                       help="ws:// or wss:// URL (default: Cartesia, or the emulator when no "
+                            "key is set; without a path: /tts/websocket)")
+        p.add_argument("--api-key", type=_not_blank("must not be empty (an unset variable?)"),
+                       help="API key (default: $CARTESIA_API_KEY)")
+        p.add_argument("--out", default="out", type=_not_blank(),
+                       help="output directory (default: %(default)s)")
+        p.add_argument("--timeout", type=_number(float, 0, SECONDS_MAX, above=True),
+                       default=60.0, metavar="SECONDS",
+                       help="longest wait for the server's next audio (default: %(default)s)")
 
     say = commands.add_parser(
         "say", help="speak texts, one flush segment and file each",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Speak each TEXT as one flush segment of one context and write one file "
-                    "per segment\n(OUT/CONTEXT_ID/FLUSH_ID.wav), then print a table of them.",
+                    "per segment\n(OUT/CONTEXT_ID/FLUSH_ID.wav), then print a table of them. "
+                    "Audio cut short (a lost\nconnection, Ctrl-C, SIGTERM) is kept as "
+                    "FLUSH_ID.partial.wav.",
         epilog="example:\n  flushsink say 'Stay hungry, ' 'stay foolish.' --out out "
                "--encoding pcm_f32le --sample-rate 24000")
-    say.add_argument("text", nargs="+", metavar="TEXT", help="text of one segment")
+    say.add_argument("text", nargs="+", metavar="TEXT", type=_not_blank("must not be blank"),
+                     help="text of one segment")
     server_options(say)
     say.add_argument("--container", choices=("wav", "raw"), default="wav",
                      help="file format (default: %(default)s)")
@@ -167,55 +584,90 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=44100,
                      metavar="HZ", help=f"one of {', '.join(map(str, SAMPLE_RATES))} "
                                         "(default: %(default)s)")
-    say.add_argument("--model", default="sonic-latest", help="model id (default: %(default)s)")
-    say.add_argument("--voice", default=DEMO_VOICE, help="voice id (default: %(default)s)")
-    say.add_argument("--language", default="en", help="language code (default: %(default)s)")
+    say.add_argument("--model", default="sonic-latest", type=_not_blank(),
+                     help="model id (default: %(default)s)")
+    say.add_argument("--voice", default=DEMO_VOICE, type=_not_blank(),
+                     help="voice id (default: %(default)s)")
+    say.add_argument("--language", default="en", type=_not_blank(),
+                     help="language code (default: %(default)s)")
     say.set_defaults(run=_cmd_say)
 
     demo = commands.add_parser("demo", help="the seed scenario: two flushes, two WAV files")
     server_options(demo)
     demo.set_defaults(run=_cmd_demo, out=os.path.join("out", "demo"))
 
-    serve = commands.add_parser("serve", help="run the Cartesia emulator")
-    serve.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=8765,
+    serve = commands.add_parser("serve", help="run the Cartesia emulator",
+                                description="Run the Cartesia emulator until Ctrl-C or "
+                                            "SIGTERM, which close its connections (1001).")
+    serve.add_argument("--host", default="127.0.0.1",
+                       type=_not_blank("must not be empty (0.0.0.0 listens on every "
+                                       "interface)"),
+                       help="address (default: %(default)s)")
+    serve.add_argument("--port", type=_number(int, 0, 65535), default=8765,
                        help="port, 0 for any free one (default: %(default)s)")
-    serve.add_argument("--api-key", help="require this key (default: accept any)")
-    serve.add_argument("--chunk-ms", type=float, default=100.0, help="audio per chunk")
-    serve.add_argument("--flush-id-base", type=int, choices=(0, 1), default=1)
+    serve.add_argument("--api-key", type=_not_blank("must not be empty (an unset variable?)"),
+                       help="require this key (default: accept any)")
+    serve.add_argument("--chunk-ms", type=_number(float, 1, 10000), default=100.0,
+                       metavar="MS", help="audio per chunk, 1 to 10000 (default: %(default)s)")
+    serve.add_argument("--flush-id-base", type=int, choices=(0, 1), default=1,
+                       help="flush id of a context's first segment (default: %(default)s)")
     serve.add_argument("--no-flush-id-on-chunks", action="store_true",
                        help="send chunks without flush_id")
     serve.add_argument("--pace", default="fast", type=_pace,
                        help="'fast', 'realtime' or a speed factor (default: %(default)s)")
-    serve.add_argument("--idle-timeout", type=float, default=300.0,
-                       help="seconds before an idle connection is closed (0: never)")
+    serve.add_argument("--idle-timeout", type=_number(float, 0, SECONDS_MAX), default=300.0,
+                       metavar="SECONDS",
+                       help="close a connection idle this long, 0: never (default: "
+                            "%(default)s)")
     serve.set_defaults(run=_cmd_serve)
 
     bench = commands.add_parser("bench", help="a quick Sink benchmark against the stdlib loop",
                                 description="Feed chunk frames to the Sink and to the "
                                             "json.loads + base64.b64decode loop; for the full "
                                             "comparison see benchmarks/.")
-    bench.add_argument("--seconds", type=float, default=10.0, help="audio per segment")
-    bench.add_argument("--chunk-ms", type=float, default=100.0)
-    bench.add_argument("--sample-rate", type=int, default=44100)
+    bench.add_argument("--seconds", type=_number(float, 0.01, 600), default=10.0,
+                       help="audio per segment, 0.01 to 600 (default: %(default)s)")
+    bench.add_argument("--chunk-ms", type=_number(float, 1, 10000), default=100.0,
+                       metavar="MS", help="audio per chunk, 1 to 10000 (default: %(default)s)")
+    bench.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=44100,
+                       metavar="HZ", help=f"one of {', '.join(map(str, SAMPLE_RATES))} "
+                                          "(default: %(default)s)")
     bench.set_defaults(run=_cmd_bench)
     return parser
 
 
-def _pace(value: str) -> Any:
-    return value if value in ("fast", "realtime") else float(value)
+# --- the command -----------------------------------------------------------------------
+
+def _run(argv: Optional[Sequence[str]]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else USAGE
+    try:
+        return int(args.run(args))
+    except _Failure as exc:
+        print(f"flushsink: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:  # Ctrl-C outside a run: nothing is open that could be kept
+        print("flushsink: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except (FlushsinkError, OSError) as exc:  # expected failures; a bug keeps its traceback
+        if isinstance(exc, BrokenPipeError):
+            raise
+        print(f"flushsink: {_failure_line(exc)}", file=sys.stderr)
+        return FAILED
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     try:
-        return int(args.run(args))
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # a clear line, not a traceback, for expected failures
-        from .errors import FlushsinkError
-
-        if isinstance(exc, (FlushsinkError, OSError)):
-            print(f"flushsink: {exc}", file=sys.stderr)
-            return 2
-        raise
+        status = _run(argv)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
+        return status
+    except BrokenPipeError:
+        # `flushsink ... | head`: stdout's reader is gone, so there is no one to tell;
+        # point stdout at devnull so that the flush at exit does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + _SIGPIPE

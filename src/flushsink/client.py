@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator, Callable, Optional, cast
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
-from websockets.frames import CloseCode, Opcode
+from websockets.frames import Close, CloseCode, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
@@ -140,8 +140,11 @@ def handshake_error(url: str, exc: BaseException, open_timeout: Optional[float])
     elif isinstance(exc, WebSocketException):
         message = f"{where} did not answer as a websocket server: {exc}"
     else:
-        message = f"cannot connect to {where}: {exc.strerror or exc}" if isinstance(
-            exc, OSError) else f"cannot connect to {where}: {exc!r}"
+        detail = (exc.strerror or str(exc) or type(exc).__name__) if isinstance(
+            exc, OSError) else repr(exc)
+        message = f"cannot connect to {where}: {detail}"
+        if where.startswith("wss://") and isinstance(exc, (ConnectionResetError, EOFError)):
+            message += " (during the TLS handshake: does the server speak TLS?)"
     return HandshakeError(_one_line(message, 300))
 
 
@@ -722,9 +725,14 @@ class ClientBase:
                 del self._contexts[state.context_id]
 
     def _closed(self, exc: ConnectionClosed, ws: Any) -> str:
-        # the server's close frame if it sent one, else ours (e.g. 1009 for a frame over
-        # max_size), else none at all: the TCP connection dropped
-        close = exc.rcvd or exc.sent
+        # the close frame of the side that closed first (the server's, or ours: e.g.
+        # 1009 for a frame over max_size, 1000 for close()), else none at all: the TCP
+        # connection dropped
+        close: Optional[Close]
+        if exc.rcvd is not None and (exc.sent is None or exc.rcvd_then_sent):
+            close, side = exc.rcvd, "the server"
+        else:
+            close, side = exc.sent, "flushsink"
         self.close_code = close.code if close else None
         self.close_reason = close.reason if close else None
         if ws.failure is not None:
@@ -732,7 +740,6 @@ class ClientBase:
         if close is None:
             return "connection dropped without a close frame"
         reason = f" ({close.reason})" if close.reason else ""
-        side = "the server" if exc.rcvd else "flushsink"
         return f"connection closed by {side} with code {close.code}{reason}"
 
     @staticmethod

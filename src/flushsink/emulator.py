@@ -980,8 +980,10 @@ class Emulator:
             raise ValueError(f"idle_timeout must be positive or None, not {idle_timeout!r}")
         if isinstance(flush_id_base, bool) or not isinstance(flush_id_base, int):
             raise ValueError(f"flush_id_base must be an integer, not {flush_id_base!r}")
-        if not chunk_ms > 0:
-            raise ValueError(f"chunk_ms must be positive, not {chunk_ms!r}")
+        if not 0 < chunk_ms <= 60_000:  # (nan and inf fail too: a chunk is whole samples)
+            raise ValueError(f"chunk_ms must be above 0 and at most 60000, not {chunk_ms!r}")
+        if api_key == "":
+            raise ValueError("api_key must be None (accept any key) or a non-empty key")
         if pace == "fast":
             self._pace_factor: float | None = None
         elif pace == "realtime":

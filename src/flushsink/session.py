@@ -214,15 +214,21 @@ class Session:
             try:
                 self.writer(event)
             except WriteError as exc:
-                log.error("flushsink: %s", exc)
                 self.write_errors.append(exc)
                 self.write_error_count += 1
                 failure = exc
         self.deliver(state, event)
-        # an incomplete segment's stream ends with its own failure (lost connection,
-        # server error) right after it: the write error is only logged and kept then
-        if failure is not None and event.segment.complete:
+        if failure is None:
+            return
+        if event.segment.complete:
+            # the reader gets it from the context's iterator: logging it as an error too
+            # would report it twice to a program that handles it
+            log.info("flushsink: %s", failure)
             self.deliver(state, _Failed(failure))
+        else:
+            # an incomplete segment's stream ends with its own failure (lost connection,
+            # server error) right after it: the write error is only logged and kept then
+            log.error("flushsink: %s", failure)
 
     def _route(self, event: Any) -> None:
         if isinstance(event, ServerError):
