@@ -82,11 +82,11 @@ class FakeTransport:
         return default
 
 
-async def _drive(reads: list[bytes], frames: bytes, *, direct: bool, max_size: int,
-                 eof: bool) -> dict:
+async def _drive(reads: list[int], frames: bytes, *, direct: bool, max_size: int,
+                 eof: bool, buffered: bool = True) -> dict:
     """Open a _Connection on a fake transport, answer its handshake with 101 (in the
-    first read, followed by the start of ``frames``), feed the reads, return what came
-    out."""
+    first read, followed by the start of ``frames``), feed the reads (into its read
+    buffer, or as bytes to data_received as uvloop does), return what came out."""
     protocol = ClientProtocol(parse_uri("ws://127.0.0.1:1/tts/websocket"), max_size=max_size)
     connection = client_module._Connection(protocol, close_timeout=1)
     if not direct:
@@ -108,9 +108,12 @@ async def _drive(reads: list[bytes], frames: bytes, *, direct: bool, max_size: i
     for size in reads:
         piece = stream[offset:offset + size]
         offset += size
-        buffer = connection.get_buffer(-1)
-        buffer[:len(piece)] = piece
-        connection.buffer_updated(len(piece))
+        if buffered:
+            buffer = connection.get_buffer(-1)
+            buffer[:len(piece)] = piece
+            connection.buffer_updated(len(piece))
+        else:
+            connection.data_received(piece)
     assert offset == len(stream)
     if eof:
         connection.eof_received()
@@ -147,8 +150,10 @@ def compare(frames: bytes, reads_list: list[list[int]], *, max_size: int = 2**20
             eof: bool = False) -> dict:
     """Run every split both ways; all must agree. Returns the direct path's first result."""
     first = None
-    for reads in reads_list:
-        got = asyncio.run(_drive(reads, frames, direct=True, max_size=max_size, eof=eof))
+    for index, reads in enumerate(reads_list):
+        # every other split arrives as bytes through data_received (uvloop's way)
+        got = asyncio.run(_drive(reads, frames, direct=True, max_size=max_size, eof=eof,
+                                 buffered=index % 2 == 0))
         want = asyncio.run(_drive(reads, frames, direct=False, max_size=max_size, eof=eof))
         got_written, want_written = _unmask(got.pop("written")), _unmask(want.pop("written"))
         parsed_here = got.pop("parsed_here")
@@ -294,7 +299,31 @@ def test_an_extension_leaves_every_frame_to_websockets():
         protocol.state = State.OPEN
         connection = client_module._Connection(protocol, close_timeout=1)
         connection._head_tail = b"\r\n\r"
-        connection.data_received = lambda data: None  # the handshake part, already done
+        connection._parse = lambda data: None  # the handshake part, already done
         connection._receive_handshake(memoryview(b"\n"))
         return connection._frames
     assert asyncio.run(main()) == client_module._WEBSOCKETS
+
+
+def test_uvloop_takes_the_direct_path_too():
+    # uvloop hands data to data_received (it uses get_buffer only for protocols that are
+    # not asyncio.Protocol): the same parser must run there, with the same result.
+    uvloop = pytest.importorskip("uvloop")
+    from flushsink.emulator import Emulator, render
+
+    voice = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
+    fmt = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 44100}
+
+    async def main():
+        async with Emulator(chunk_ms=20) as emu:
+            async with flushsink.connect(emu.url, receive_timeout=10) as tts:
+                ctx = tts.context(voice=voice, output_format=fmt)
+                await ctx.push("Stay hungry, stay foolish.")
+                await ctx.no_more_inputs()
+                segments = [s async for s in ctx.segments()]
+                return segments, tts._ws._frames
+
+    segments, frames = uvloop.run(main())
+    assert frames == client_module._DIRECT
+    assert bytes(segments[0].pcm()) == render(
+        "Stay hungry, stay foolish.", voice, flushsink.AudioFormat("pcm_s16le", 44100))

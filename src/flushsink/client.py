@@ -332,14 +332,25 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         assert self._read_buffer is not None
-        data = self._read_buffer[:nbytes]
+        self._receive(self._read_buffer[:nbytes])
+
+    def data_received(self, data: bytes) -> None:
+        # What a transport calls that does not take the buffered protocol for this
+        # class: uvloop uses get_buffer only for protocols that are not also
+        # asyncio.Protocol, as websockets' connection is. Same path, bytes of its own.
+        self._receive(memoryview(data))
+
+    def _receive(self, data: memoryview) -> None:
         if self._frames == _DIRECT:
             self._receive_frames(data)
         elif self._frames == _HANDSHAKE:
             self._receive_handshake(data)
         else:
-            self.data_received(data)  # type: ignore[arg-type]
+            self._parse(data)
 
+    def _parse(self, data: Any) -> None:
+        """websockets parses ``data`` (and acts on what it finds)."""
+        ClientConnection.data_received(self, data)
 
     def _receive_handshake(self, data: memoryview) -> None:
         # websockets parses the HTTP response; frames may follow it in the same read.
@@ -350,11 +361,11 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
         end = seen.find(b"\r\n\r\n")
         if end < 0:
             self._head_tail = seen[-3:]
-            self.data_received(data)  # type: ignore[arg-type]
+            self._parse(data)
             return
         end += 4 - len(self._head_tail)
         self._head_tail = b""
-        self.data_received(data[:end])  # type: ignore[arg-type]
+        self._parse(data[:end])
         limit = _message_limit(self.protocol)
         if self.protocol.state is State.OPEN and not self.protocol.extensions and limit is not None:
             self._frames, self._frame_limit = _DIRECT, limit
@@ -363,7 +374,7 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
         else:
             self._frames = _WEBSOCKETS
             if end < len(data):
-                self.data_received(data[end:])  # type: ignore[arg-type]
+                self._parse(data[end:])
 
     def _receive_frames(self, data: memoryview) -> None:
         carry = self._carry
@@ -373,7 +384,7 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
                 return
             self._carry = None  # not reused: views of it may be alive
             if self._scan(memoryview(carry)) < 0:
-                self.data_received(data[taken:])  # type: ignore[arg-type]
+                self._parse(data[taken:])
                 return
             data = data[taken:]
         pos = self._scan(data)
@@ -414,7 +425,7 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
             elif (first == 0x88 or first == 0x89 or first == 0x8A) and length <= 125:
                 if stop > end:
                     break
-                self.data_received(data[pos:stop])  # close, ping, pong: websockets'
+                self._parse(data[pos:stop])  # close, ping, pong: websockets'
             else:
                 return self._hand_over(data[pos:])
             pos = stop
@@ -430,7 +441,7 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
             if not want:  # a frame websockets must parse
                 self._carry = None
                 self._hand_over(bytes(carry))
-                self.data_received(data[taken:])  # type: ignore[arg-type]
+                self._parse(data[taken:])
                 return -1
             more = min(want - len(carry), len(data) - taken)
             carry += data[taken:taken + more]
@@ -443,7 +454,7 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
     def _hand_over(self, rest: Any) -> int:
         """From here on websockets parses what is read, starting with ``rest``."""
         self._frames = _WEBSOCKETS
-        self.data_received(rest)
+        self._parse(rest)
         return -1
 
     def eof_received(self) -> Optional[bool]:
