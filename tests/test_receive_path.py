@@ -12,6 +12,7 @@ import base64
 import hashlib
 import random
 import struct
+import time
 
 import pytest
 from websockets.client import ClientProtocol
@@ -327,3 +328,100 @@ def test_uvloop_takes_the_direct_path_too():
     assert frames == client_module._DIRECT
     assert bytes(segments[0].pcm()) == render(
         "Stay hungry, stay foolish.", voice, flushsink.AudioFormat("pcm_s16le", 44100))
+
+
+def _count_reads(monkeypatch) -> list[float]:
+    """The times of the asyncio client's reads, from now on."""
+    reads: list[float] = []
+    buffer_updated = client_module._Connection.buffer_updated
+    data_received = client_module._Connection.data_received
+
+    def counting_buffer_updated(self, nbytes):
+        reads.append(self.loop.time())
+        return buffer_updated(self, nbytes)
+
+    def counting_data_received(self, data):
+        reads.append(self.loop.time())
+        return data_received(self, data)
+
+    monkeypatch.setattr(client_module._Connection, "buffer_updated", counting_buffer_updated)
+    monkeypatch.setattr(client_module._Connection, "data_received", counting_data_received)
+    return reads
+
+
+def test_coalesced_reads_take_fewer_wakeups_and_lose_nothing(monkeypatch):
+    # 5 ms chunks paced in real time: read as they come, about one read per chunk;
+    # coalesced at 50 ms, about one read per 50 ms, and the same audio
+    from flushsink.emulator import Emulator, render
+
+    voice = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
+    fmt = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 16000}
+    text = "Stay hungry, stay foolish, stay hungry."
+    reads = _count_reads(monkeypatch)
+
+    async def main(coalesce):
+        async with Emulator(chunk_ms=5, pace="realtime") as emu:
+            async with flushsink.connect(emu.url, receive_timeout=10,
+                                         coalesce_reads=coalesce) as tts:
+                await tts.connect()
+                ctx = tts.context(voice=voice, output_format=fmt)
+                await ctx.push(text)
+                await ctx.no_more_inputs()
+                del reads[:]
+                return [s async for s in ctx.segments()]
+
+    expected = render(text, voice, flushsink.AudioFormat("pcm_s16le", 16000))
+    counts = {}
+    for coalesce in (0, 0.05):
+        segments = asyncio.run(main(coalesce))
+        assert b"".join(bytes(s.pcm()) for s in segments) == expected
+        counts[coalesce] = len(reads)
+    chunks = -(-len(expected) // 160)
+    assert counts[0] > chunks / 2
+    assert counts[0.05] < counts[0] / 3, counts
+
+
+def test_a_frame_after_quiet_is_read_at_once_and_one_close_behind_it_waits_at_most_the_interval(
+        monkeypatch):
+    from rawserver import RawServer, accept_websocket, frame as raw_frame
+
+    interval, slack = 0.25, 0.3
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+
+    def handler(conn):
+        accept_websocket(conn)
+        conn.recv(65536)  # the first request
+        time.sleep(1.0)  # quiet for four intervals
+        sent["a"] = time.monotonic()
+        conn.sendall(raw_frame(TEXT, b'{"type": "x", "n": "a"}'))
+        time.sleep(0.01)
+        sent["b"] = time.monotonic()
+        conn.sendall(raw_frame(TEXT, b'{"type": "x", "n": "b"}'))
+        time.sleep(2.0)
+
+    async def main(url):
+        async with flushsink.connect(url, receive_timeout=10, coalesce_reads=interval,
+                                     close_timeout=0.5) as tts:
+            receive = tts._session.receive
+
+            def recording(message):
+                got[bytes(message)[-3:-2].decode()] = time.monotonic()
+                receive(message)
+
+            tts._session.receive = recording
+            ctx = tts.context(voice="v", output_format=None)
+            await ctx.push("hello")
+            while len(got) < 2:
+                await asyncio.sleep(0.01)
+
+    with RawServer(handler) as server:
+        asyncio.run(asyncio.wait_for(main(server.url), 10))
+    assert got["a"] - sent["a"] < interval / 2
+    assert got["b"] - sent["b"] < interval + slack
+
+
+@pytest.mark.parametrize("value", [-0.001, "5ms", True, float("nan"), float("inf")])
+def test_coalesce_reads_must_be_seconds(value):
+    with pytest.raises(flushsink.ConfigError, match="coalesce_reads"):
+        flushsink.connect("ws://127.0.0.1:9", coalesce_reads=value)

@@ -293,6 +293,9 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
     _head_tail = b""  # the handshake's last bytes, to find its end across reads
     _carry: Optional[bytearray] = None  # a frame begun at the end of an earlier read
     _frame_limit = 0  # the longest message parsed here: max_size
+    coalesce_reads = 0.0  # seconds: see _coalesce
+    _last_read = -math.inf
+    _resume: Optional[asyncio.TimerHandle] = None
 
     def _refuse(self, code: int, reason: str) -> None:
         # websockets' recv() does this in send_context(), which sends the close frame,
@@ -333,12 +336,17 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         assert self._read_buffer is not None
         self._receive(self._read_buffer[:nbytes])
+        if self.coalesce_reads and nbytes < _READ_SIZE:
+            self._coalesce()
 
     def data_received(self, data: bytes) -> None:
         # What a transport calls that does not take the buffered protocol for this
         # class: uvloop uses get_buffer only for protocols that are not also
         # asyncio.Protocol, as websockets' connection is. Same path, bytes of its own.
         self._receive(memoryview(data))
+        # (a read this large may have left more behind: only a short one pauses)
+        if self.coalesce_reads and len(data) < _FULL_READ:
+            self._coalesce()
 
     def _receive(self, data: memoryview) -> None:
         if self._frames == _DIRECT:
@@ -351,6 +359,34 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
     def _parse(self, data: Any) -> None:
         """websockets parses ``data`` (and acts on what it finds)."""
         ClientConnection.data_received(self, data)
+
+    def _coalesce(self) -> None:
+        # Each read costs an event-loop wake-up, and on a VM the process sleeping in
+        # epoll_wait and being woken costs more CPU than parsing the frame it brings
+        # (25-30 us per wake-up on asyncio's loop, 15 on uvloop; 1.5 us to parse a 100
+        # ms chunk). While frames keep coming (the previous read is less than two
+        # intervals ago), reading pauses until the next multiple of coalesce_reads on
+        # the loop's clock, and what arrived meanwhile is read at once; every connection
+        # of the loop resumes at the same instants, so their reads share one wake-up.
+        # A frame after a quiet spell is read at once: only frames that follow another
+        # closely wait, at most coalesce_reads.
+        loop = self.loop
+        now = loop.time()
+        last, self._last_read = self._last_read, now
+        # (two intervals: a resumed read comes a little after its instant)
+        if now - last >= 2 * self.coalesce_reads or self._resume is not None:
+            return
+        transport = self.transport
+        if transport.is_closing():
+            return
+        transport.pause_reading()
+        interval = self.coalesce_reads
+        self._resume = loop.call_at((now // interval + 1) * interval, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self._resume = None
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def _receive_handshake(self, data: memoryview) -> None:
         # websockets parses the HTTP response; frames may follow it in the same read.
@@ -465,6 +501,9 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._carry = None
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         super().connection_lost(exc)
         buffer, self._read_buffer = self._read_buffer, None
         if buffer is None:
@@ -479,6 +518,7 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
 
 
 _READ_SIZE = 2**20
+_FULL_READ = 2**16  # a read through data_received this long may not have drained the socket
 _CLOSE_GRACE = 0.05  # seconds the reader may take past close_timeout to see the end
 _KEPT_READ_BUFFERS = 4
 _idle_read_buffers: list[memoryview] = []  # append and pop are atomic: any thread may use it
@@ -763,12 +803,29 @@ class ClientBase:
 
 class Client(ClientBase):
     """A connection (re-opened on demand) and its contexts. Use :func:`connect`.
+
+    Besides ClientBase's options, ``coalesce_reads`` (seconds, default 0.005): while
+    frames keep arriving (a read less than twice this after the previous one), the
+    connection reads at most once per this interval, so that a busy connection costs
+    an event-loop wake-up per interval instead of one per frame or two. A frame after
+    a quiet spell is read at once: a context's first audio waits only if other audio
+    arrived on the same connection just before it, and then at most this long. 0 or
+    None: read as soon as data arrives. (bench_scale, 1,000 contexts on 10 sockets in
+    real time: 46 -> 34 us of client CPU per frame; 2 ms saved nothing there, because
+    pausing and resuming a connection's reads costs about 10 us on asyncio's loop.)
     """
 
     _context_class = Context
 
-    def __init__(self, *args: Any, **options: Any) -> None:
+    def __init__(self, *args: Any, coalesce_reads: Optional[float] = 0.005,
+                 **options: Any) -> None:
+        if coalesce_reads is not None and (
+                isinstance(coalesce_reads, bool) or not isinstance(coalesce_reads, (int, float))
+                or not 0 <= coalesce_reads < math.inf):
+            raise ConfigError(f"coalesce_reads must be a number of seconds >= 0 or None, "
+                              f"not {coalesce_reads!r}")
         super().__init__(*args, **options)
+        self.coalesce_reads = float(coalesce_reads or 0)
         self._ws: Optional[ClientConnection] = None
         self._reader: Optional[asyncio.Task[None]] = None
         self._closing: set[asyncio.Future[None]] = set()
@@ -810,6 +867,7 @@ class Client(ClientBase):
         connection = _Connection(*args, **kwargs)
         connection.on_message = functools.partial(self._on_message, connection)
         connection.send_timeout = self.send_timeout
+        connection.coalesce_reads = self.coalesce_reads
         return connection
 
     def _on_message(self, connection: "_Connection", message: Any) -> None:
@@ -890,7 +948,8 @@ class Client(ClientBase):
 
 
 def connect(url: Optional[str] = None, api_key: Optional[str] = None, **options: Any) -> Client:
-    """``async with flushsink.connect(...) as tts:`` (see :class:`ClientBase` for options).
+    """``async with flushsink.connect(...) as tts:`` (see :class:`ClientBase` for options,
+    and :class:`Client` for ``coalesce_reads``).
 
     ``url=None`` means Cartesia (``wss://api.cartesia.ai/tts/websocket``) with
     ``api_key`` or ``CARTESIA_API_KEY``; a bare ``ws://host:port`` gets the
