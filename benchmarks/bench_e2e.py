@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """End-to-end client CPU per chunk message over loopback: flushsink's clients next to the
-websocket receive alone, the official SDK's receive loop and hand-written loops.
+websocket receive alone, the official SDK's receive loop and hand-written loops, with the
+frames sent in one burst and paced one at a time.
 
 A pre-framed sender runs in a separate process (so its CPU is not counted as the
 client's): a plain-socket websocket server on 127.0.0.1 that answers the handshake
 (declining permessage-deflate), reads the client's first generation request, and writes
 N chunk frames for the context id the client chose, then flush_done and done, all
-framed in advance and handed to the kernel with one sendall. The server is therefore
-never the bottleneck: the client always finds frames waiting. The request's transcript
-names the workload ("e2e rate=44100 chunk_ms=100 chunks=2000 seed=100"); the audio is
-pseudo-random s16le bytes the client can regenerate to check what it received.
+framed in advance. The request's transcript names the workload ("e2e rate=44100
+chunk_ms=100 chunks=2000 seed=100 ..."); the audio is pseudo-random s16le bytes the
+client can regenerate to check what it received.
+
+  burst   every frame handed to the kernel with one sendall: the client always finds
+          frames waiting, and each read brings up to a MiB of them
+  paced   one frame every --paced-gap-ms (1 ms), each with its own sendall: far longer
+          than any row spends on a message, so each read finds one frame and costs an
+          event-loop wake-up, as when a server paces a context's audio in real time
+          (500 messages per run; only the rows the targets compare)
 
 Measured: CPU time of the client process (time.process_time: every thread, user and
 system) from just before the first request is sent to the moment the last frame has
@@ -18,13 +25,14 @@ outside the timed region. Every configuration runs every client once per round, 
 rotating order, so a drift of the shared machine hits every client alike; medians over
 rounds; the ratios are ratios of medians of the same run.
 
-Clients (asyncio, then sync):
+Clients (asyncio, uvloop where installed, then sync):
   ws recv alone        websockets recv(decode=False) in a loop, frames discarded: the floor
                        any client on websockets pays
   ws recv + Sink.feed  the README's "your own websocket loop": recv(decode=False) into
                        flushsink.Sink.feed, segments kept (no Session, no client object)
   flushsink            flushsink.connect(...), one context, push + no_more_inputs,
-                       `async for segment in ctx.segments()` (segments kept)
+                       `async for segment in ctx.segments()` (segments kept); defaults,
+                       so coalesce_reads is 5 ms
   ... (released)      the same two, but each segment is dropped once it has arrived (what
                        a voice server that plays or writes each segment does): its buffer
                        goes back to the Sink's warm pool, so the next segment's audio lands
@@ -32,6 +40,8 @@ Clients (asyncio, then sync):
                        (100-200 s) and pays for fresh pages and cold cache lines; the
                        receive alone stores nothing. Released rows check each segment's
                        flush id, length and first and last 32 bytes (kept rows check all).
+  flushsink (coalesce_reads=0)  every frame read as it arrives (what coalescing buys)
+  uvloop:...           the same asyncio code run with uvloop.run()
   cartesia SDK         cartesia 3.2.0 AsyncCartesia(...).tts.websocket_connect(), ctx.push,
                        `async for response in ctx.receive()` with
                        `if response.type == "chunk" and response.audio: audio += response.audio`
@@ -43,12 +53,14 @@ Clients (asyncio, then sync):
   json+base64          the same with the standard library
   sync: ws recv alone, flushsink.sync, cartesia SDK (sync ctx.receive()), orjson+pybase64
 
-Targets (issue item 4), at 100 ms chunks: flushsink / ws recv alone <= 1.10 and
-SDK (examples' loop) / flushsink >= 5.
+Targets (issue 12 item 5): flushsink / ws recv alone <= 1.00 at 20, 100 and 500 ms, burst
+and paced, kept and released, for each event loop; and (issue item 4) SDK (examples'
+loop) / flushsink >= 5 at 100 ms.
 
 Usage: python benchmarks/bench_e2e.py [--rounds N] [--quick] [--json] [--only a,b]
-       [--chunk-ms 20,100,500] [--scale X]
-Needs websockets; the SDK, orjson and pybase64 rows are skipped with a note when missing.
+       [--chunk-ms 20,100,500] [--scale X] [--paced-gap-ms 1 (0: no paced runs)]
+Needs websockets; the SDK, orjson, pybase64 and uvloop rows are skipped with a note when
+missing.
 """
 
 from __future__ import annotations
@@ -92,7 +104,8 @@ SERVER_LIFETIME_S = 3600
 # far longer than any row's cost per message, so each read finds one frame
 PACED_CHUNKS = 500
 PACED_GAP_MS = 1.0
-PACED_CLIENTS = ("ws recv alone", "flushsink", "flushsink (released)")
+PACED_CLIENTS = ("ws recv alone", "flushsink", "flushsink (released)",
+                 "flushsink (coalesce_reads=0)")
 
 notes: list[str] = []
 
@@ -385,11 +398,12 @@ def _keeping(keep: bool) -> tuple[str, Callable[[Any], Any]]:
     return ("segments", lambda segment: segment) if keep else ("digests", digest)
 
 
-async def flushsink_async(url: str, workload: Workload, keep: bool = True) -> Run:
+async def flushsink_async(url: str, workload: Workload, keep: bool = True,
+                          **options: Any) -> Run:
     import flushsink
 
     kind, hold = _keeping(keep)
-    async with flushsink.connect(url, api_key="bench", max_size=MAX_SIZE) as tts:
+    async with flushsink.connect(url, api_key="bench", max_size=MAX_SIZE, **options) as tts:
         await tts.connect()
         ctx = tts.context(voice=VOICE_ID, output_format=OUTPUT_FORMAT)
         with _Timer() as t:
@@ -401,6 +415,10 @@ async def flushsink_async(url: str, workload: Workload, keep: bool = True) -> Ru
 
 async def flushsink_released_async(url: str, workload: Workload) -> Run:
     return await flushsink_async(url, workload, keep=False)
+
+
+async def flushsink_uncoalesced_async(url: str, workload: Workload) -> Run:
+    return await flushsink_async(url, workload, coalesce_reads=0)
 
 
 async def sink_loop_async(url: str, workload: Workload, keep: bool = True) -> Run:
@@ -575,6 +593,7 @@ def make_clients(only: list[str] | None) -> list[Client]:
     clients = [Client("ws recv alone", "async", ws_recv_async),
                Client("flushsink", "async", flushsink_async),
                Client("flushsink (released)", "async", flushsink_released_async),
+               Client("flushsink (coalesce_reads=0)", "async", flushsink_uncoalesced_async),
                Client("ws recv + Sink.feed", "async", sink_loop_async),
                Client("ws recv + Sink.feed (released)", "async", sink_loop_released_async)]
     try:
@@ -593,6 +612,14 @@ def make_clients(only: list[str] | None) -> list[Client]:
     except ImportError:
         notes.append("orjson or pybase64 not installed: their rows skipped")
     clients.append(Client("json+base64", "async", _hand_loop_async(json.loads, base64.b64decode)))
+    try:
+        import uvloop  # noqa: F401
+
+        clients += [Client("ws recv alone", "uvloop", ws_recv_async),
+                    Client("flushsink", "uvloop", flushsink_async),
+                    Client("flushsink (released)", "uvloop", flushsink_released_async)]
+    except ImportError:
+        notes.append("uvloop not installed: its rows skipped (pip install uvloop)")
     clients += [Client("ws recv alone", "sync", ws_recv_sync),
                 Client("flushsink", "sync", flushsink_sync),
                 Client("flushsink (released)", "sync", flushsink_released_sync)]
@@ -608,17 +635,14 @@ def make_clients(only: list[str] | None) -> list[Client]:
     return clients
 
 
-LOOP = "asyncio"  # the asyncio rows' event loop (--loop)
-
-
 def run_once(client: Client, url: str, workload: Workload) -> Run:
     gc.collect()
     if client.mode == "async":
-        if LOOP == "uvloop":
-            import uvloop
-
-            return uvloop.run(client.run(url, workload))
         return asyncio.run(client.run(url, workload))
+    if client.mode == "uvloop":
+        import uvloop
+
+        return uvloop.run(client.run(url, workload))
     return client.run(url, workload)
 
 
@@ -697,7 +721,7 @@ def per_message_us(runs: list[Run], workload: Workload) -> float:
     return _common.median([run.cpu for run in runs]) / workload.chunks * 1e6
 
 
-# (ratio name, numerator row, denominator row); the first four are the targets' ratios
+# (ratio name, numerator row, denominator row); the first six are the targets' ratios
 RATIOS = (
     ("flushsink / ws recv alone (async)", "async:flushsink", "async:ws recv alone"),
     ("flushsink (released) / ws recv alone (async)", "async:flushsink (released)",
@@ -705,6 +729,12 @@ RATIOS = (
     ("flushsink.sync / ws recv alone (sync)", "sync:flushsink", "sync:ws recv alone"),
     ("flushsink.sync (released) / ws recv alone (sync)", "sync:flushsink (released)",
      "sync:ws recv alone"),
+    ("flushsink / ws recv alone (uvloop)", "uvloop:flushsink", "uvloop:ws recv alone"),
+    ("flushsink (released) / ws recv alone (uvloop)", "uvloop:flushsink (released)",
+     "uvloop:ws recv alone"),
+    ("flushsink (coalesce_reads=0) / ws recv alone (async)",
+     "async:flushsink (coalesce_reads=0)", "async:ws recv alone"),
+    ("flushsink on uvloop / on asyncio", "uvloop:flushsink", "async:flushsink"),
     ("ws recv + Sink.feed / ws recv alone (async)", "async:ws recv + Sink.feed",
      "async:ws recv alone"),
     ("ws recv + Sink.feed (released) / ws recv alone (async)",
@@ -747,15 +777,15 @@ def summarize(results, clients, workloads):
             ratios[name] = values
     # what flushsink adds on top of the bare receive, in us per message
     added: dict[str, dict[str, float]] = {}
-    for mode in ("async", "sync"):
+    for mode in ("async", "uvloop", "sync"):
         a, b = f"{mode}:flushsink", f"{mode}:ws recv alone"
         values = {w.label: round(us(a, w.label) - us(b, w.label), 2) for w in workloads
                   if us(a, w.label) is not None and us(b, w.label) is not None}
         if values:
             added[mode] = values
     targets = {}
-    for name, _, _ in RATIOS[:4]:
-        mode = "sync" if "(sync)" in name else "async"
+    for name, _, _ in RATIOS[:6]:
+        mode = "sync" if "(sync)" in name else "uvloop" if "(uvloop)" in name else "async"
         variant = "released" if "(released)" in name else "kept"
         for label, value in ratios.get(name, {}).items():
             targets[f"{mode} flushsink ({variant}) <= {TARGET_OVERHEAD:.2f}x ws recv alone "
@@ -832,16 +862,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="gap between the paced runs' frames (0: no paced runs); "
                              "default %(default)s")
     parser.add_argument("--only", help="comma-separated client names (or mode:name)")
-    parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"),
-                        help="the event loop of the asyncio rows (default: %(default)s)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve()
         return
-    global LOOP
-    LOOP = args.loop
     rounds = 3 if args.quick else args.rounds
     scale = args.scale * (0.25 if args.quick else 1.0)
     sizes = [int(x) for x in args.chunk_ms.split(",")]
@@ -858,7 +884,6 @@ def main(argv: list[str] | None = None) -> None:
                   "burst = one sendall per run, paced = one sendall per frame, "
                   f"{args.paced_gap_ms:g} ms apart",
         "clock": "time.process_time of the client process (all threads, user+sys)",
-        "event loop": f"{args.loop} (asyncio rows)",
     })
     with _common.child_process([sys.executable, __file__, "--serve"], "PORT ") as (_, port):
         url = f"ws://127.0.0.1:{port}"

@@ -92,6 +92,17 @@ WORDS = ("stay hungry foolish morning river window garden silver planet market "
 SECONDS_PER_WORD = 0.55  # the emulator's average for these words, pause included
 TARGET_RSS_FACTOR = 1.3
 TARGET_US_PER_FRAME = 20.0  # client CPU per frame, real-time pacing (issue 12, item 5)
+# client configurations: (event loop, options for flushsink.connect, what it is)
+VARIANTS = {
+    "default": ("asyncio", {}, "flushsink.connect's defaults on asyncio's own loop "
+                               "(coalesce_reads 5 ms)"),
+    "no-coalesce": ("asyncio", {"coalesce_reads": 0}, "coalesce_reads=0: every frame read "
+                                                       "as it comes"),
+    "uvloop": ("uvloop", {}, "the defaults on uvloop (pip install flushsink[uvloop]; "
+                             "uvloop.run(main()))"),
+    "uvloop-no-coalesce": ("uvloop", {"coalesce_reads": 0}, "uvloop, coalesce_reads=0"),
+}
+notes: list[str] = []
 PACINGS = {
     "realtime": "pre-rendered frames sent each at its time of the emulator's real-time "
                 "pacing (a child process); contexts start spread over one chunk (100 ms)",
@@ -435,8 +446,9 @@ class Server(NamedTuple):
     stats_path: str  # the real-time sender's pace, one line per run ("" for the emulator)
 
 
-def run_client(server: Server, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_client(server: Server, mode: str, variant: str, args: argparse.Namespace) -> dict[str, Any]:
     stagger = CHUNK_MS / 1000 if server.pacing == "realtime" else 0.0
+    loop, options = VARIANTS[variant][:2]
     argv = [sys.executable, __file__, "--client", mode, "--url", server.url,
             "--sockets", str(args.sockets), "--contexts", str(args.contexts),
             "--seconds-per-context", str(args.seconds_per_context),
@@ -444,7 +456,7 @@ def run_client(server: Server, mode: str, args: argparse.Namespace) -> dict[str,
             "--digests", server.digest_path]
     server0 = process_cpu_seconds(server.pid)
     reports = _stats_lines(server.stats_path)
-    argv += ["--loop", args.loop, "--client-options", args.client_options]
+    argv += ["--loop", loop, "--client-options", json.dumps(options)]
     with _common.child_process(argv, "RESULT ", timeout=args.run_timeout) as (proc, line):
         result = json.loads(line)
         proc.wait(30)
@@ -494,6 +506,8 @@ def start_server(pacing: str, args: argparse.Namespace, work_dir: str,
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Medians per column ("mode / pacing" for the default client, "mode / pacing /
+    variant" for the others)."""
     table = {}
     for column, results in runs.items():
         med = _common.median
@@ -540,6 +554,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
 def targets(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     verdicts = {}
     for column, row in table.items():
+        if column.count("/") > 1:
+            continue  # the other configurations: reported, not judged
         verdicts[f"{column}: peak RSS <= base + {TARGET_RSS_FACTOR} x PCM held (every run)"] = {
             "value": row["peak_minus_base_over_held"], "met": row["met"]}
         if column.endswith("/ realtime"):
@@ -560,11 +576,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pacing", default="realtime,fast",
                         help="realtime (pre-rendered frames sent at the emulator's real-time "
                              "pace), fast (the emulator, --pace fast); comma-separated")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="client configurations to run at real-time pacing, besides "
+                             "the default one: " + "; ".join(
+                                 f"{name} = {desc}" for name, (_, _, desc) in VARIANTS.items()))
     parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"),
-                        help="the client's event loop (default: %(default)s)")
-    parser.add_argument("--client-options", default="{}",
-                        help="JSON object of options for flushsink.connect, e.g. "
-                             "'{\"coalesce_reads\": 0}'")
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--client-options", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--receive-timeout", type=float, default=600.0)
     parser.add_argument("--run-timeout", type=float, default=900.0)
     parser.add_argument("--json", action="store_true")
@@ -594,6 +612,17 @@ def main(argv: list[str] | None = None) -> None:
     for pacing in pacings:
         if pacing not in PACINGS:
             parser.error(f"--pacing: {pacing!r} is none of {', '.join(PACINGS)}")
+    variants = ["default"] + [v.strip() for v in args.variants.split(",")
+                              if v.strip() and v.strip() != "default"]
+    for variant in variants:
+        if variant not in VARIANTS:
+            parser.error(f"--variants: {variant!r} is none of {', '.join(VARIANTS)}")
+    if any(VARIANTS[v][0] == "uvloop" for v in variants):
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            notes.append("uvloop not installed: its configurations skipped (pip install uvloop)")
+            variants = [v for v in variants if VARIANTS[v][0] != "uvloop"]
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     env = _common.environment({
         "workload": f"{args.contexts} contexts on {args.sockets} sockets, 2 segments each, "
@@ -605,11 +634,16 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_scale-") as work_dir:
         for pacing in pacings:
+            # the other configurations run where the wake-ups are: real-time pacing
+            runs_here = [(v, m) for v in (variants if pacing == "realtime" else ["default"])
+                         for m in modes]
             with start_server(pacing, args, work_dir, log) as server:
                 for r in range(args.repeats):
-                    for mode in modes if r % 2 == 0 else modes[::-1]:
-                        column = f"{mode} / {pacing}"
-                        result = run_client(server, mode, args)
+                    shift = r % len(runs_here)  # a rotating order: drifts hit all alike
+                    for variant, mode in runs_here[shift:] + runs_here[:shift]:
+                        column = f"{mode} / {pacing}" + (
+                            "" if variant == "default" else f" / {variant}")
+                        result = run_client(server, mode, variant, args)
                         runs.setdefault(column, []).append(result)
                         log(f"{column} run {len(runs[column])}: {result['audio_seconds']:.0f} s "
                             f"of audio in {result['wall']:.1f} s, "
@@ -619,7 +653,8 @@ def main(argv: list[str] | None = None) -> None:
     table = summarize(runs)
     verdicts = targets(table)
     if args.json:
-        json.dump({"environment": env, "results": table, "targets": verdicts, "runs": runs},
+        json.dump({"environment": env, "variants": {v: VARIANTS[v][2] for v in variants},
+                   "results": table, "targets": verdicts, "runs": runs, "notes": notes},
                   sys.stdout, indent=2)
         print()
         return
@@ -649,7 +684,7 @@ def main(argv: list[str] | None = None) -> None:
         ("segments checked against render()", "segments_checked", "{}"),
         ("rejected frames", "rejected_frames", "{}"),
     ]
-    columns = list(table)
+    columns = [c for c in table if c.count("/") == 1]
     width = max(18, *(len(c) + 2 for c in columns))
     print("medians over runs; PCM held: held = all segments kept, released = peak of the "
           "open segments' audio")
@@ -662,10 +697,33 @@ def main(argv: list[str] | None = None) -> None:
                 "-" if row[key] is None else fmt.format(row[key]))
             cells.append(f"{value:>{width}}")
         print(f"{title:<36}" + "".join(cells))
+    others = [c for c in table if c.count("/") > 1]
+    if others:
+        print()
+        print("client configurations at real-time pacing (same sender, runs interleaved with "
+              "the default's above)")
+        head = (f"{'configuration':<28}{'mode':<10}{'CPU us/frame':>13}{'spread':>11}"
+                f"{'user/sys us':>14}{'wake-ups/fr':>12}{'faults/fr':>10}")
+        print(head)
+        print("-" * len(head))
+        for variant in variants:
+            for mode in modes:
+                column = f"{mode} / realtime" + ("" if variant == "default" else f" / {variant}")
+                row = table.get(column)
+                if row is None:
+                    continue
+                print(f"{variant:<28}{mode:<10}{row['client_cpu_us_per_frame']:>13.2f}"
+                      f"{row['client_cpu_us_per_frame_spread']:>11}"
+                      f"{row['user_us_per_frame']:>7.1f}/{row['sys_us_per_frame']:<6.1f}"
+                      f"{row['wakeups_per_frame']:>12.3f}{row['page_faults_per_frame']:>10.2f}")
+        for variant in variants:
+            print(f"  {variant}: {VARIANTS[variant][2]}")
     print()
     print("targets")
     for name, verdict in verdicts.items():
         print(f"  {'MET ' if verdict['met'] else 'MISS'}  {name}: {verdict['value']}")
+    for note in notes:
+        print(f"note: {note}")
 
 
 if __name__ == "__main__":
