@@ -493,11 +493,11 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
         self._parse(rest)
         return -1
 
-    def eof_received(self) -> Optional[bool]:
+    def eof_received(self) -> None:
         carry, self._carry = self._carry, None
         if carry is not None:  # a frame cut short: websockets says so, as it did
             self._hand_over(bytes(carry))
-        return super().eof_received()  # type: ignore[no-any-return]
+        super().eof_received()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._carry = None
