@@ -236,24 +236,33 @@ def stream_bytes(context_id: str, workload: Workload) -> bytes:
     return b"".join(frames)
 
 
+def accept_websocket(sock: socket.socket) -> _FrameReader | None:
+    """Answer the opening handshake on ``sock`` (declining any extension) and return a
+    reader of the client's frames; None if the client left first. Raises StopIteration
+    for a request without Sec-WebSocket-Key."""
+    sock.settimeout(120)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    request = b""
+    while b"\r\n\r\n" not in request:
+        data = sock.recv(4096)
+        if not data or len(request) > 65536:
+            return None
+        request += data
+    head, _, rest = request.partition(b"\r\n\r\n")
+    key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]
+               if line.split(b":", 1)[0].strip().lower() == b"sec-websocket-key")
+    accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+    # no Sec-WebSocket-Extensions: a deflate offer (the SDK's default) is declined
+    sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    return _FrameReader(sock, rest)
+
+
 def _handle(sock: socket.socket) -> None:
     try:
-        sock.settimeout(120)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        request = b""
-        while b"\r\n\r\n" not in request:
-            data = sock.recv(4096)
-            if not data or len(request) > 65536:
-                return
-            request += data
-        head, _, rest = request.partition(b"\r\n\r\n")
-        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")[1:]
-                   if line.split(b":", 1)[0].strip().lower() == b"sec-websocket-key")
-        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
-        # no Sec-WebSocket-Extensions: a deflate offer (the SDK's default) is declined
-        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-        reader = _FrameReader(sock, rest)
+        reader = accept_websocket(sock)
+        if reader is None:
+            return
         streamed = False
         while True:
             frame = reader.next()
