@@ -85,9 +85,14 @@ MAX_SIZE = 16 * 2**20
 # a flush per sentence or two, as TTS users flush: segments, not one huge buffer (one
 # 200 s segment would put its buffer beyond glibc's mmap threshold: see the README notes)
 SEGMENT_SECONDS = 5.0
-TARGET_OVERHEAD = 1.10   # flushsink / ws recv alone, at most
+TARGET_OVERHEAD = 1.00   # flushsink / ws recv alone, at most (issue 12 item 5)
 TARGET_VS_SDK = 5.0      # SDK / flushsink, at least (100 ms chunks)
 SERVER_LIFETIME_S = 3600
+# paced runs: messages per run (whole segments) and the gap between frames; the gap is
+# far longer than any row's cost per message, so each read finds one frame
+PACED_CHUNKS = 500
+PACED_GAP_MS = 1.0
+PACED_CLIENTS = ("ws recv alone", "flushsink", "flushsink (released)")
 
 notes: list[str] = []
 
@@ -97,11 +102,21 @@ class Workload(NamedTuple):
     chunks: int
     seed: int
     segment_chunks: int  # chunks per flush (segment): the sender sends flush_done after each
+    gap_us: int = 0  # 0: every frame in one sendall (burst); else one frame per gap (paced)
 
     @property
     def transcript(self) -> str:
         return (f"e2e rate={RATE} chunk_ms={self.chunk_ms} chunks={self.chunks} "
-                f"seed={self.seed} segment_chunks={self.segment_chunks}")
+                f"seed={self.seed} segment_chunks={self.segment_chunks} gap_us={self.gap_us}")
+
+    @property
+    def label(self) -> str:
+        """The column: chunk size, and whether the frames came paced."""
+        return f"{self.chunk_ms} ms paced" if self.gap_us else f"{self.chunk_ms} ms"
+
+    @property
+    def kind(self) -> str:
+        return "paced" if self.gap_us else "burst"
 
     @classmethod
     def parse(cls, transcript: str) -> "Workload":
@@ -109,13 +124,14 @@ class Workload(NamedTuple):
         if int(fields["rate"]) != RATE:
             raise ValueError(f"unsupported rate in {transcript!r}")
         return cls(int(fields["chunk_ms"]), int(fields["chunks"]), int(fields["seed"]),
-                   int(fields["segment_chunks"]))
+                   int(fields["segment_chunks"]), int(fields["gap_us"]))
 
     @classmethod
-    def make(cls, chunk_ms: int, chunks: int, segment_seconds: float) -> "Workload":
+    def make(cls, chunk_ms: int, chunks: int, segment_seconds: float,
+             gap_us: int = 0) -> "Workload":
         per_segment = max(1, round(segment_seconds * 1000 / chunk_ms))
         chunks = max(per_segment, chunks // per_segment * per_segment)  # whole segments
-        return cls(chunk_ms, chunks, chunk_ms, per_segment)
+        return cls(chunk_ms, chunks, chunk_ms, per_segment, gap_us)
 
     @property
     def chunk_bytes(self) -> int:
@@ -215,10 +231,10 @@ def _base64_pieces(workload: Workload) -> list[str]:
         return pieces
 
 
-def stream_bytes(context_id: str, workload: Workload) -> bytes:
-    """Every frame of the answer, framed, in one buffer, in the emulator's frame shapes:
-    chunks with flush_id 1, 2, ... (segment_chunks each), a flush_done after each
-    segment, then done."""
+def stream_frames(context_id: str, workload: Workload) -> list[bytes]:
+    """Every frame of the answer, framed, in the emulator's frame shapes: chunks with
+    flush_id 1, 2, ... (segment_chunks each), a flush_done after each segment, then
+    done."""
     cid = json.dumps(context_id)
     rng = random.Random(workload.seed)
     frames = []
@@ -233,7 +249,24 @@ def stream_bytes(context_id: str, workload: Workload) -> bytes:
                 f'"done": false, "data": "", "flush_id": {flush_id}, "flush_done": true}}'))
     frames.append(_framed(f'{{"type": "done", "context_id": {cid}, "status_code": 206, '
                           f'"done": true}}'))
-    return b"".join(frames)
+    return frames
+
+
+def send_stream(sock: socket.socket, context_id: str, workload: Workload) -> None:
+    """Burst: every frame in one sendall, so the client always finds frames waiting.
+    Paced: frame i at start + i * gap, each with its own sendall, so that (the gap being
+    far longer than a message costs the client) every read finds one frame, as when a
+    server paces a context's audio in real time."""
+    frames = stream_frames(context_id, workload)
+    if not workload.gap_us:
+        sock.sendall(b"".join(frames))
+        return
+    start, gap = time.perf_counter(), workload.gap_us / 1e6
+    for index, frame in enumerate(frames):
+        delay = start + index * gap - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sock.sendall(frame)
 
 
 def accept_websocket(sock: socket.socket) -> _FrameReader | None:
@@ -272,8 +305,7 @@ def _handle(sock: socket.socket) -> None:
             if opcode == 0x1 and not streamed:
                 message = json.loads(payload)
                 streamed = True
-                sock.sendall(stream_bytes(message["context_id"],
-                                          Workload.parse(message["transcript"])))
+                send_stream(sock, message["context_id"], Workload.parse(message["transcript"]))
             elif opcode == 0x8:  # echo the close, then end the TCP connection (RFC 6455 7.1.1)
                 sock.sendall(_frame_header(0x8, len(payload[:2])) + payload[:2])
                 return
@@ -587,7 +619,7 @@ def check(client: Client, workload: Workload, run: Run, expected: bytes) -> None
     """Each client must have received all of the audio (or, for the bare receive, every
     frame up to the done)."""
     kind, *rest = run.received
-    label = f"{client.mode} {client.name} at {workload.chunk_ms} ms"
+    label = f"{client.mode} {client.name} at {workload.label}"
     if kind == "frames":
         frames, last = rest
         assert b'"type": "done"' in last, f"{label}: the last of {frames} frames is not done"
@@ -618,18 +650,27 @@ def key(client: Client) -> str:
     return f"{client.mode}:{client.name}"
 
 
+def runs_workload(client: Client, workload: Workload) -> bool:
+    """Paced runs take real time (messages x gap), so only the rows the targets compare
+    get them."""
+    return not workload.gap_us or client.name in PACED_CLIENTS
+
+
 def measure(url: str, clients: list[Client], workloads: list[Workload], rounds: int,
-            log: Callable[[str], None]) -> dict[tuple[str, int], list[Run]]:
-    results: dict[tuple[str, int], list[Run]] = {}
+            log: Callable[[str], None]) -> dict[tuple[str, str], list[Run]]:
+    results: dict[tuple[str, str], list[Run]] = {}
     expected = {w: w.pcm() for w in workloads}
     for client in clients:  # warm-up round, checked: imports, first connections
         for workload in workloads:
-            check(client, workload, run_once(client, url, workload), expected[workload])
+            if runs_workload(client, workload):
+                check(client, workload, run_once(client, url, workload), expected[workload])
     log(f"checked {len(clients)} clients x {len(workloads)} workloads; measuring {rounds} rounds")
     for r in range(rounds):
         for workload in workloads:
             shift = r % len(clients)
             for client in clients[shift:] + clients[:shift]:
+                if not runs_workload(client, workload):
+                    continue
                 run = run_once(client, url, workload)
                 check(client, workload, run, expected[workload])
                 # Let the run's audio go once it is checked, as a program would when it
@@ -638,7 +679,7 @@ def measure(url: str, clients: list[Client], workloads: list[Workload], rounds: 
                 # what glibc happened to have free after the clients before it: the
                 # same Sink.feed allocations faulted 0.01 or 2.4 times per 500 ms
                 # message from one row to the next.
-                results.setdefault((key(client), workload.chunk_ms), []).append(
+                results.setdefault((key(client), workload.label), []).append(
                     run._replace(received=None))
                 del run
         log(f"round {r + 1}/{rounds} done")
@@ -649,65 +690,72 @@ def per_message_us(runs: list[Run], workload: Workload) -> float:
     return _common.median([run.cpu for run in runs]) / workload.chunks * 1e6
 
 
+# (ratio name, numerator row, denominator row); the first four are the targets' ratios
+RATIOS = (
+    ("flushsink / ws recv alone (async)", "async:flushsink", "async:ws recv alone"),
+    ("flushsink (released) / ws recv alone (async)", "async:flushsink (released)",
+     "async:ws recv alone"),
+    ("flushsink.sync / ws recv alone (sync)", "sync:flushsink", "sync:ws recv alone"),
+    ("flushsink.sync (released) / ws recv alone (sync)", "sync:flushsink (released)",
+     "sync:ws recv alone"),
+    ("ws recv + Sink.feed / ws recv alone (async)", "async:ws recv + Sink.feed",
+     "async:ws recv alone"),
+    ("ws recv + Sink.feed (released) / ws recv alone (async)",
+     "async:ws recv + Sink.feed (released)", "async:ws recv alone"),
+    ("cartesia SDK / flushsink (async)", "async:cartesia SDK", "async:flushsink"),
+    ("cartesia SDK .audio once / flushsink (async)", "async:cartesia SDK, .audio once",
+     "async:flushsink"),
+    ("cartesia SDK / flushsink (sync)", "sync:cartesia SDK", "sync:flushsink"),
+    ("orjson+pybase64 / flushsink (async)", "async:orjson+pybase64", "async:flushsink"),
+    ("json+base64 / flushsink (async)", "async:json+base64", "async:flushsink"),
+    ("orjson+pybase64 / flushsink (sync)", "sync:orjson+pybase64", "sync:flushsink"),
+)
+
+
 def summarize(results, clients, workloads):
-    table: dict[str, dict[int, dict[str, float]]] = {}
+    table: dict[str, dict[str, dict[str, Any]]] = {}
     for client in clients:
         rows = table.setdefault(key(client), {})
         for w in workloads:
-            runs = results[(key(client), w.chunk_ms)]
-            rows[w.chunk_ms] = {
+            runs = results.get((key(client), w.label))
+            if not runs:
+                continue
+            rows[w.label] = {
                 "cpu_us_per_message": round(per_message_us(runs, w), 2),
                 "spread": _common.spread([r.cpu for r in runs]),
                 "wall_messages_per_s": round(w.chunks / _common.median([r.wall for r in runs])),
                 "cpu_share": round(_common.median([r.cpu / r.wall for r in runs]), 2),
                 "page_faults_per_message": round(_common.median([r.faults for r in runs]) / w.chunks, 2),
             }
-    ratios: dict[str, dict[int, float]] = {}
 
-    def ratio(name: str, a: str, b: str) -> None:
-        if a in table and b in table:
-            ratios[name] = {w.chunk_ms: round(table[a][w.chunk_ms]["cpu_us_per_message"]
-                                              / table[b][w.chunk_ms]["cpu_us_per_message"], 3)
-                            for w in workloads}
+    def us(row: str, label: str) -> float | None:
+        cell = table.get(row, {}).get(label)
+        return None if cell is None else cell["cpu_us_per_message"]
 
-    ratio("flushsink / ws recv alone (async)", "async:flushsink", "async:ws recv alone")
-    ratio("flushsink.sync / ws recv alone (sync)", "sync:flushsink", "sync:ws recv alone")
-    ratio("flushsink (released) / ws recv alone (async)", "async:flushsink (released)",
-          "async:ws recv alone")
-    ratio("flushsink.sync (released) / ws recv alone (sync)", "sync:flushsink (released)",
-          "sync:ws recv alone")
-    ratio("ws recv + Sink.feed / ws recv alone (async)", "async:ws recv + Sink.feed",
-          "async:ws recv alone")
-    ratio("ws recv + Sink.feed (released) / ws recv alone (async)",
-          "async:ws recv + Sink.feed (released)", "async:ws recv alone")
-    ratio("cartesia SDK / flushsink (async)", "async:cartesia SDK", "async:flushsink")
-    ratio("cartesia SDK .audio once / flushsink (async)", "async:cartesia SDK, .audio once",
-          "async:flushsink")
-    ratio("cartesia SDK / flushsink (sync)", "sync:cartesia SDK", "sync:flushsink")
-    ratio("orjson+pybase64 / flushsink (async)", "async:orjson+pybase64", "async:flushsink")
-    ratio("json+base64 / flushsink (async)", "async:json+base64", "async:flushsink")
-    ratio("orjson+pybase64 / flushsink (sync)", "sync:orjson+pybase64", "sync:flushsink")
+    ratios: dict[str, dict[str, float]] = {}
+    for name, a, b in RATIOS:
+        values = {w.label: round(us(a, w.label) / us(b, w.label), 3) for w in workloads
+                  if us(a, w.label) is not None and us(b, w.label) is not None}
+        if values:
+            ratios[name] = values
     # what flushsink adds on top of the bare receive, in us per message
-    added = {}
+    added: dict[str, dict[str, float]] = {}
     for mode in ("async", "sync"):
         a, b = f"{mode}:flushsink", f"{mode}:ws recv alone"
-        if a in table and b in table:
-            added[mode] = {w.chunk_ms: round(table[a][w.chunk_ms]["cpu_us_per_message"]
-                                             - table[b][w.chunk_ms]["cpu_us_per_message"], 2)
-                           for w in workloads}
+        values = {w.label: round(us(a, w.label) - us(b, w.label), 2) for w in workloads
+                  if us(a, w.label) is not None and us(b, w.label) is not None}
+        if values:
+            added[mode] = values
     targets = {}
+    for name, _, _ in RATIOS[:4]:
+        mode = "sync" if "(sync)" in name else "async"
+        variant = "released" if "(released)" in name else "kept"
+        for label, value in ratios.get(name, {}).items():
+            targets[f"{mode} flushsink ({variant}) <= {TARGET_OVERHEAD:.2f}x ws recv alone "
+                    f"at {label}"] = {"ratio": value, "met": value <= TARGET_OVERHEAD}
     for mode in ("async", "sync"):
-        for variant in ("", " (released)"):
-            name = f"flushsink{'.sync' if mode == 'sync' else ''}{variant} / ws recv alone ({mode})"
-            if name in ratios:
-                for ms, value in ratios[name].items():
-                    label = f"{mode} flushsink{variant or ' (kept)'}"
-                    targets[f"{label} <= {TARGET_OVERHEAD:.2f}x ws recv alone at {ms} ms"] = {
-                        "ratio": value, "met": value <= TARGET_OVERHEAD}
-    for mode in ("async", "sync"):
-        name = f"cartesia SDK / flushsink ({mode})"
-        if name in ratios and 100 in ratios[name]:
-            value = ratios[name][100]
+        value = ratios.get(f"cartesia SDK / flushsink ({mode})", {}).get("100 ms")
+        if value is not None:
             targets[f"{mode} SDK >= {TARGET_VS_SDK:.0f}x flushsink at 100 ms"] = {
                 "ratio": value, "met": value >= TARGET_VS_SDK}
     return table, ratios, added, targets
@@ -715,28 +763,49 @@ def summarize(results, clients, workloads):
 
 def print_report(env, table, ratios, added, targets, workloads, rounds) -> None:
     _common.print_environment(env)
-    print(f"client CPU per chunk message, us (median of {rounds} rounds; min/max vs median), "
-          f"{RATE} Hz s16le; wall msg/s = median delivery rate")
-    head = f"{'client':<34}" + "".join(f"{f'{w.chunk_ms} ms ({w.chunks} msgs)':>28}" for w in workloads)
-    print(head)
-    print("-" * len(head))
-    for name, rows in table.items():
-        cells = "".join(f"{rows[w.chunk_ms]['cpu_us_per_message']:>9.2f} {rows[w.chunk_ms]['spread']:>8}"
-                        f"{rows[w.chunk_ms]['wall_messages_per_s']:>9}/s" for w in workloads)
-        print(f"{name:<34}{cells}")
-    print()
-    print("minor page faults per chunk message (median; new audio pages are faulted in one by one)")
-    for name, rows in table.items():
-        print(f"  {name:<32}" + "".join(f"{rows[w.chunk_ms]['page_faults_per_message']:>10.2f}"
-                                       for w in workloads))
-    print()
-    print("ratios of medians (same run)")
-    for name, values in ratios.items():
-        print(f"  {name:<48}" + "".join(f"{values[w.chunk_ms]:>9.2f}x" for w in workloads))
-    for mode, values in added.items():
-        print(f"  {'flushsink adds, us/msg (' + mode + ')':<48}"
-              + "".join(f"{values[w.chunk_ms]:>+9.2f} " for w in workloads))
-    print()
+    for kind in ("burst", "paced"):
+        group = [w for w in workloads if w.kind == kind]
+        if not group:
+            continue
+        if kind == "burst":
+            print(f"BURST: every frame sent at once, the client always finds frames waiting")
+        else:
+            print(f"PACED: one frame every {group[0].gap_us / 1000:g} ms, each read finds one "
+                  f"frame (as when a server paces a context in real time)")
+        print(f"client CPU per chunk message, us (median of {rounds} rounds; min/max vs "
+              f"median), {RATE} Hz s16le; wall msg/s = median delivery rate")
+        head = f"{'client':<34}" + "".join(
+            f"{f'{w.chunk_ms} ms ({w.chunks} msgs)':>28}" for w in group)
+        print(head)
+        print("-" * len(head))
+        for name, rows in table.items():
+            if not any(w.label in rows for w in group):
+                continue
+            cells = "".join(
+                f"{rows[w.label]['cpu_us_per_message']:>9.2f} {rows[w.label]['spread']:>8}"
+                f"{rows[w.label]['wall_messages_per_s']:>9}/s" if w.label in rows else f"{'-':>28}"
+                for w in group)
+            print(f"{name:<34}{cells}")
+        print()
+        print("minor page faults per chunk message (median; new audio pages are faulted in "
+              "one by one)")
+        for name, rows in table.items():
+            if any(w.label in rows for w in group):
+                print(f"  {name:<32}" + "".join(
+                    f"{rows[w.label]['page_faults_per_message']:>10.2f}" if w.label in rows
+                    else f"{'-':>10}" for w in group))
+        print()
+        print("ratios of medians (same run)")
+        for name, values in ratios.items():
+            if any(w.label in values for w in group):
+                print(f"  {name:<54}" + "".join(
+                    f"{values[w.label]:>9.2f}x" if w.label in values else f"{'-':>10}"
+                    for w in group))
+        for mode, values in added.items():
+            print(f"  {'flushsink adds, us/msg (' + mode + ')':<54}" + "".join(
+                f"{values[w.label]:>+9.2f} " if w.label in values else f"{'-':>10}"
+                for w in group))
+        print()
     print("targets")
     for name, verdict in targets.items():
         print(f"  {'MET ' if verdict['met'] else 'MISS'}  {name}: {verdict['ratio']:.2f}x")
@@ -752,6 +821,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-ms", default="20,100,500")
     parser.add_argument("--segment-seconds", type=float, default=SEGMENT_SECONDS,
                         help="audio per flush (segment); default %(default)s")
+    parser.add_argument("--paced-gap-ms", type=float, default=PACED_GAP_MS,
+                        help="gap between the paced runs' frames (0: no paced runs); "
+                             "default %(default)s")
     parser.add_argument("--only", help="comma-separated client names (or mode:name)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -761,13 +833,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     rounds = 3 if args.quick else args.rounds
     scale = args.scale * (0.25 if args.quick else 1.0)
+    sizes = [int(x) for x in args.chunk_ms.split(",")]
     workloads = [Workload.make(ms, max(10, int(CHUNKS.get(ms, 2000) * scale)), args.segment_seconds)
-                 for ms in (int(x) for x in args.chunk_ms.split(","))]
+                 for ms in sizes]
+    if args.paced_gap_ms > 0:
+        gap_us = round(args.paced_gap_ms * 1000)
+        workloads += [Workload.make(ms, max(10, int(PACED_CHUNKS * scale)), args.segment_seconds,
+                                    gap_us) for ms in sizes]
     clients = make_clients(args.only.split(",") if args.only else None)
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     env = _common.environment({
-        "server": "pre-framed sender in a child process (plain socket, one sendall per run, "
-                  "deflate declined)",
+        "server": "pre-framed sender in a child process (plain socket, deflate declined): "
+                  "burst = one sendall per run, paced = one sendall per frame, "
+                  f"{args.paced_gap_ms:g} ms apart",
         "clock": "time.process_time of the client process (all threads, user+sys)",
     })
     with _common.child_process([sys.executable, __file__, "--serve"], "PORT ") as (_, port):
@@ -777,7 +855,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         json.dump({"environment": env, "rounds": rounds,
                    "unit": "client CPU us per chunk message",
-                   "workloads": [w._asdict() for w in workloads],
+                   "workloads": {w.label: w._asdict() for w in workloads},
                    "results": table, "ratios": ratios, "flushsink_adds_us": added,
                    "targets": targets, "notes": notes}, sys.stdout, indent=2)
         print()
