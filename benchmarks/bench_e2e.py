@@ -608,9 +608,16 @@ def make_clients(only: list[str] | None) -> list[Client]:
     return clients
 
 
+LOOP = "asyncio"  # the asyncio rows' event loop (--loop)
+
+
 def run_once(client: Client, url: str, workload: Workload) -> Run:
     gc.collect()
     if client.mode == "async":
+        if LOOP == "uvloop":
+            import uvloop
+
+            return uvloop.run(client.run(url, workload))
         return asyncio.run(client.run(url, workload))
     return client.run(url, workload)
 
@@ -825,12 +832,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="gap between the paced runs' frames (0: no paced runs); "
                              "default %(default)s")
     parser.add_argument("--only", help="comma-separated client names (or mode:name)")
+    parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"),
+                        help="the event loop of the asyncio rows (default: %(default)s)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         serve()
         return
+    global LOOP
+    LOOP = args.loop
     rounds = 3 if args.quick else args.rounds
     scale = args.scale * (0.25 if args.quick else 1.0)
     sizes = [int(x) for x in args.chunk_ms.split(",")]
@@ -847,6 +858,7 @@ def main(argv: list[str] | None = None) -> None:
                   "burst = one sendall per run, paced = one sendall per frame, "
                   f"{args.paced_gap_ms:g} ms apart",
         "clock": "time.process_time of the client process (all threads, user+sys)",
+        "event loop": f"{args.loop} (asyncio rows)",
     })
     with _common.child_process([sys.executable, __file__, "--serve"], "PORT ") as (_, port):
         url = f"ws://127.0.0.1:{port}"

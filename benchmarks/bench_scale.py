@@ -298,11 +298,12 @@ def paced_main(contexts: int, seconds: float, digest_path: str, stats_path: str)
 # --- the client (a child process per run) --------------------------------------------------------
 
 async def _client_run(url: str, mode: str, sockets: int, work: list[tuple[str, str, str]],
-                      receive_timeout: float, stagger: float) -> dict[str, Any]:
+                      receive_timeout: float, stagger: float,
+                      options: dict[str, Any]) -> dict[str, Any]:
     import flushsink
 
     rss_imports = _common.rss_bytes()
-    clients = [flushsink.connect(url, api_key="bench", receive_timeout=receive_timeout)
+    clients = [flushsink.connect(url, api_key="bench", receive_timeout=receive_timeout, **options)
                for _ in range(sockets)]
     for client in clients:
         await client.connect()
@@ -389,10 +390,11 @@ def _check(mode: str, expected: list[list[list[int]]], results: list[Any]) -> in
 
 
 def client_main(url: str, mode: str, sockets: int, contexts: int, seconds: float,
-                receive_timeout: float, stagger: float, digest_path: str, loop: str) -> None:
+                receive_timeout: float, stagger: float, digest_path: str, loop: str,
+                options: dict[str, Any]) -> None:
     _common.exit_when_parent_goes()
     work = plan(contexts, seconds)
-    coro = _client_run(url, mode, sockets, work, receive_timeout, stagger)
+    coro = _client_run(url, mode, sockets, work, receive_timeout, stagger, options)
     if loop == "uvloop":
         import uvloop
 
@@ -435,7 +437,7 @@ def run_client(server: Server, mode: str, args: argparse.Namespace) -> dict[str,
             "--digests", server.digest_path]
     server0 = process_cpu_seconds(server.pid)
     reports = _stats_lines(server.stats_path)
-    argv += ["--loop", args.loop]
+    argv += ["--loop", args.loop, "--client-options", args.client_options]
     with _common.child_process(argv, "RESULT ", timeout=args.run_timeout) as (proc, line):
         result = json.loads(line)
         proc.wait(30)
@@ -550,6 +552,9 @@ def main(argv: list[str] | None = None) -> None:
                              "pace), fast (the emulator, --pace fast); comma-separated")
     parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"),
                         help="the client's event loop (default: %(default)s)")
+    parser.add_argument("--client-options", default="{}",
+                        help="JSON object of options for flushsink.connect, e.g. "
+                             "'{\"coalesce_reads\": 0}'")
     parser.add_argument("--receive-timeout", type=float, default=600.0)
     parser.add_argument("--run-timeout", type=float, default=900.0)
     parser.add_argument("--json", action="store_true")
@@ -572,7 +577,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.client:
         client_main(args.url, args.client, args.sockets, args.contexts,
                     args.seconds_per_context, args.receive_timeout, args.stagger, args.digests,
-                    args.loop)
+                    args.loop, json.loads(args.client_options))
         return
     modes = [m.strip() for m in args.modes.split(",")]
     pacings = [p.strip() for p in args.pacing.split(",")]
