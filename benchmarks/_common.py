@@ -175,3 +175,26 @@ def exit_when_parent_goes() -> None:
             os._exit(0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def route_naively(frames, loads, b64decode, segments, handed=None):
+    """The receive loop everybody writes, the baseline of bench_sink and bench_twin: each
+    frame parsed, a chunk's data decoded onto a bytearray per (context_id, flush_id), the
+    segment popped at its flush_done (and copied into ``handed`` when given, for checks).
+    Returns the last segment popped, or None."""
+    done = None
+    for frame in frames:
+        message = loads(frame)
+        kind = message["type"]
+        if kind == "chunk":
+            key = (message["context_id"], message.get("flush_id"))
+            segment = segments.get(key)
+            if segment is None:
+                segment = segments[key] = bytearray()
+            segment += b64decode(message["data"])
+        elif kind == "flush_done":
+            key = (message["context_id"], message.get("flush_id"))
+            done = segments.pop(key)
+            if handed is not None:
+                handed[key] = bytes(done)
+    return done

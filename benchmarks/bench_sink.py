@@ -79,6 +79,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _cbuild  # noqa: E402
+from _common import route_naively  # noqa: E402
 
 RATES = (16000, 24000, 44100)
 CHUNK_MS = (20, 100, 500)
@@ -323,20 +324,7 @@ class JsonB64(Pipeline):
         self.segments = {}
 
     def run(self):
-        loads, b64decode, segments = self.loads, self.b64decode, self.segments
-        done = None
-        for frame in self.frames:
-            message = loads(frame)
-            kind = message["type"]
-            if kind == "chunk":
-                key = (message["context_id"], message.get("flush_id"))
-                segment = segments.get(key)
-                if segment is None:
-                    segment = segments[key] = bytearray()
-                segment += b64decode(message["data"])
-            elif kind == "flush_done":
-                done = segments.pop((message["context_id"], message.get("flush_id")))
-        return done
+        return route_naively(self.frames, self.loads, self.b64decode, self.segments)
 
 
 class SimdjsonPybase64(Pipeline):
@@ -465,21 +453,7 @@ class StreamJsonB64(Pipeline):
             self.frames, self.names = renamed(work)
 
     def run(self, handed=None):
-        loads, b64decode, segments = self.loads, self.b64decode, self.segments
-        for frame in self.frames:
-            message = loads(frame)
-            kind = message["type"]
-            if kind == "chunk":
-                key = (message["context_id"], message.get("flush_id"))
-                segment = segments.get(key)
-                if segment is None:
-                    segment = segments[key] = bytearray()
-                segment += b64decode(message["data"])
-            elif kind == "flush_done":
-                key = (message["context_id"], message.get("flush_id"))
-                segment = segments.pop(key)
-                if handed is not None:
-                    handed[key] = bytes(segment)
+        route_naively(self.frames, self.loads, self.b64decode, self.segments, handed)
 
     def check(self, work):
         self.setup(work)

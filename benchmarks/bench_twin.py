@@ -97,20 +97,8 @@ class NaiveStdlib:
         self.segments: dict = {}
 
     def run(self) -> bytearray:
-        loads, b64decode, segments = json.loads, base64.b64decode, self.segments
-        done = bytearray()
-        for frame in self.frames:
-            message = loads(frame)
-            kind = message["type"]
-            if kind == "chunk":
-                key = (message["context_id"], message.get("flush_id"))
-                segment = segments.get(key)
-                if segment is None:
-                    segment = segments[key] = bytearray()
-                segment += b64decode(message["data"])
-            elif kind == "flush_done":
-                done = segments.pop((message["context_id"], message.get("flush_id")))
-        return done
+        done = _common.route_naively(self.frames, json.loads, base64.b64decode, self.segments)
+        return done if done is not None else bytearray()
 
 
 class Twin:
