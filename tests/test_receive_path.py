@@ -425,3 +425,36 @@ def test_a_frame_after_quiet_is_read_at_once_and_one_close_behind_it_waits_at_mo
 def test_coalesce_reads_must_be_seconds(value):
     with pytest.raises(flushsink.ConfigError, match="coalesce_reads"):
         flushsink.connect("ws://127.0.0.1:9", coalesce_reads=value)
+
+
+def test_frames_further_apart_than_a_quarter_interval_are_read_as_they_come(monkeypatch):
+    # 20 ms chunks in real time, coalesce_reads 50 ms: never four reads within 50 ms,
+    # so no read waits (a pause that gathers one frame would cost a wake-up more)
+    from flushsink.emulator import Emulator, render
+
+    voice = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
+    fmt = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 16000}
+    text = "Stay hungry."
+    pauses = []
+    coalesce = client_module._Connection._coalesce
+
+    def counting(self):
+        before = self._resume
+        coalesce(self)
+        if before is None and self._resume is not None:
+            pauses.append(self.loop.time())
+
+    monkeypatch.setattr(client_module._Connection, "_coalesce", counting)
+
+    async def main():
+        async with Emulator(chunk_ms=20, pace="realtime") as emu:
+            async with flushsink.connect(emu.url, receive_timeout=10,
+                                         coalesce_reads=0.05) as tts:
+                ctx = tts.context(voice=voice, output_format=fmt)
+                await ctx.push(text)
+                await ctx.no_more_inputs()
+                return [s async for s in ctx.segments()]
+
+    segments = asyncio.run(main())
+    assert bytes(segments[0].pcm()) == render(text, voice, flushsink.AudioFormat("pcm_s16le", 16000))
+    assert len(pauses) <= 2, pauses  # (a late loop may bunch a few reads, rarely)
