@@ -94,8 +94,11 @@ cdef extern from "frame.h":
     ctypedef struct fs_memo:
         pass
     void fs_prefetch(const uint8_t *buf, size_t n)
+    enum:
+        FS_GUESS_LAST
+        FS_GUESS_SUFFIX
     fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
-                      int tentative_data, fs_memo *memo)
+                      int guesses, fs_memo *memo)
     int fs_confirm_data_end(const uint8_t *buf, const fs_frame *frame)
     int fs_data_is_last(const uint8_t *buf, size_t n, const fs_frame *frame)
     fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
@@ -316,7 +319,7 @@ cdef class Sink:
     cdef size_t _open_timestamps  # timestamp items held by open segments
     cdef Py_ssize_t _open_segments
     cdef unsigned long long _fed, _frames, _chunks, _audio_bytes, _dropped, _segments
-    cdef bint _data_not_last      # the last chunk's data was not its last member (_feed)
+    cdef int _unguessed           # the FS_GUESS_* the scanner may not make now (see _feed)
     cdef bint _busy               # a call is running (see _acquire)
     cdef unsigned long _owner     # the thread it runs in
     cdef int _waiting             # threads waiting for it to end
@@ -484,25 +487,26 @@ cdef class Sink:
         cdef size_t offset = 0
         self._fed += 1
         fs_prefetch(buf, n)
-        cdef fs_status st = fs_scan(buf, n, &fr, &offset, not self._data_not_last,
-                                    &self._memo)
+        cdef fs_status st = fs_scan(buf, n, &fr, &offset, ~self._unguessed, &self._memo)
         if st != FS_OK:
             raise FrameError(SCAN_CODES[st], offset)
         if self._append(buf, &fr):
             return _EMPTY
-        # Off the hot path: make sure of data's end before anything is decoded. A server
-        # whose frames put data before other members (Cartesia's documented example:
-        # "type", "data", ..., "flush_id", "context_id") would otherwise have each chunk
-        # decoded on the wrong span, fail, and start again. One such frame turns the
-        # guess off until a frame has data last again.
+        # Off the hot path: make sure of data's end before anything is decoded (a decode
+        # that succeeded proved it: no quote is base64). A guess that was wrong is not
+        # made again: FS_GUESS_LAST until a frame has data last again (a server whose
+        # frames put data before other members, as Cartesia's documented example does:
+        # "type", "data", ..., "flush_id", "context_id"), FS_GUESS_SUFFIX for good (only
+        # a frame built to defeat it, with a quote inside data where the suffix would
+        # start, can make it wrong).
         if fr.data_tentative:
             if not fs_confirm_data_end(buf, &fr):
-                self._data_not_last = True
+                self._unguessed |= fr.data_tentative
                 st = fs_scan(buf, n, &fr, &offset, 0, &self._memo)
                 if st != FS_OK:
                     raise FrameError(SCAN_CODES[st], offset)
-        elif self._data_not_last and fs_data_is_last(buf, n, &fr):
-            self._data_not_last = False
+        elif (self._unguessed & FS_GUESS_LAST) and fs_data_is_last(buf, n, &fr):
+            self._unguessed &= ~FS_GUESS_LAST
         return self._dispatch(buf, n, &fr)
 
     @cython.final

@@ -205,7 +205,7 @@ typedef struct {
     size_t n;
     size_t error_offset;
     fs_frame *frame;
-    int tentative_data;
+    int guesses;                             /* FS_GUESS_*: see fs_scan */
     fs_memo *memo;
     size_t members;                          /* top-level members before data */
     fs_tmpl_member member[FS_TMPL_MEMBERS];  /* the first of them, for the template */
@@ -522,11 +522,12 @@ static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
                 v->start = i + 1;
                 const uint8_t *q = NULL;
                 size_t last;
-                if (key == FS_KEY_DATA && s->tentative_data && (last = tail_quote(b, n, i)) != 0) {
+                if (key == FS_KEY_DATA && (s->guesses & FS_GUESS_LAST)
+                        && (last = tail_quote(b, n, i)) != 0) {
                     v->end = last;
                     v->has_escape = 0;
                     s->frame->data_checked = 0;
-                    s->frame->data_tentative = 1;
+                    s->frame->data_tentative = FS_GUESS_LAST;
                     *pos = n;   /* the rest is '"}' and whitespace: nothing left to scan */
                     return FS_OK;
                 }
@@ -682,6 +683,7 @@ static void template_build_inside(fs_template *t, const scanner *s)
         memset(t->suffix_owner + s->after_member[k].value, (int)k,
                (size_t)(s->after_member[k].value_end - s->after_member[k].value) + 1);
     t->suffix_members = (uint32_t)s->after;
+    t->suffix_head = (uint32_t)(s->after ? s->after_member[0].value : suffix);
     t->data_end = (uint32_t)end;
     t->suffix_len = (uint32_t)suffix;
 }
@@ -762,28 +764,57 @@ static void move_keys(fs_frame *frame, const fs_tmpl_member *member, size_t memb
  * (and, for a template of a frame with data inside, from data's end on) are the
  * template's but for the values of some string or number members, each still a valid
  * value of the same kind; 0 otherwise (scan it in full). */
+#define FS_SUFFIX_SLACK 16
+
+/* For a template of a frame with data inside: where data's closing quote would be if the
+ * suffix kept its length (the steady state: same context, flush id and status), else up
+ * to FS_SUFFIX_SLACK bytes either side (a step_time with more digits): a quote with no
+ * backslash before it (one there would make it part of the string), followed by the
+ * suffix's bytes up to its first value that may change. 0 when there is none. */
+static size_t suffix_guess(const fs_template *t, const uint8_t *buf, size_t n, size_t quote)
+{
+    size_t head = t->suffix_head, at;
+    if (n < t->suffix_len) return 0;
+    at = n - t->suffix_len;
+    for (size_t k = 0; k <= 2 * FS_SUFFIX_SLACK; k++) {   /* at, at - 1, at + 1, at - 2, ... */
+        size_t away = (k + 1) / 2, c;
+        if (k & 1) {
+            if (away >= at) continue;
+            c = at - away;
+        } else {
+            c = at + away;
+        }
+        if (c > quote && c + head <= n && buf[c] == '"' && buf[c - 1] != '\\'
+                && memcmp(buf + c, t->suffix_bytes, head) == 0)
+            return c;
+    }
+    return 0;
+}
+
 static int template_match(const fs_template *t, const uint8_t *buf, size_t n, fs_frame *frame,
-                          int tentative_data)
+                          int guesses)
 {
     uint32_t changed[FS_TMPL_MEMBERS];   /* the members whose value changed, in order */
     ptrdiff_t shifts[FS_TMPL_MEMBERS];   /* the shift after each of them */
     size_t changes;
     ptrdiff_t shift;
+    int guessed = 0;
     *frame = t->frame;
     if (!match_span(t->bytes, t->owner, t->member, t->len, buf, n, 0, 2, frame, changed,
                     shifts, &changes, &shift))
         return 0;
-    size_t quote = (size_t)((ptrdiff_t)t->len - 1 + shift), last;
-    if (t->suffix_len == 0) {   /* data last: its end is taken on trust (tentative_data) */
+    size_t quote = (size_t)((ptrdiff_t)t->len - 1 + shift), last = 0;
+    if (t->suffix_len == 0) {   /* data last: its end is taken on trust (FS_GUESS_LAST) */
         last = tail_quote(buf, n, quote);
         if (last == 0) return 0;
-    } else {                    /* data inside: its end is the first quote, as in a scan */
-        /* (with tentative_data, a frame that ends with '"}' is one the full scan makes
+        guessed = FS_GUESS_LAST;
+    } else {
+        /* (with FS_GUESS_LAST, a frame that ends with '"}' is one the full scan makes
          * its guess on: leave it to that scan, so that the answer is the same) */
-        if (tentative_data && tail_quote(buf, n, quote) != 0) return 0;
-        const uint8_t *q = memchr(buf + quote + 1, '"', n - quote - 1);
-        if (q == NULL || (q != buf + quote + 1 && q[-1] == '\\')) return 0;
-        last = (size_t)(q - buf);
+        if ((guesses & FS_GUESS_LAST) && tail_quote(buf, n, quote) != 0) return 0;
+        /* data inside: its end is the first quote, as in a scan; or guessed */
+        if ((guesses & FS_GUESS_SUFFIX) && (last = suffix_guess(t, buf, n, quote)) != 0)
+            guessed = FS_GUESS_SUFFIX;
     }
     move_keys(frame, t->member, t->members, changed, shifts, changes, 0);
     if (t->suffix_len != 0) {
@@ -791,11 +822,25 @@ static int template_match(const fs_template *t, const uint8_t *buf, size_t n, fs
         ptrdiff_t after_shifts[FS_TMPL_MEMBERS];
         size_t after_changes;
         ptrdiff_t after_shift;
-        if (!match_span(t->suffix_bytes, t->suffix_owner, t->suffix_member, t->suffix_len,
-                        buf, n, last, 0, frame, after_changed, after_shifts, &after_changes,
-                        &after_shift)
-                || n != last + t->suffix_len + (size_t)after_shift)
-            return 0;
+        for (;;) {
+            if (!guessed) {
+                const uint8_t *q = memchr(buf + quote + 1, '"', n - quote - 1);
+                if (q == NULL || (q != buf + quote + 1 && q[-1] == '\\')) return 0;
+                last = (size_t)(q - buf);
+            }
+            if (match_span(t->suffix_bytes, t->suffix_owner, t->suffix_member, t->suffix_len,
+                           buf, n, last, 0, frame, after_changed, after_shifts,
+                           &after_changes, &after_shift)
+                    && n == last + t->suffix_len + (size_t)after_shift)
+                break;
+            if (!guessed) return 0;
+            /* a suffix that changed length (another context): find the end, with the
+             * suffix's keys as the template has them (the failed match may have set some) */
+            guessed = 0;
+            for (size_t k = 0; k < t->suffix_members; k++)
+                if (t->suffix_member[k].key >= 0)
+                    frame->keys[t->suffix_member[k].key] = t->frame.keys[t->suffix_member[k].key];
+        }
         move_keys(frame, t->suffix_member, t->suffix_members, after_changed, after_shifts,
                   after_changes, (ptrdiff_t)last - (ptrdiff_t)t->data_end);
     }
@@ -805,7 +850,7 @@ static int template_match(const fs_template *t, const uint8_t *buf, size_t n, fs
     data->end = last;
     data->has_escape = 0;
     frame->data_checked = 0;
-    frame->data_tentative = t->suffix_len == 0;
+    frame->data_tentative = guessed;
     return 1;
 }
 
@@ -827,17 +872,18 @@ int fs_data_is_last(const uint8_t *buf, size_t n, const fs_frame *frame)
 }
 
 fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
-                  int tentative_data, fs_memo *memo)
+                  int guesses, fs_memo *memo)
 {
-    if (memo != NULL && memo->tmpl.len != 0 && (tentative_data || memo->tmpl.suffix_len != 0)
-            && template_match(&memo->tmpl, buf, n, frame, tentative_data)) {
+    if (memo != NULL && memo->tmpl.len != 0
+            && ((guesses & FS_GUESS_LAST) || memo->tmpl.suffix_len != 0)
+            && template_match(&memo->tmpl, buf, n, frame, guesses)) {
 #ifdef FS_TEMPLATE_STATS
         fs_template_hits[memo->tmpl.suffix_len != 0]++;
 #endif
         *error_offset = 0;   /* as the full scan leaves it */
         return FS_OK;
     }
-    scanner s = {buf, n, 0, frame, tentative_data, memo, 0};
+    scanner s = {buf, n, 0, frame, guesses, memo, 0};
     s.data_end = 0;
     s.after = 0;
     /* only the kinds need clearing: the other fields are read once a kind is set */

@@ -675,6 +675,39 @@ def test_a_stream_that_changes_member_order_keeps_every_chunk(any_core):
     assert sink.stats.chunks == len(order) and sink.stats.rejected_frames == 0
 
 
+def test_frames_built_to_defeat_the_suffix_guess_are_read_exactly(any_core):
+    """With data before other members, the compiled core guesses data's end from the
+    previous frame's members after it (where they start if they kept their length, or a
+    few bytes either side), and a successful decode proves the guess. Frames whose bytes
+    fit that guess but whose data ends elsewhere (an extra member after data, an escaped
+    quote or backslash where the guess looks, a suffix of another length) get what the
+    reference model says: the same chunks, the same errors at the same offsets."""
+    cid = '"turn-1"'
+
+    def docs(data: str, *, extra: str = "", step: str = "41.7") -> bytes:
+        return (f'{{"type":"chunk","data":"{data}"{extra},"status_code":206,"step_time":{step},'
+                f'"flush_id":1,"context_id":{cid}}}').encode()
+
+    steady = [docs(ref.b64encode(bytes([k] * 30))) for k in range(4)]
+    steady_audio = b"".join(bytes([k] * 30) for k in range(4))
+    hostile = [
+        (docs("QUJDRA==", extra=',"x":"QUJD"'), b"ABCD"),   # the guess spans '","x":"'
+        (docs("QUJDRA==", extra=',"x":"\\"QUJD"'), b"ABCD"),  # an escaped quote in the way
+        (docs("QUJD\\\\"), b""),                          # a backslash just before the end
+        (docs("QUJD\\"), b""),                            # a quote escaped where the guess looks
+        (docs("QUJD\\\""), b""),                          # an escaped quote as the "end"
+        (docs(ref.b64encode(b"ab"), step="1234567.000001"), b"ab"),  # the suffix grew
+        (docs(ref.b64encode(b"cd"), step="1"), b"cd"),               # and shrank
+        (docs("", extra=',"y":""'), b""),
+    ]
+    for frame, audio in hostile:  # each after and before frames the guess is right for
+        pair = Pair(any_core, rate=24000)
+        for each in steady + [frame] + steady:
+            pair.feed(each)
+        events = pair.feed(enc(flush_done("turn-1", 1)))
+        assert ready(events[0])["samples"] == steady_audio + audio + steady_audio, frame
+
+
 def test_nested_values_are_skipped(any_core):
     tricky = {"a": [{"type": "done", "context_id": "c", "data": "!!", "flush_id": -1}],
               "b": "\"}{][,:\\\"type\\\":\\\"done\\\"", "c": {"d": [[[], {}], "\\", "\u0000"]},
