@@ -13,9 +13,9 @@ from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBuffer_FillInfo
                              PyBuffer_Release, PyObject_GetBuffer)
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
 import json
 import os
@@ -281,6 +281,26 @@ cdef class _Segment:
         free(self.data)
 
 
+# Contexts recently given audio, by a hash of their raw id (direct-mapped: a context
+# takes its slot back whenever the general path stores a chunk for it): a chunk of
+# another context than the previous frame's (many contexts interleaved on one
+# connection) finds its context here without decoding the id or a dict lookup, and
+# takes the steady-state step.
+cdef enum:
+    RECENT_SLOTS = 512
+
+cdef inline size_t _recent_slot(const uint8_t *p, size_t length) noexcept nogil:
+    """A slot of Sink._recent for a raw id: its first and last 8 bytes and its length."""
+    cdef uint64_t a = 0, b = 0
+    if length >= 8:
+        memcpy(&a, p, 8)
+        memcpy(&b, p + length - 8, 8)
+    else:
+        memcpy(&a, p, length)
+    return <size_t>(((a * 0x9E3779B97F4A7C15ULL) ^ (b * 0xC2B2AE3D27D4EB4FULL)
+                     ^ (length * 0x165667B19E3779F9ULL)) >> 55)
+
+
 cdef class _Context:
     cdef object context_id        # str, or None for frames without context_id
     cdef bytes raw_id             # the id's UTF-8, to recognise it without decoding
@@ -311,6 +331,7 @@ cdef class Sink:
     cdef readonly size_t max_open_segments, max_timestamps, max_finished_labels
     cdef dict _contexts, _ended, _formats
     cdef _Context _last
+    cdef list _recent             # RECENT_SLOTS contexts, by _recent_slot of raw_id
     cdef _Format _default         # self.format, prepared
     cdef fs_memo _memo            # the scanner's memory of recent envelopes (zeroed by tp_alloc)
     cdef object _cid              # scratch: the id _lookup found
@@ -325,6 +346,9 @@ cdef class Sink:
     cdef int _waiting             # threads waiting for it to end
     cdef public bint drop_unannounced
     cdef object __weakref__       # a client registers the Sink it uses (one client each)
+
+    def __cinit__(self, *args, **kwargs):
+        self._recent = [None] * RECENT_SLOTS
 
     def __init__(self, format=DEFAULT_FORMAT, *, prealloc_seconds=10.0,
                  max_segment_bytes=256 * 2**20, max_total_bytes=1024 * 2**20,
@@ -522,9 +546,14 @@ cdef class Sink:
         cdef fs_value *data = &fr.keys[FS_KEY_DATA]
         cdef int64_t label
         cdef size_t length, size, written, pos
-        if ctx is None or ctx.current is None or not self._is_last_context(buf, fr):
-            return False
+        cdef bint switched = ctx is None or not self._is_last_context(buf, fr)
+        if switched:
+            ctx = self._recent_context(buf, fr)
+            if ctx is None:
+                return False
         seg = ctx.current
+        if seg is None:
+            return False
         if seg.data == NULL or data.kind != FS_STRING or data.has_escape:
             return False
         if v.kind != FS_STRING or v.has_escape or v.end - v.start != 5 \
@@ -545,7 +574,25 @@ cdef class Sink:
                       &written, &pos) != B64_OK:
             return False  # the general path finds the error (or the escapes) again
         self._stored(ctx, seg, size)
+        if switched:
+            self._last = ctx
         return True
+
+    @cython.final
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef inline _Context _recent_context(self, const uint8_t *buf, fs_frame *fr):
+        """The open context in _recent whose id the frame's context_id is (written
+        without escapes), else None."""
+        cdef fs_value *v = &fr.keys[FS_KEY_CONTEXT_ID]
+        cdef size_t length = v.end - v.start
+        if v.kind != FS_STRING or v.has_escape:
+            return None
+        cdef _Context ctx = <_Context>self._recent[_recent_slot(buf + v.start, length)]
+        if ctx is None or <size_t>len(ctx.raw_id) != length \
+                or memcmp(<const char *>ctx.raw_id, buf + v.start, length) != 0:
+            return None
+        return ctx
 
     cdef int _check_data(self, const uint8_t *buf, size_t n, fs_frame *fr) except -1:
         """Validate the data string the scanner skipped: its JSON errors come first.
@@ -709,6 +756,8 @@ cdef class Sink:
         if seg.label >= ctx.next_label:
             ctx.next_label = seg.label + 1
         self._last = ctx
+        if ctx.raw_id is not None:
+            self._recent[_recent_slot(ctx.raw_id, len(ctx.raw_id))] = ctx
         return 0
 
     cdef object _resolve(self, _Context ctx, bint has_flush, int64_t label,
@@ -807,8 +856,13 @@ cdef class Sink:
 
     cdef void _end(self, object cid):
         cdef _Context ctx = self._contexts.pop(cid, None)
+        cdef size_t slot
         if ctx is self._last:
             self._last = None
+        if ctx is not None and ctx.raw_id is not None:
+            slot = _recent_slot(ctx.raw_id, len(ctx.raw_id))
+            if self._recent[slot] is ctx:
+                self._recent[slot] = None
         self._formats.pop(cid, None)
         self._ended.pop(cid, None)
         self._ended[cid] = True
