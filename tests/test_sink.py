@@ -708,6 +708,32 @@ def test_frames_built_to_defeat_the_suffix_guess_are_read_exactly(any_core):
         assert ready(events[0])["samples"] == steady_audio + audio + steady_audio, frame
 
 
+def test_many_contexts_interleaved_ended_and_reused(any_core):
+    """The compiled core finds the context of a chunk that is not the previous frame's
+    in a small table of recent contexts (hashed by id, so that 200 contexts share slots).
+    Interleaved chunks, contexts ended by done, cancel and close and then reused by id,
+    chunks for a finished segment and ids differing in one byte all get what the
+    reference model says."""
+    rng = random.Random(11)
+    ids = [f"ctx-{k}" for k in range(100)] + [f"{k:032x}" for k in range(100)]
+    pair = Pair(any_core, rate=16000)
+    for step in range(1500):
+        cid = rng.choice(ids[:20] if step % 3 else ids)
+        roll = rng.random()
+        if roll < 0.01:
+            pair.feed(done(cid))
+        elif roll < 0.015:
+            pair.cancel(cid)
+        elif roll < 0.03:
+            pair.feed(flush_done(cid, rng.choice([0, 1, 2])))
+        elif roll < 0.0305:
+            pair.close()
+        else:
+            pair.feed(chunk(bytes([step & 0xFF]) * rng.choice([2, 4, 160]), cid,
+                            rng.choice([None, 0, 1, 2, 2, 2])))
+    pair.close()
+
+
 def test_nested_values_are_skipped(any_core):
     tricky = {"a": [{"type": "done", "context_id": "c", "data": "!!", "flush_id": -1}],
               "b": "\"}{][,:\\\"type\\\":\\\"done\\\"", "c": {"d": [[[], {}], "\\", "\u0000"]},
