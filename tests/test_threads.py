@@ -15,6 +15,7 @@ import base64
 import json
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -80,7 +81,8 @@ def run_against(other, *, rounds: int, chunks_per_round: int, big_every: int,
     delivered: list = []
     sizes: dict = {}
     done = threading.Event()
-    progress = {"round": 0, "chunk": 0}
+    progress = {"round": 0, "chunk": 0, "called": -1}
+    once = getattr(other, "once", True)
     failures: list = []
     lock = threading.Lock()
 
@@ -99,6 +101,12 @@ def run_against(other, *, rounds: int, chunks_per_round: int, big_every: int,
                 progress["round"] = r
                 for k, frame in enumerate(frames):
                     progress["chunk"] = k
+                    if once and k == len(frames) // 2:
+                        # small chunks hold the GIL: without this a round could end
+                        # before the other thread ever ran, and nothing be tested
+                        deadline = time.monotonic() + 2
+                        while progress["called"] != r and time.monotonic() < deadline:
+                            time.sleep(0)
                     events = sink.feed(frame)
                     with lock:
                         delivered.extend(e.segment for e in events if isinstance(e, SegmentReady))
@@ -114,12 +122,12 @@ def run_against(other, *, rounds: int, chunks_per_round: int, big_every: int,
     def caller():
         try:
             acted = -1
-            once = getattr(other, "once", True)
             while not done.is_set():
                 r = progress["round"]
                 if once and (acted == r or progress["chunk"] < 1):
                     continue  # wait (holding the GIL, handed over every microsecond)
                 acted = r
+                progress["called"] = r  # (the feeder goes on: the call meets its feeding)
                 result = other(sink, r)
                 if isinstance(result, tuple):
                     with lock:
