@@ -27,21 +27,29 @@ The package, read from the oracle to the socket:
 - :mod:`.server`: ``Emulator``: the handshake, the options, the ways to run it, the stats.
 
 Import the names below from here, e.g. ``from flushsink.emulator import Emulator, render``.
+The renderer's come with the package; the server side's (and websockets' server) are
+imported the first time one of them is used, so the oracle works where websockets cannot
+be imported.
 """
 
 from __future__ import annotations
 
-from .connection import IDLE_CLOSE_REASON, ConnectionLog
-from .faults import FAULT_ACTIONS, Fault, FaultSpec, parse_faults
-from .server import (
-    DEFAULT_VERSION,
-    STRUCTURED_ERRORS_SINCE,
-    WS_PATH,
-    Emulator,
-    EmulatorStats,
-    Rejection,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .speech import render, render_phoneme_timestamps, render_samples, render_timestamps
+
+if TYPE_CHECKING:
+    from .connection import ConnectionLog
+    from .faults import FAULT_ACTIONS, Fault, parse_faults
+    from .server import (
+        DEFAULT_VERSION,
+        STRUCTURED_ERRORS_SINCE,
+        WS_PATH,
+        Emulator,
+        EmulatorStats,
+        Rejection,
+    )
 
 __all__ = [
     "Emulator",
@@ -59,3 +67,32 @@ __all__ = [
     "STRUCTURED_ERRORS_SINCE",
     "FAULT_ACTIONS",
 ]
+
+# The names the server side defines, by module: imported on first use (PEP 562).
+_SERVER_SIDE = {
+    "Emulator": "server",
+    "EmulatorStats": "server",
+    "Rejection": "server",
+    "WS_PATH": "server",
+    "DEFAULT_VERSION": "server",
+    "STRUCTURED_ERRORS_SINCE": "server",
+    "ConnectionLog": "connection",
+    "IDLE_CLOSE_REASON": "connection",
+    "Fault": "faults",
+    "FaultSpec": "faults",
+    "parse_faults": "faults",
+    "FAULT_ACTIONS": "faults",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _SERVER_SIDE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # the next lookup is an ordinary one
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SERVER_SIDE))
