@@ -49,7 +49,7 @@ def core_error(core, frame):
 
 
 @pytest.mark.parametrize("code,template", BAD_FRAMES, ids=lambda v: v if isinstance(v, str) else None)
-def test_bad_frame(any_core, code, template):
+def test_bad_frame(core, code, template):
     frame, offset = marked(template)
     if code == "truncated":
         assert offset == len(frame)
@@ -57,7 +57,7 @@ def test_bad_frame(any_core, code, template):
     with pytest.raises(ref.RefFrameError) as oracle:
         ref.parse_frame(frame)
     assert (oracle.value.code, oracle.value.offset) == (code, offset), "oracle disagrees with the table"
-    exc = core_error(any_core, frame)
+    exc = core_error(core, frame)
     assert (exc.code, exc.offset) == (code, offset), f"{frame!r}: got {exc.code}@{exc.offset}"
     assert isinstance(exc, ValueError)
     assert str(exc) == str(FrameError(exc.code, exc.offset, exc.detail))
@@ -66,9 +66,9 @@ def test_bad_frame(any_core, code, template):
 
 
 @pytest.mark.parametrize("frame", VALID_FRAMES)
-def test_valid_frame(any_core, frame):
+def test_valid_frame(core, frame):
     expected = ref.RefSink().feed(frame)
-    assert_events(any_core.Sink().feed(frame), expected)
+    assert_events(core.Sink().feed(frame), expected)
 
 
 def assert_events(events, expected):
@@ -76,43 +76,43 @@ def assert_events(events, expected):
 
 
 @pytest.mark.parametrize("case", range(7))
-def test_depth(any_core, case):
+def test_depth(core, case):
     template, code = depth_frames()[case]
     if code is None:
         assert ref.parse_frame(template) is not None
-        any_core.Sink().feed(template)
+        core.Sink().feed(template)
         return
     frame, offset = marked(template)
     with pytest.raises(ref.RefFrameError) as oracle:
         ref.parse_frame(frame)
     assert (oracle.value.code, oracle.value.offset) == (code, offset)
-    exc = core_error(any_core, frame)
+    exc = core_error(core, frame)
     assert (exc.code, exc.offset) == (code, offset)
 
 
-def test_ambiguous_empty_frame(any_core):
+def test_ambiguous_empty_frame(core):
     # docs/sink.md does not say whether a blank frame is not_object or truncated; both at len
     for frame in (b"", b"   ", b"\r\n\t"):
-        exc = core_error(any_core, frame)
+        exc = core_error(core, frame)
         assert exc.code in ("not_object", "truncated") and exc.offset == len(frame)
 
 
 # --- str frames ----------------------------------------------------------------------------
 
-def test_str_lone_surrogate(any_core):
+def test_str_lone_surrogate(core):
     for text, prefix in (
         ('{"a":"x\ud800"}', '{"a":"x'),
         ('{"context_id":"é\udc00","type":"done"}', '{"context_id":"é'),
         ('{"type":"chunk","data":"AAAA\udfff"}', '{"type":"chunk","data":"AAAA'),
         ('{"a":"😀\ud83d\ude00"}', '{"a":"😀'),
     ):
-        exc = core_error(any_core, text)
+        exc = core_error(core, text)
         assert (exc.code, exc.offset) == ("utf8", len(prefix.encode())), text
 
 
-def test_str_offsets_are_utf8_bytes(any_core):
+def test_str_offsets_are_utf8_bytes(core):
     text = '{"a":"é😀€","b":NaN}'
-    exc = core_error(any_core, text)
+    exc = core_error(core, text)
     assert (exc.code, exc.offset) == ("syntax", text.encode().index(b"NaN"))
 
 
@@ -136,7 +136,7 @@ def sample_frames():
 
 
 @pytest.mark.parametrize("index", range(7))
-def test_every_prefix_is_truncated(any_core, index):
+def test_every_prefix_is_truncated(core, index):
     frame = sample_frames()[index]
     stripped = frame.rstrip(ref.WS)
     lead = len(frame) - len(frame.lstrip(ref.WS))
@@ -145,7 +145,7 @@ def test_every_prefix_is_truncated(any_core, index):
         with pytest.raises(ref.RefFrameError) as oracle:
             ref.parse_frame(prefix)
         assert oracle.value.code == "truncated" and oracle.value.offset == cut
-        exc = core_error(any_core, prefix)
+        exc = core_error(core, prefix)
         assert oracle.value.accepts(exc.code, exc.offset), (prefix, exc.code, exc.offset)
 
 

@@ -3,10 +3,10 @@ connection's other contexts keep working, and nothing already received is lost.
 
 Three layers: a deterministic differential fuzz smoke run (the same engine as the atheris
 target in fuzz/, tests/helpers/differential.py: compiled core against the pure twin, fixed
-seeds); hand-made frames
-through the sans-I/O Session on both cores; and the same frames through the asyncio and
-sync clients from a scripted websocket server of our own on loopback (for frames the
-emulator cannot send), each stopped by its test, every wait bounded.
+seeds); hand-made frames through the sans-I/O Session on the core of the run; and the same
+frames through the asyncio and sync clients from a scripted websocket server of our own on
+loopback (for frames the emulator cannot send), each stopped by its test, every wait
+bounded.
 """
 
 from __future__ import annotations
@@ -41,9 +41,6 @@ from helpers import differential  # shared with the atheris target, fuzz/fuzz_si
 from helpers.scripted import (TIMEOUT, ScriptedServer, audio_of, b64, chunk, done, flush_done,
                               run, run_script)
 
-CORES = [pytest.param(_speedups, id="compiled",
-                      marks=pytest.mark.skipif(_speedups is None, reason="not built")),
-         pytest.param(_fallback, id="pure")]
 S16 = AudioFormat("pcm_s16le", 24000)
 
 
@@ -223,7 +220,6 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("label, text, code, index", B64_CASES, ids=[c[0] for c in B64_CASES])
-@pytest.mark.parametrize("core", CORES)
 def test_base64_error_offsets_at_every_position_class(core, label, text, code, index):
     frame, start = data_frame(text)
     with pytest.raises(FrameError) as info:
@@ -232,7 +228,6 @@ def test_base64_error_offsets_at_every_position_class(core, label, text, code, i
     assert info.value.offset == start + len(text[:index].encode())
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_escapes_in_data_decode_like_plain_base64(core):
     sink = core.Sink(S16)
     assert sink.feed(_escaped_data_frame()) == ()
@@ -253,7 +248,6 @@ def interleaved_script(bad_frames: list[bytes]) -> tuple[list[bytes], dict[str, 
     return frames, audio
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_session_survives_every_hostile_frame(core):
     delivered = {"a": [], "b": []}
     session = Session(core.Sink(S16), lambda state, ev: delivered[state.context_id].append(ev))
@@ -285,7 +279,6 @@ def test_session_survives_every_hostile_frame(core):
         ", the first: invalid base64 character"), error
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_late_and_duplicate_frames_are_dropped_and_counted(core, tmp_path):
     writer = flushsink.FileWriter(tmp_path)
     sink = core.Sink(S16)
@@ -488,7 +481,6 @@ def test_incomplete_last_sample_is_reported_not_lost():
     assert np.array_equal(ready.segment.samples, np.array([1.0], "<f4"))
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_a_segment_that_lost_a_chunk_is_written_as_partial(core, tmp_path):
     """docs/sink.md "Lost chunks": the bad chunk in the middle is lost, the segment keeps
     the audio around it, finishes incomplete (flush_done notwithstanding) and says what
@@ -687,7 +679,6 @@ def test_push_to_a_server_that_stopped_reading_raises_send_timeout(client):
     assert "stopped reading" in str(error) and "stopped reading" in str(lost)
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_a_flood_of_context_less_errors_keeps_the_latest_100_and_a_count(core):
     """Error frames without a context end nothing and were all kept (200,000: 226 MB):
     now the latest 100 and the count."""
@@ -699,7 +690,6 @@ def test_a_flood_of_context_less_errors_keeps_the_latest_100_and_a_count(core):
     assert session.server_errors[-1].message == "error 4999"  # a sequence, latest last
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_failed_writes_keep_the_latest_100_and_a_count(core, tmp_path):
     """Each WriteError carries its segment (its audio): a disk that refuses every write
     must not make the session keep every segment."""
@@ -836,7 +826,6 @@ def test_a_flood_of_flush_done_without_audio_makes_no_files(client, tmp_path):
         [os.path.join("a", "0.wav")]
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_an_integer_longer_than_int_takes_is_no_crash(core):
     """Valid JSON may hold an integer of any length; Python's int() refuses more than 4300
     digits from text, and json.loads with it raised a bare ValueError out of feed (and out
