@@ -23,7 +23,7 @@ $(BIN)/python:
 
 # The extension must build here: FLUSHSINK_BUILD_EXT=required turns a failed compile into
 # a failed install instead of a silent fallback to the pure twin.
-$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py)
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*/*.py)
 	FLUSHSINK_BUILD_EXT=required $(BIN)/python -m pip install -q --no-build-isolation ".[test]"
 	touch $@
 
@@ -60,7 +60,7 @@ test-sdk: $(SDK_VENV)/.installed
 	FLUSHSINK_EXPECT=compiled $(SDK_VENV)/bin/python -m pytest -q tests/test_sdk_interop.py tests/test_client.py
 	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(SDK_VENV)/bin/python -m pytest -q tests/test_sdk_interop.py tests/test_client.py
 
-$(SDK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py)
+$(SDK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*/*.py)
 	test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
 	$(SDK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=64" wheel "Cython>=3.0"
 	FLUSHSINK_BUILD_EXT=required $(SDK_VENV)/bin/python -m pip install -q --no-build-isolation ".[test,sdk]"
@@ -154,7 +154,7 @@ $(FUZZ_VENV)/.installed:
 
 # DIST_EXTRA_CONFIG gives the sanitized build a build directory of its own: setuptools skips
 # an extension whose output in build/ is newer than its sources, whatever the flags.
-$(FUZZ_WORK)/.built: $(FUZZ_VENV)/.installed setup.py fuzz/covshim.c $(wildcard ext/*.c ext/*.h ext/*.pyx) $(wildcard src/flushsink/*.py)
+$(FUZZ_WORK)/.built: $(FUZZ_VENV)/.installed setup.py fuzz/covshim.c $(wildcard ext/*.c ext/*.h ext/*.pyx) $(wildcard src/flushsink/*.py src/flushsink/*/*.py)
 	mkdir -p $(FUZZ_WORK)
 	printf '[build]\nbuild_base = $(FUZZ_WORK)/build\n' > $(FUZZ_WORK)/setup.cfg
 	DIST_EXTRA_CONFIG=$(FUZZ_WORK)/setup.cfg FLUSHSINK_SANITIZE=1 FLUSHSINK_BUILD_EXT=required \

@@ -25,8 +25,9 @@ import importlib
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+# the differential engine lives with the tests (tests/helpers/differential.py), which share it
+TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests")
+sys.path.insert(0, TESTS)
 
 import atheris  # noqa: E402
 
@@ -35,13 +36,16 @@ os.environ.setdefault("FLUSHSINK_REQUIRE_EXT", "1")
 
 with atheris.instrument_imports(include=["flushsink"],
                                 exclude=["flushsink.client", "flushsink.sync",
-                                         "flushsink.emulator", "flushsink.cli",
+                                         "flushsink.emulator", "flushsink.emulator.speech",
+                                         "flushsink.emulator.faults",
+                                         "flushsink.emulator.connection",
+                                         "flushsink.emulator.server", "flushsink.cli",
                                          "flushsink.session", "flushsink.writers",
                                          "flushsink._bench"]):
     import flushsink  # noqa: E402
     importlib.import_module("flushsink._fallback")  # the twin: its branches are the coverage
 
-import differential  # noqa: E402  (not instrumented: its branches are the generator's)
+from helpers import differential  # noqa: E402  (not instrumented: the generator's branches)
 from flushsink import _speedups  # noqa: E402
 
 MODE = os.environ.get("FUZZ_MODE", "raw")

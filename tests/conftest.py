@@ -1,9 +1,21 @@
-"""Shared test set-up.
+"""Shared test set-up, and how every test runs on both cores.
 
-The suite runs twice (see the Makefile): on the compiled core, then with
-FLUSHSINK_PURE_PYTHON=1 on the pure-Python twin. FLUSHSINK_EXPECT=compiled|pure makes the
-run fail at once if the wrong core was loaded (for example if the extension did not build).
-Differential tests that need both cores use the ``cores`` fixture.
+One mechanism: the suite runs once per core, and each run loads its core the way a user
+would, through the package's selector (flushsink._accel). ``make test`` runs it on the
+compiled core (test-compiled) and again with FLUSHSINK_PURE_PYTHON=1 on the pure-Python
+twin (test-pure); test-kernels and test-sdk repeat parts of it the same way.
+FLUSHSINK_EXPECT=compiled|pure makes a run fail at once if the other core was loaded (for
+example, if the extension did not build).
+
+A test reaches the core of its run through flushsink (``flushsink.Sink``, the clients) or
+the ``core`` fixture (the module the selector picked, for ``b64decode`` and ``SinkStats``
+too). No test is parametrized over the cores.
+
+Some tests are about one core by name, or compare the two: the differential tests and
+the fuzz smoke run (compiled core against the twin, tests/helpers/differential.py), the
+SIMD kernels, the compiled core's buffer pool, the twin's fast intake. They import the
+module they need, or take ``compiled_core``, which skips where the extension was not
+built. Shared helpers live in tests/helpers/ (see its docstring), never in a test module.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ import os
 import pytest
 
 import flushsink
-from flushsink import _fallback
+from flushsink import _accel
 
 try:
     from flushsink import _speedups
@@ -34,23 +46,15 @@ def pytest_configure(config):
 
 
 @pytest.fixture
-def compiled_core():
-    """The compiled core; skips only when it was not built (the run itself checks that)."""
-    if _speedups is None:
-        pytest.skip("compiled core not built")
-    return _speedups
+def core():
+    """The core this run loaded (``flushsink.BACKEND`` says which)."""
+    return _accel.core
 
 
 @pytest.fixture
-def pure_core():
-    return _fallback
-
-
-@pytest.fixture(params=["compiled", "pure"])
-def any_core(request):
-    """Each core in turn, for tests that must hold for both whichever runs."""
-    if request.param == "compiled":
-        if _speedups is None:
-            pytest.skip("compiled core not built")
-        return _speedups
-    return _fallback
+def compiled_core():
+    """The compiled core, whichever core the run loaded; skips only when it was not built
+    (the compiled run itself checks that it was)."""
+    if _speedups is None:
+        pytest.skip("compiled core not built")
+    return _speedups

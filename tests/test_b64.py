@@ -1,4 +1,4 @@
-"""The strict base64 decoder (module function ``b64decode`` of each core) against the oracle.
+"""The strict base64 decoder (``b64decode`` of the core of the run) against the oracle.
 
 Long inputs matter: a SIMD decoder works in 32/64-byte blocks with a scalar tail, so errors
 are placed at every offset of inputs longer than several blocks.
@@ -95,31 +95,31 @@ def test_oracle_hand_cases():
 
 # --- the cores -----------------------------------------------------------------------------
 
-def test_exhaustive_short_inputs(any_core):
+def test_exhaustive_short_inputs(core):
     alphabet = b"Az+/=!\x80"
     for n in range(0, 6):
         for combo in itertools.product(alphabet, repeat=n):
             data = bytes(combo)
-            assert outcome_core(any_core.b64decode, data) == outcome_ref(data), data
+            assert outcome_core(core.b64decode, data) == outcome_ref(data), data
 
 
-def test_every_unused_bit_pattern_is_accepted(any_core):
+def test_every_unused_bit_pattern_is_accepted(core):
     for last in ref.B64_ALPHABET:
         for data in (f"AAAAA{last}==".encode(), f"AAAAAA{last}=".encode()):
-            assert outcome_core(any_core.b64decode, data) == outcome_ref(data)
+            assert outcome_core(core.b64decode, data) == outcome_ref(data)
 
 
 @pytest.mark.parametrize("size", [0, 1, 2, 3, 31, 32, 33, 47, 48, 49, 95, 96, 97, 191, 192, 193, 1000, 4099])
-def test_valid_lengths(any_core, size):
+def test_valid_lengths(core, size):
     raw = random.Random(size).randbytes(size)
-    assert any_core.b64decode(base64.b64encode(raw)) == raw
+    assert core.b64decode(base64.b64encode(raw)) == raw
 
 
 BAD_BYTES = [b"!", b"-", b"_", b" ", b"\n", b"\0", b"\x80", b"\xff", b".", b":", b"@", b"[", b"`", b"{", b"\x7f"]
 
 
 @pytest.mark.parametrize("size", [24, 48, 96, 152, 260])
-def test_error_at_every_offset_of_long_input(any_core, size):
+def test_error_at_every_offset_of_long_input(core, size):
     """One bad byte, '=' or a cut at each position: SIMD block edges and the scalar tail."""
     rng = random.Random(size)
     good = base64.b64encode(rng.randbytes(size * 3 // 4))
@@ -127,17 +127,17 @@ def test_error_at_every_offset_of_long_input(any_core, size):
     for pos in range(size):
         for bad in (rng.choice(BAD_BYTES), b"="):
             data = good[:pos] + bad + good[pos + 1:]
-            assert outcome_core(any_core.b64decode, data) == outcome_ref(data), (pos, bad)
+            assert outcome_core(core.b64decode, data) == outcome_ref(data), (pos, bad)
         cut = good[:pos]
-        assert outcome_core(any_core.b64decode, cut) == outcome_ref(cut), pos
+        assert outcome_core(core.b64decode, cut) == outcome_ref(cut), pos
 
 
-def test_every_bad_byte_value(any_core):
+def test_every_bad_byte_value(core):
     good = base64.b64encode(bytes(range(90)))
     for value in range(256):
         for pos in (0, 5, 37, len(good) - 3):
             data = good[:pos] + bytes([value]) + good[pos + 1:]
-            assert outcome_core(any_core.b64decode, data) == outcome_ref(data), (value, pos)
+            assert outcome_core(core.b64decode, data) == outcome_ref(data), (value, pos)
 
 
 @settings(max_examples=ref.examples(400), deadline=None)
@@ -158,9 +158,9 @@ def test_random_alphabet_strings(text):
     assert outcome_core(flushsink._accel.b64decode, data) == outcome_ref(data)
 
 
-def test_error_is_frame_error_with_message(any_core):
+def test_error_is_frame_error_with_message(core):
     with pytest.raises(FrameError) as info:
-        any_core.b64decode(b"AB=C")
+        core.b64decode(b"AB=C")
     exc = info.value
     assert isinstance(exc, ValueError)
     assert str(exc) == str(FrameError(exc.code, exc.offset, exc.detail))

@@ -402,7 +402,7 @@ def test_sync_receive_timeout_instead_of_a_hang():
             assert time.monotonic() - started < 1.5
 
 
-def test_two_open_clients_cannot_share_a_sink(any_core):
+def test_two_open_clients_cannot_share_a_sink(core):
     """Closing a connection closes its Sink (every context in it ends), so a Sink serves
     one open client at a time: a second connect(sink=...) is a ConfigError, asyncio or
     sync, until the first is closed or gone. Nothing is connected here."""
@@ -411,7 +411,7 @@ def test_two_open_clients_cannot_share_a_sink(any_core):
     from flushsink.errors import ConfigError
 
     url = "ws://127.0.0.1:9"
-    sink = any_core.Sink()
+    sink = core.Sink()
     first = flushsink.connect(url, sink=sink)
     for connect in (flushsink.connect, sync.connect):
         with pytest.raises(ConfigError) as refused:
@@ -419,7 +419,7 @@ def test_two_open_clients_cannot_share_a_sink(any_core):
         assert isinstance(refused.value, ValueError) and isinstance(refused.value, FlushsinkError)
         assert "another client" in str(refused.value)
     flushsink.connect(url)  # clients with sinks of their own never conflict
-    flushsink.connect(url, sink=any_core.Sink())
+    flushsink.connect(url, sink=core.Sink())
     run(first.close())  # a closed client releases its sink...
     second = sync.connect(url, sink=sink)
     with pytest.raises(ConfigError):

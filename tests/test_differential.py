@@ -14,13 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flushsink import AudioFormat, CapacityError, FrameError
+from flushsink import AudioFormat, FrameError
 from flushsink import _fallback
 
 import reference as ref
-from test_frames import (BAD_FRAMES, INTERESTING, REJECTED, VALID_FRAMES, marked,
-                         json_leaf, mutated_frames, server_objects)
-from test_sink_model import as_input, scenarios
+from helpers.frames import (BAD_FRAMES, INTERESTING, REJECTED, VALID_FRAMES, json_leaf, marked,
+                            mutated_frames, server_objects)
+from helpers.programs import as_input, outcome, scenarios
 
 try:
     from flushsink import _speedups
@@ -29,20 +29,6 @@ except ImportError:  # pragma: no cover
 
 needs_compiled = pytest.mark.skipif(_speedups is None, reason="compiled core not built")
 pytestmark = needs_compiled
-
-
-def outcome(call):
-    try:
-        result = call()
-    except FrameError as exc:
-        return ("frame_error", exc.code, exc.offset, exc.detail, str(exc))
-    except CapacityError as exc:
-        return ("capacity", str(exc), exc.context_id, exc.flush_id)
-    except (TypeError, ValueError) as exc:
-        return (type(exc).__name__,)
-    if isinstance(result, tuple):
-        return ("ok", ref.norm_events(result), [type(e).__name__ for e in result])
-    return ("ok", result)
 
 
 def run_both(fmt, caps, ops):

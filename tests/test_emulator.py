@@ -186,6 +186,62 @@ def test_render_is_stable_across_processes() -> None:
     )
 
 
+# flushsink itself needs websockets (its clients); the oracle must not. So: flushsink is
+# imported, then every websockets module is forgotten and its import refused.
+RENDER_WITHOUT_WEBSOCKETS = """
+import hashlib, importlib.abc, sys
+import flushsink
+from flushsink.formats import AudioFormat
+
+class NoWebsockets(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "websockets" or name.startswith("websockets."):
+            raise ImportError(f"{name} is blocked")
+        return None
+
+for name in [n for n in sys.modules if n == "websockets" or n.startswith("websockets.")]:
+    del sys.modules[name]
+sys.meta_path.insert(0, NoWebsockets())
+
+from flushsink.emulator import render, render_phoneme_timestamps, render_timestamps
+audio = render(sys.argv[1], sys.argv[2], AudioFormat("pcm_s16le", 16000))
+words = render_timestamps(sys.argv[1], sys.argv[2], 16000)
+phonemes = render_phoneme_timestamps(sys.argv[1], sys.argv[2], 16000)
+loaded = sorted(n for n in sys.modules if n.startswith(("websockets", "flushsink.emulator.")))
+try:
+    from flushsink.emulator import Emulator
+    server = "imported"
+except ImportError:
+    server = "blocked"
+print(hashlib.sha256(audio).hexdigest(), len(words), len(phonemes), server, *loaded)
+"""
+
+
+def test_render_works_without_websockets() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", RENDER_WITHOUT_WEBSOCKETS, TEXT, VOICE_ID],
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    digest, words, phonemes, server, *loaded = result.stdout.split()
+    assert digest == hashlib.sha256(render(TEXT, VOICE_ID, AudioFormat("pcm_s16le", 16000))).hexdigest()
+    assert int(words) == len(render_timestamps(TEXT, VOICE_ID, 16000))
+    assert int(phonemes) == len(render_phoneme_timestamps(TEXT, VOICE_ID, 16000))
+    assert loaded == ["flushsink.emulator.speech"]  # no server module, no websockets
+    assert server == "blocked"  # the blocker did block: the server side needs websockets
+
+
+def test_every_name_the_emulator_exports_resolves() -> None:
+    import flushsink.emulator as package
+
+    for name in [*package.__all__, "FaultSpec", "IDLE_CLOSE_REASON"]:
+        assert getattr(package, name) is not None, name
+        assert name in dir(package)
+    with pytest.raises(AttributeError):
+        package.no_such_name  # noqa: B018
+
+
 def test_render_depends_on_voice_text_and_speed() -> None:
     base = render_samples(TEXT, VOICE_ID, 16000)
     assert not np.array_equal(base, render_samples(TEXT, "another-voice", 16000))

@@ -39,7 +39,7 @@ from flushsink.errors import ConnectionLost, ContextClosed, WriteError
 from flushsink.formats import AudioFormat
 from flushsink.segments import Segment
 
-from test_hostile import ScriptedServer, audio_of, chunk, collect_all, done, run, run_script
+from helpers.scripted import ScriptedServer, audio_of, chunk, collect_all, done, run, run_script
 
 VOICE = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
 SEED = ["Stay hungry, ", "stay foolish."]

@@ -27,7 +27,7 @@ from flushsink.errors import (
     RateLimited,
 )
 
-from rawserver import RawServer, drain_until_closed, read_request, respond
+from helpers.rawserver import RawServer, drain_until_closed, read_request, respond
 
 VOICE = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
 CLIENTS = ["asyncio", "sync"]

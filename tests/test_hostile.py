@@ -2,16 +2,16 @@
 connection's other contexts keep working, and nothing already received is lost.
 
 Three layers: a deterministic differential fuzz smoke run (the same engine as the atheris
-target in fuzz/, compiled core against the pure twin, fixed seeds); hand-made frames
-through the sans-I/O Session on both cores; and the same frames through the asyncio and
-sync clients from a scripted websocket server of our own on loopback (for frames the
-emulator cannot send), each stopped by its test, every wait bounded.
+target in fuzz/, tests/helpers/differential.py: compiled core against the pure twin, fixed
+seeds); hand-made frames through the sans-I/O Session on the core of the run; and the same
+frames through the asyncio and sync clients from a scripted websocket server of our own on
+loopback (for frames the emulator cannot send), each stopped by its test, every wait
+bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import random
@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from websockets.asyncio.server import serve
 
 import flushsink
 from flushsink import _fallback, sync
@@ -38,14 +37,11 @@ try:
 except ImportError:  # pragma: no cover
     _speedups = None
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fuzz"))
-import differential  # noqa: E402  (fuzz/differential.py: shared with the atheris target)
+from helpers import differential  # shared with the atheris target, fuzz/fuzz_sink.py
+from helpers.scripted import (TIMEOUT, ScriptedServer, audio_of, b64, chunk, done, flush_done,
+                              run, run_script)
 
-CORES = [pytest.param(_speedups, id="compiled",
-                      marks=pytest.mark.skipif(_speedups is None, reason="not built")),
-         pytest.param(_fallback, id="pure")]
 S16 = AudioFormat("pcm_s16le", 24000)
-TIMEOUT = 10
 
 
 # --- 1. the fuzz smoke run -------------------------------------------------------------------
@@ -140,33 +136,7 @@ def test_fuzz_engine_catches_a_disagreement():
                                  [("feed", f, "bytes") for f in frames], pure=Skewed)
 
 
-# --- frames by hand -------------------------------------------------------------------------
-
-def b64(audio: bytes) -> str:
-    return base64.b64encode(audio).decode("ascii")
-
-
-def chunk(cid, fid, audio: bytes, **extra) -> bytes:
-    frame = {"type": "chunk", "context_id": cid, "status_code": 206, "done": False}
-    if fid is not None:
-        frame["flush_id"] = fid
-    frame["data"] = b64(audio)
-    frame.update(extra)
-    return json.dumps(frame).encode()
-
-
-def flush_done(cid, fid) -> bytes:
-    return json.dumps({"type": "flush_done", "context_id": cid, "status_code": 206, "done": False,
-                       "data": "", "flush_id": fid, "flush_done": True}).encode()
-
-
-def done(cid) -> bytes:
-    return json.dumps({"type": "done", "context_id": cid, "status_code": 206, "done": True}).encode()
-
-
-def audio_of(cid: str, part: int, n: int = 96) -> bytes:
-    return bytes((hash((cid, part)) + k * 7) & 0xFF for k in range(n))
-
+# --- frames by hand (chunk, flush_done, done: helpers/scripted.py) ----------------------------
 
 # Base64 broken at every position class: (label, data text, code, index in the text).
 # "QUJD" is "ABC"; a body of 12 full quanta (48 chars) spans the 32-byte AVX2 and 16-byte
@@ -250,7 +220,6 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("label, text, code, index", B64_CASES, ids=[c[0] for c in B64_CASES])
-@pytest.mark.parametrize("core", CORES)
 def test_base64_error_offsets_at_every_position_class(core, label, text, code, index):
     frame, start = data_frame(text)
     with pytest.raises(FrameError) as info:
@@ -259,7 +228,6 @@ def test_base64_error_offsets_at_every_position_class(core, label, text, code, i
     assert info.value.offset == start + len(text[:index].encode())
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_escapes_in_data_decode_like_plain_base64(core):
     sink = core.Sink(S16)
     assert sink.feed(_escaped_data_frame()) == ()
@@ -280,7 +248,6 @@ def interleaved_script(bad_frames: list[bytes]) -> tuple[list[bytes], dict[str, 
     return frames, audio
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_session_survives_every_hostile_frame(core):
     delivered = {"a": [], "b": []}
     session = Session(core.Sink(S16), lambda state, ev: delivered[state.context_id].append(ev))
@@ -312,7 +279,6 @@ def test_session_survives_every_hostile_frame(core):
         ", the first: invalid base64 character"), error
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_late_and_duplicate_frames_are_dropped_and_counted(core, tmp_path):
     writer = flushsink.FileWriter(tmp_path)
     sink = core.Sink(S16)
@@ -339,115 +305,7 @@ def test_late_and_duplicate_frames_are_dropped_and_counted(core, tmp_path):
     assert data.tolist() == [1, 2]
 
 
-# --- a scripted websocket server ---------------------------------------------------------------
-
-class ScriptedServer:
-    """Loopback websocket server that waits for ``wait_for`` client messages, then plays a
-    script: bytes (sent as a text frame, valid UTF-8 or not), ("binary", bytes),
-    ("close", code), ("abort",), ("sleep", seconds), ("wait", n) for n more client
-    messages. Stopped on exit; every wait is bounded."""
-
-    def __init__(self, script, wait_for: int = 1) -> None:
-        self.script = script
-        self.wait_for = wait_for
-        self.received: list = []
-
-    async def __aenter__(self) -> "ScriptedServer":
-        self._server = await serve(self._handle, "127.0.0.1", 0, max_size=None)
-        self.url = f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self._server.close()
-        await asyncio.wait_for(self._server.wait_closed(), TIMEOUT)
-
-    async def _recv(self, ws, n: int) -> None:
-        for _ in range(n):
-            self.received.append(await asyncio.wait_for(ws.recv(), TIMEOUT))
-
-    async def _handle(self, ws) -> None:
-        await self._recv(ws, self.wait_for)
-        for step in self.script:
-            if isinstance(step, bytes):
-                await ws.send(step, text=True)
-            elif step[0] == "binary":
-                await ws.send(step[1])
-            elif step[0] == "close":
-                await ws.close(step[1], "scripted")
-                return
-            elif step[0] == "abort":
-                ws.transport.abort()
-                return
-            elif step[0] == "sleep":
-                await asyncio.sleep(step[1])
-            elif step[0] == "wait":
-                await self._recv(ws, step[1])
-        try:
-            await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
-        except asyncio.TimeoutError:
-            pass
-
-    def running_in_thread(self):
-        """For the sync client: the server on a loop in a thread; a context manager."""
-        return _Threaded(self)
-
-
-class _Threaded:
-    def __init__(self, server: ScriptedServer) -> None:
-        self.server = server
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.stop: asyncio.Event | None = None
-
-    def __enter__(self) -> ScriptedServer:
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),),
-                                       daemon=True)
-        self.thread.start()
-        assert self.ready.wait(TIMEOUT)
-        return self.server
-
-    async def _main(self) -> None:
-        self.stop = asyncio.Event()
-        async with self.server:
-            self.ready.set()
-            await self.stop.wait()
-
-    def __exit__(self, *exc) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(TIMEOUT)
-        self.loop.close()
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 30))
-
-
-async def collect_all(contexts):
-    """Each context's segments, or the exception it ended with."""
-    results = {}
-    for ctx in contexts:
-        segments = []
-        try:
-            async for segment in ctx.segments(timeout=TIMEOUT):
-                segments.append(segment)
-        except Exception as exc:  # noqa: BLE001 - the test looks at which one
-            results[ctx.context_id] = (segments, exc)
-        else:
-            results[ctx.context_id] = (segments, None)
-    return results
-
-
-async def run_script(script, *, ids=("a", "b"), wait_for=None, **options):
-    async with ScriptedServer(script, wait_for=len(ids) if wait_for is None else wait_for) as server:
-        async with flushsink.connect(server.url, receive_timeout=TIMEOUT, **options) as tts:
-            contexts = [tts.context(voice="v", context_id=cid,
-                                    output_format={"container": "raw", "encoding": "pcm_s16le",
-                                                   "sample_rate": 24000}) for cid in ids]
-            for ctx in contexts:
-                await ctx.push("text")
-            results = await collect_all(contexts)
-            return results, tts
-
+# --- the clients against a scripted websocket server (helpers/scripted.py) -------------------
 
 def test_client_survives_every_hostile_frame_in_text_and_binary_frames(tmp_path):
     bad = [f for _, f, code in HOSTILE if code is not None]
@@ -623,7 +481,6 @@ def test_incomplete_last_sample_is_reported_not_lost():
     assert np.array_equal(ready.segment.samples, np.array([1.0], "<f4"))
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_a_segment_that_lost_a_chunk_is_written_as_partial(core, tmp_path):
     """docs/sink.md "Lost chunks": the bad chunk in the middle is lost, the segment keeps
     the audio around it, finishes incomplete (flush_done notwithstanding) and says what
@@ -644,16 +501,16 @@ def test_a_segment_that_lost_a_chunk_is_written_as_partial(core, tmp_path):
 # --- floods the caps do not see -----------------------------------------------------------------
 
 CLIENTS = ["asyncio", "sync"]
-FLOOD_SCRIPT = Path(__file__).resolve().parent / "fragment_flood.py"
+TESTS = Path(__file__).resolve().parent
 
 
 def fragment_flood(client: str, fragments: int, max_size: int, **env) -> dict:
-    """tests/fragment_flood.py in a subprocess of its own: ru_maxrss is then the flood's."""
+    """helpers/fragment_flood.py in a subprocess of its own: ru_maxrss is then the flood's."""
     import subprocess
 
-    proc = subprocess.run([sys.executable, str(FLOOD_SCRIPT), client, str(fragments),
+    proc = subprocess.run([sys.executable, "-m", "helpers.fragment_flood", client, str(fragments),
                            str(max_size)], capture_output=True, text=True, timeout=240,
-                          env={**os.environ, **env})
+                          cwd=TESTS, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -694,8 +551,8 @@ def test_fragments_are_joined_in_memory_bounded_by_the_message(client):
 def test_fragmented_message_over_max_size_closes_1009(client, monkeypatch):
     """The size of a fragmented message counts as a whole, as in recv(): 1009 once it
     passes max_size, however small each fragment."""
-    from fragment_flood import chunk_message, flood_bytes
-    from rawserver import RawServer, accept_websocket
+    from helpers.fragment_flood import chunk_message, flood_bytes
+    from helpers.rawserver import RawServer, accept_websocket
 
     from flushsink import client as client_module
     monkeypatch.setattr(client_module._Connection, "_max_fragments", 10**9, raising=False)
@@ -803,7 +660,7 @@ def test_push_to_a_server_that_stopped_reading_raises_send_timeout(client):
     buffer): a push raises SendTimeout within about send_timeout, the connection is
     closed and the context ends as on a lost connection. Before: push blocked forever
     (asyncio in drain(), sync in sendall() holding websockets' lock)."""
-    from rawserver import RawServer, accept_websocket
+    from helpers.rawserver import RawServer, accept_websocket
 
     stop = threading.Event()
 
@@ -822,7 +679,6 @@ def test_push_to_a_server_that_stopped_reading_raises_send_timeout(client):
     assert "stopped reading" in str(error) and "stopped reading" in str(lost)
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_a_flood_of_context_less_errors_keeps_the_latest_100_and_a_count(core):
     """Error frames without a context end nothing and were all kept (200,000: 226 MB):
     now the latest 100 and the count."""
@@ -834,7 +690,6 @@ def test_a_flood_of_context_less_errors_keeps_the_latest_100_and_a_count(core):
     assert session.server_errors[-1].message == "error 4999"  # a sequence, latest last
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_failed_writes_keep_the_latest_100_and_a_count(core, tmp_path):
     """Each WriteError carries its segment (its audio): a disk that refuses every write
     must not make the session keep every segment."""
@@ -861,7 +716,7 @@ def test_close_returns_within_its_timeout_when_the_server_never_answers(client, 
     default, whatever the client was told."""
     import time
 
-    from rawserver import RawServer, accept_websocket, drain_until_closed
+    from helpers.rawserver import RawServer, accept_websocket, drain_until_closed
 
     def handler(conn):
         accept_websocket(conn)
@@ -904,7 +759,7 @@ def test_asyncio_close_is_bounded_while_a_push_waits_on_a_server_that_stopped_re
     off): websockets' close would wait behind it; close_timeout still bounds it."""
     import time
 
-    from rawserver import RawServer, accept_websocket
+    from helpers.rawserver import RawServer, accept_websocket
 
     stop = threading.Event()
 
@@ -971,7 +826,6 @@ def test_a_flood_of_flush_done_without_audio_makes_no_files(client, tmp_path):
         [os.path.join("a", "0.wav")]
 
 
-@pytest.mark.parametrize("core", CORES)
 def test_an_integer_longer_than_int_takes_is_no_crash(core):
     """Valid JSON may hold an integer of any length; Python's int() refuses more than 4300
     digits from text, and json.loads with it raised a bare ValueError out of feed (and out

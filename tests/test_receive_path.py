@@ -383,7 +383,7 @@ def test_coalesced_reads_take_fewer_wakeups_and_lose_nothing(monkeypatch):
 
 def test_a_frame_after_quiet_is_read_at_once_and_one_close_behind_it_waits_at_most_the_interval(
         monkeypatch):
-    from rawserver import RawServer, accept_websocket, frame as raw_frame
+    from helpers.rawserver import RawServer, accept_websocket, frame as raw_frame
 
     interval, slack = 0.25, 0.3
     sent: dict[str, float] = {}

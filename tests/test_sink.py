@@ -105,8 +105,8 @@ def done(cid=None):
 
 # --- return values and input types ---------------------------------------------------------
 
-def test_chunk_returns_the_shared_empty_tuple(any_core):
-    sink = any_core.Sink()
+def test_chunk_returns_the_shared_empty_tuple(core):
+    sink = core.Sink()
     a = sink.feed(enc(chunk(b"\1\2", "a")))
     b = sink.feed(enc(chunk(b"\3\4", "b", 4)))
     c = sink.feed(enc(chunk(b"", "a")))
@@ -116,8 +116,8 @@ def test_chunk_returns_the_shared_empty_tuple(any_core):
     assert dropped == () and type(dropped) is tuple
 
 
-def test_other_frames_return_tuples(any_core):
-    sink = any_core.Sink()
+def test_other_frames_return_tuples(core):
+    sink = core.Sink()
     for obj in (flush_done("a"), {"type": "what"}, done("a"), {"type": "error", "error": "x"}):
         result = sink.feed(enc(obj))
         assert type(result) is tuple and len(result) >= 1
@@ -136,7 +136,7 @@ def _inputs(frame: bytes):
     yield "memoryview-readonly-bytes", memoryview(bytes(padded))[2:-2]
 
 
-def test_input_types_are_equivalent(any_core):
+def test_input_types_are_equivalent(core):
     frames = [
         enc(chunk(b"\x01\x02\x03\x04\x05", "é😀", 2), escape=0.3),
         enc({"type": "timestamps", "context_id": "é😀", "flush_id": 2,
@@ -150,7 +150,7 @@ def test_input_types_are_equivalent(any_core):
         for name, value in _inputs(frame):
             results.setdefault(name, [])
     for name in results:
-        sink = any_core.Sink()
+        sink = core.Sink()
         out = []
         for frame in frames:
             value = dict(_inputs(frame))[name]
@@ -168,19 +168,19 @@ def test_input_types_are_equivalent(any_core):
     np.asfortranarray(np.zeros((3, 4), np.uint8)),
 ], ids=["None", "int", "float", "list", "dict", "object", "strided-memoryview", "array-h",
         "memoryview-H", "fortran-2d"])
-def test_other_types_raise_type_error(any_core, value):
-    sink = any_core.Sink()
+def test_other_types_raise_type_error(core, value):
+    sink = core.Sink()
     with pytest.raises(TypeError):
         sink.feed(value)
     assert sink.stats.frames == 0
 
 
-def test_non_contiguous_memoryview_of_a_valid_frame(any_core):
+def test_non_contiguous_memoryview_of_a_valid_frame(core):
     frame = b'{"type":"done"}'
     spread = bytes(itertools.chain.from_iterable((c, 32) for c in frame))
     view = memoryview(spread)[::2]
     assert bytes(view) == frame
-    sink = any_core.Sink()
+    sink = core.Sink()
     with pytest.raises(TypeError):
         sink.feed(view)
 
@@ -197,13 +197,13 @@ def sample_audio(encoding: str, count: int, seed: int = 0) -> bytes:
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_every_two_way_split(any_core, encoding):
+def test_every_two_way_split(core, encoding):
     width = ref.ENC_WIDTH[encoding]
     audio = sample_audio(encoding, 3)  # a few samples: every split inside and between them
     for extra in range(width):  # 0..width-1 trailing bytes
         total = audio + bytes(range(200, 200 + extra))
         for cut in range(len(total) + 1):
-            pair = Pair(any_core, encoding, 8000)
+            pair = Pair(core, encoding, 8000)
             assert pair.feed(chunk(total[:cut], "c")) == []
             assert pair.feed(chunk(total[cut:], "c")) == []
             (ev,) = pair.feed(flush_done("c"))
@@ -214,11 +214,11 @@ def test_every_two_way_split(any_core, encoding):
             assert seg["dtype"] == np.dtype(ref.ENC_DTYPE[encoding]).str
 
 
-def test_every_three_way_split_f32(any_core):
+def test_every_three_way_split_f32(core):
     audio = sample_audio("pcm_f32le", 3, seed=5)
     for i in range(len(audio) + 1):
         for j in range(i, len(audio) + 1):
-            sink = any_core.Sink(AudioFormat("pcm_f32le", 24000))
+            sink = core.Sink(AudioFormat("pcm_f32le", 24000))
             for part in (audio[:i], audio[i:j], audio[j:]):
                 assert sink.feed(enc(chunk(part, "c", 1))) == ()
             (ev,) = sink.feed(enc(flush_done("c", 1)))
@@ -227,9 +227,9 @@ def test_every_three_way_split_f32(any_core):
             assert ev.segment.trailing_bytes == b""
 
 
-def test_byte_at_a_time(any_core):
+def test_byte_at_a_time(core):
     audio = sample_audio("pcm_s16le", 9, seed=2) + b"\x07"
-    pair = Pair(any_core)
+    pair = Pair(core)
     for k in range(len(audio)):
         pair.feed(chunk(audio[k:k + 1], "c", 3))
     (ev,) = pair.feed(flush_done("c", 3))
@@ -237,9 +237,9 @@ def test_byte_at_a_time(any_core):
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_samples_array(any_core, encoding):
+def test_samples_array(core, encoding):
     audio = sample_audio(encoding, 1000, seed=9)
-    sink = any_core.Sink(AudioFormat(encoding, 16000))
+    sink = core.Sink(AudioFormat(encoding, 16000))
     half = len(audio) // 2 + 1
     sink.feed(enc(chunk(audio[:half], "c")))
     sink.feed(enc(chunk(audio[half:], "c")))
@@ -271,14 +271,14 @@ def _g711_reference(code: int, encoding: str) -> int:
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_to_int16(any_core, encoding):
+def test_to_int16(core, encoding):
     if encoding in ("pcm_mulaw", "pcm_alaw"):
         audio = bytes(range(256))
     elif encoding == "pcm_f32le":
         audio = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 1.5, -2.0, 1e-6, 0.25], "<f4").tobytes()
     else:
         audio = np.array([0, 1, -1, 32767, -32768, 12345], "<i2").tobytes()
-    sink = any_core.Sink(AudioFormat(encoding, 8000))
+    sink = core.Sink(AudioFormat(encoding, 8000))
     sink.feed(enc(chunk(audio, "c")))
     (ev,) = sink.feed(enc(flush_done("c")))
     out = ev.segment.to_int16()
@@ -299,8 +299,8 @@ def test_to_int16(any_core, encoding):
 
 # --- formats per context, start times ----------------------------------------------------
 
-def test_set_format_applies_to_segments_opened_after(any_core):
-    pair = Pair(any_core, "pcm_s16le", 44100)
+def test_set_format_applies_to_segments_opened_after(core):
+    pair = Pair(core, "pcm_s16le", 44100)
     pair.feed(chunk(b"\1\2\3\4", "a"))                        # a/0 opens as s16 44100
     pair.set_format("a", "pcm_f32le", 24000)
     pair.set_format("b", "pcm_mulaw", 8000)
@@ -320,8 +320,8 @@ def test_set_format_applies_to_segments_opened_after(any_core):
     assert segs["c"]["encoding"] == "pcm_s16le"
 
 
-def test_segment_start_counts_every_stored_byte(any_core):
-    pair = Pair(any_core, "pcm_s16le", 16000)
+def test_segment_start_counts_every_stored_byte(core):
+    pair = Pair(core, "pcm_s16le", 16000)
     pair.feed(chunk(b"\1\2\3", "a", 0))                       # 1 sample + 1 trailing byte
     ev0, = pair.feed(flush_done("a", 0))
     pair.feed(chunk(b"\4\5\6\7", "a", 1))
@@ -338,8 +338,8 @@ def test_segment_start_counts_every_stored_byte(any_core):
 # --- flush_id: bases, absence, adoption ---------------------------------------------------
 
 @pytest.mark.parametrize("base", [0, 1, 7, 2**62 - 3])
-def test_flush_ids_on_every_frame(any_core, base):
-    pair = Pair(any_core)
+def test_flush_ids_on_every_frame(core, base):
+    pair = Pair(core)
     labels = []
     for k in range(3):
         pair.feed(chunk(bytes([k, k]), "c", base + k))
@@ -352,9 +352,9 @@ def test_flush_ids_on_every_frame(any_core, base):
 
 
 @pytest.mark.parametrize("base", [0, 1, 5])
-def test_flush_id_only_on_flush_done(any_core, base):
+def test_flush_id_only_on_flush_done(core, base):
     """Chunks without flush_id, flush_done with it: the open segment adopts the server's label."""
-    pair = Pair(any_core)
+    pair = Pair(core)
     got = []
     for k in range(3):
         pair.feed(chunk(bytes([k, 0]), "c"))
@@ -364,8 +364,8 @@ def test_flush_id_only_on_flush_done(any_core, base):
     assert got == [(base + k, bytes([k, 0, k, 1])) for k in range(3)]
 
 
-def test_no_flush_ids_at_all(any_core):
-    pair = Pair(any_core)
+def test_no_flush_ids_at_all(core):
+    pair = Pair(core)
     labels = []
     for k in range(3):
         pair.feed(chunk(b"\1\1", "c"))
@@ -376,8 +376,8 @@ def test_no_flush_ids_at_all(any_core):
     assert labels == [0, 1, 2] and ready(events[0])["flush_id"] == 3 and events[1] == ("done", "c")
 
 
-def test_flush_done_of_nothing_is_an_empty_segment(any_core):
-    pair = Pair(any_core, "pcm_f32le", 24000)
+def test_flush_done_of_nothing_is_an_empty_segment(core):
+    pair = Pair(core, "pcm_f32le", 24000)
     (ev,) = pair.feed(flush_done("c", 4))
     seg = ready(ev)
     assert (seg["flush_id"], seg["samples"], seg["trailing"], seg["complete"]) == (4, b"", b"", True)
@@ -388,8 +388,8 @@ def test_flush_done_of_nothing_is_an_empty_segment(any_core):
     assert ready(ev)["flush_id"] == 0
 
 
-def test_late_frames_of_a_finished_flush_are_dropped(any_core):
-    pair = Pair(any_core)
+def test_late_frames_of_a_finished_flush_are_dropped(core):
+    pair = Pair(core)
     pair.feed(chunk(b"\1\2", "c", 1))
     pair.feed(flush_done("c", 1))
     assert pair.feed(chunk(b"\3\4", "c", 1)) == []
@@ -400,8 +400,8 @@ def test_late_frames_of_a_finished_flush_are_dropped(any_core):
     assert pair.sink.stats.open_segments == 0
 
 
-def test_labelled_segments_do_not_adopt(any_core):
-    pair = Pair(any_core)
+def test_labelled_segments_do_not_adopt(core):
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "c", 5))
     pair.feed(chunk(b"\2\2", "c"))          # -> 5, the open segment
     pair.feed(chunk(b"\3\3", "c", 7))       # 5 is labelled: a new segment 7
@@ -413,10 +413,10 @@ def test_labelled_segments_do_not_adopt(any_core):
     assert events[-1] == ("done", "c")
 
 
-def test_a_label_equal_to_ours_names_the_segment(any_core):
+def test_a_label_equal_to_ours_names_the_segment(core):
     """chunk, chunk(0), chunk(1): the server named segment 0, so 1 is a new segment
     (a regression: 1 used to adopt 0 and merge two flushes)."""
-    pair = Pair(any_core)
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "c"))          # unlabelled, our label 0
     pair.feed(chunk(b"\2\2", "c", 0))       # the server calls it 0 too
     pair.feed(chunk(b"\3\3", "c", 1))       # a new segment
@@ -425,16 +425,16 @@ def test_a_label_equal_to_ours_names_the_segment(any_core):
     assert [(s["flush_id"], s["samples"]) for s in segs] == [(0, b"\1\1\2\2"), (1, b"\3\3")]
 
 
-def test_fortran_order_array_is_a_type_error(any_core):
+def test_fortran_order_array_is_a_type_error(core):
     import numpy as np
 
     frame = np.asfortranarray(np.frombuffer(b'{"type":"done","context_id":"c"}', np.uint8)[:32].reshape(4, 8))
     with pytest.raises(TypeError):
-        any_core.Sink().feed(frame)
+        core.Sink().feed(frame)
 
 
-def test_adoption_by_a_chunk(any_core):
-    pair = Pair(any_core)
+def test_adoption_by_a_chunk(core):
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "c"))          # unlabelled 0
     pair.feed(chunk(b"\2\2", "c", 9))       # adopts 9
     pair.feed(chunk(b"\3\3", "c", 10))      # 9 is labelled now: new 10
@@ -446,8 +446,8 @@ def test_adoption_by_a_chunk(any_core):
     assert ready(ev)["flush_id"] == 11
 
 
-def test_next_label_is_one_past_the_highest(any_core):
-    pair = Pair(any_core)
+def test_next_label_is_one_past_the_highest(core):
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "c", 5))
     pair.feed(flush_done("c", 5))
     pair.feed(chunk(b"\2\2", "c", 2))       # below: a new segment 2, next label stays 6
@@ -458,8 +458,8 @@ def test_next_label_is_one_past_the_highest(any_core):
     assert ready(ev)["flush_id"] == 6
 
 
-def test_flush_done_finishes_the_named_segment_not_the_newest(any_core):
-    pair = Pair(any_core)
+def test_flush_done_finishes_the_named_segment_not_the_newest(core):
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "c", 1))
     pair.feed(chunk(b"\2\2", "c", 2))
     (ev,) = pair.feed(flush_done("c", 1))
@@ -469,8 +469,8 @@ def test_flush_done_finishes_the_named_segment_not_the_newest(any_core):
     assert (ready(ev)["flush_id"], ready(ev)["samples"]) == (2, b"\2\2\3\3")
 
 
-def test_flush_done_with_a_new_label_while_a_labelled_one_is_open(any_core):
-    pair = Pair(any_core)
+def test_flush_done_with_a_new_label_while_a_labelled_one_is_open(core):
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "c", 1))
     (ev,) = pair.feed(flush_done("c", 3))   # 3 never seen: an empty segment 3
     assert (ready(ev)["flush_id"], ready(ev)["samples"]) == (3, b"")
@@ -478,8 +478,8 @@ def test_flush_done_with_a_new_label_while_a_labelled_one_is_open(any_core):
     assert (ready(ev)["flush_id"], ready(ev)["samples"]) == (1, b"\1\1")
 
 
-def test_contexts_are_independent(any_core):
-    pair = Pair(any_core)
+def test_contexts_are_independent(core):
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "a"))
     pair.feed(chunk(b"\2\2", "b", 3))
     pair.feed(chunk(b"\3\3"))                # the None context
@@ -492,8 +492,8 @@ def test_contexts_are_independent(any_core):
 
 # --- done, error, unknown ------------------------------------------------------------------
 
-def test_done_finishes_every_open_segment_in_order(any_core):
-    pair = Pair(any_core)
+def test_done_finishes_every_open_segment_in_order(core):
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "c", 3))
     pair.feed(chunk(b"\2\2", "c", 1))
     pair.feed(chunk(b"\3\3", "c", 2))
@@ -508,8 +508,8 @@ def test_done_finishes_every_open_segment_in_order(any_core):
     assert pair.sink.stats.dropped_frames == 7
 
 
-def test_done_without_segments(any_core):
-    pair = Pair(any_core)
+def test_done_without_segments(core):
+    pair = Pair(core)
     assert pair.feed(done("new")) == [("done", "new")]
     assert pair.feed(done()) == [("done", None)]
     assert pair.feed(chunk(b"\1\1")) == [] and pair.sink.stats.dropped_frames == 1
@@ -523,10 +523,10 @@ STRUCTURED = {"type": "error", "done": True, "status_code": 429, "error_code": "
 
 
 @pytest.mark.parametrize("shape", ["legacy", "structured"])
-def test_context_error(any_core, shape):
+def test_context_error(core, shape):
     obj = LEGACY if shape == "legacy" else STRUCTURED
     message = obj["error"] if shape == "legacy" else f"{obj['title']}: {obj['message']}"
-    pair = Pair(any_core)
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1\1", "c", 1))
     pair.feed(chunk(b"\2\2", "c", 2))
     pair.feed(chunk(b"\3\3", "other"))
@@ -546,10 +546,10 @@ def test_context_error(any_core, shape):
 
 
 @pytest.mark.parametrize("shape", ["legacy", "structured"])
-def test_error_without_context_is_a_server_error(any_core, shape):
+def test_error_without_context_is_a_server_error(core, shape):
     obj = dict(LEGACY if shape == "legacy" else STRUCTURED)
     del obj["context_id"]
-    pair = Pair(any_core)
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "c", 1))
     pair.feed(chunk(b"\2\2"))                                  # None context is open too
     got, events = pair.feed(obj, raw=True)
@@ -565,8 +565,8 @@ def test_error_without_context_is_a_server_error(any_core, shape):
     assert ready(events[0])["samples"] == b"\2\2\3\3"
 
 
-def test_unknown_frames(any_core):
-    pair = Pair(any_core)
+def test_unknown_frames(core):
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "c"))
     for obj in ({"type": "mystery", "context_id": "c", "flush_id": 3, "data": "!!"},
                 {"context_id": "c", "nested": {"type": "done"}},
@@ -589,8 +589,8 @@ def words(names, starts, ends, cid="c", fid=None, kind="timestamps"):
     return obj
 
 
-def test_timestamps_context_and_segment_relative(any_core):
-    pair = Pair(any_core, "pcm_s16le", 8000)
+def test_timestamps_context_and_segment_relative(core):
+    pair = Pair(core, "pcm_s16le", 8000)
     pair.feed(chunk(b"\0" * 16000, "c", 1))                   # one second
     pair.feed(flush_done("c", 1))
     got, events = pair.feed(words(["Stay", "hungry,"], [1.0, 1.31], [1.29, 1.74], fid=2), raw=True)
@@ -610,8 +610,8 @@ def test_timestamps_context_and_segment_relative(any_core):
     assert [p[0] for p in seg["phonemes"]] == ["s", "t"] and seg["phonemes"][1][2] == pytest.approx(0.12)
 
 
-def test_timestamps_open_and_adopt_like_chunks(any_core):
-    pair = Pair(any_core)
+def test_timestamps_open_and_adopt_like_chunks(core):
+    pair = Pair(core)
     (ts,) = pair.feed(words(["a"], [0], [1]))                  # opens unlabelled 0
     assert ts[2] == 0
     pair.feed(chunk(b"\1\1", "c", 4))                          # adopts 4
@@ -622,8 +622,8 @@ def test_timestamps_open_and_adopt_like_chunks(any_core):
     assert [(ready(e)["flush_id"], len(ready(e)["words"])) for e in events[:-1]] == [(4, 2), (6, 1)]
 
 
-def test_timestamps_items_types(any_core):
-    pair = Pair(any_core)
+def test_timestamps_items_types(core):
+    pair = Pair(core)
     (ts,) = pair.feed(words(["x", "y"], [0, 1], [2, 3.5]), raw=True)[1]
     for item in ts.items:
         assert isinstance(item.text, str) and type(item.start) is float and type(item.end) is float
@@ -631,14 +631,14 @@ def test_timestamps_items_types(any_core):
 
 # --- frame shapes: order, whitespace, nesting, escapes, ids --------------------------------
 
-def test_keys_in_any_order_and_any_whitespace(any_core):
+def test_keys_in_any_order_and_any_whitespace(core):
     obj = {"type": "chunk", "context_id": "c", "flush_id": 2, "data": ref.b64encode(b"\1\2\3\4"),
            "status_code": 206, "done": False}
     expected = None
     for n, keys in enumerate(itertools.permutations(obj)):
         ws = ["", " ", "\t", "\n", "\r", " \r\n\t "][n % 6]
         text = ws + "{" + ",".join(f'{ws}{json.dumps(k)}{ws}:{ws}{json.dumps(obj[k])}{ws}' for k in keys) + "}" + ws
-        sink = any_core.Sink()
+        sink = core.Sink()
         assert sink.feed(text.encode()) == ()
         result = ref.norm_events(sink.feed(enc(flush_done("c", 2))))
         expected = expected or result
@@ -646,7 +646,7 @@ def test_keys_in_any_order_and_any_whitespace(any_core):
     assert ready(expected[0])["samples"] == b"\1\2\3\4"
 
 
-def test_a_stream_that_changes_member_order_keeps_every_chunk(any_core):
+def test_a_stream_that_changes_member_order_keeps_every_chunk(core):
     """The compiled core guesses that data is the last member (Cartesia's layout) and
     stops guessing after a frame where it is not, until data is last again: whatever the
     order of each frame, in any sequence, every chunk lands once, in order. Orders: data
@@ -659,7 +659,7 @@ def test_a_stream_that_changes_member_order_keeps_every_chunk(any_core):
         ("type", "context_id", "data", "flush_id"),
     ]
     rng = random.Random(5)
-    sink = any_core.Sink(AudioFormat("pcm_s16le", 24000))
+    sink = core.Sink(AudioFormat("pcm_s16le", 24000))
     expected = bytearray()
     order = [rng.randrange(len(layouts)) for _ in range(60)] + [0] * 5 + [1] * 5 + [0] * 5
     for k, layout in enumerate(order):
@@ -675,7 +675,7 @@ def test_a_stream_that_changes_member_order_keeps_every_chunk(any_core):
     assert sink.stats.chunks == len(order) and sink.stats.rejected_frames == 0
 
 
-def test_frames_built_to_defeat_the_suffix_guess_are_read_exactly(any_core):
+def test_frames_built_to_defeat_the_suffix_guess_are_read_exactly(core):
     """With data before other members, the compiled core guesses data's end from the
     previous frame's members after it (where they start if they kept their length, or a
     few bytes either side), and a successful decode proves the guess. Frames whose bytes
@@ -701,14 +701,14 @@ def test_frames_built_to_defeat_the_suffix_guess_are_read_exactly(any_core):
         (docs("", extra=',"y":""'), b""),
     ]
     for frame, audio in hostile:  # each after and before frames the guess is right for
-        pair = Pair(any_core, rate=24000)
+        pair = Pair(core, rate=24000)
         for each in steady + [frame] + steady:
             pair.feed(each)
         events = pair.feed(enc(flush_done("turn-1", 1)))
         assert ready(events[0])["samples"] == steady_audio + audio + steady_audio, frame
 
 
-def test_many_contexts_interleaved_ended_and_reused(any_core):
+def test_many_contexts_interleaved_ended_and_reused(core):
     """The compiled core finds the context of a chunk that is not the previous frame's
     in a small table of recent contexts (hashed by id, so that 200 contexts share slots).
     Interleaved chunks, contexts ended by done, cancel and close and then reused by id,
@@ -716,7 +716,7 @@ def test_many_contexts_interleaved_ended_and_reused(any_core):
     reference model says."""
     rng = random.Random(11)
     ids = [f"ctx-{k}" for k in range(100)] + [f"{k:032x}" for k in range(100)]
-    pair = Pair(any_core, rate=16000)
+    pair = Pair(core, rate=16000)
     for step in range(1500):
         cid = rng.choice(ids[:20] if step % 3 else ids)
         roll = rng.random()
@@ -734,17 +734,17 @@ def test_many_contexts_interleaved_ended_and_reused(any_core):
     pair.close()
 
 
-def test_nested_values_are_skipped(any_core):
+def test_nested_values_are_skipped(core):
     tricky = {"a": [{"type": "done", "context_id": "c", "data": "!!", "flush_id": -1}],
               "b": "\"}{][,:\\\"type\\\":\\\"done\\\"", "c": {"d": [[[], {}], "\\", "\u0000"]},
               "e": [1, -2.5e-7, True, False, None, "é😀\u2028"], "word_timestamps": {"x": 1}}
-    pair = Pair(any_core)
+    pair = Pair(core)
     pair.feed(dict(chunk(b"\1\2", "c", 1), **tricky))
     pair.feed(dict(flush_done("c", 1), **tricky))
     assert pair.sink.stats.segments == 1 and pair.sink.stats.dropped_frames == 0
 
 
-def test_escaped_data_equals_unescaped(any_core):
+def test_escaped_data_equals_unescaped(core):
     audio = bytes(range(256)) * 3
     plain = ref.b64encode(audio)
     variants = [
@@ -755,20 +755,20 @@ def test_escaped_data_equals_unescaped(any_core):
     ]
     for variant in variants + [plain]:
         frame = ('{"type":"chunk","context_id":"c","data":"%s"}' % variant).encode()
-        sink = any_core.Sink()
+        sink = core.Sink()
         assert sink.feed(frame) == ()
         (ev,) = sink.feed(b'{"type":"flush_done","context_id":"c"}')
         assert ev.segment.samples.tobytes() + ev.segment.trailing_bytes == audio
         assert sink.stats.audio_bytes == len(audio)
 
 
-def test_unicode_and_escaped_context_ids(any_core):
+def test_unicode_and_escaped_context_ids(core):
     cid = "turn/é😀\u2028\"\\"
     forms = [
         json.dumps(cid, ensure_ascii=False), json.dumps(cid),
         '"turn\\/\\u00e9\\uD83D\\uDE00\\u2028\\"\\\\"',
     ]
-    sink = any_core.Sink()
+    sink = core.Sink()
     for k, form in enumerate(forms):
         frame = '{"type":"chunk","context_id":%s,"data":"%s"}' % (form, ref.b64encode(bytes([k, k])))
         assert sink.feed(frame.encode()) == ()
@@ -778,8 +778,8 @@ def test_unicode_and_escaped_context_ids(any_core):
     assert ev.segment.samples.tobytes() == b"\0\0\1\1\2\2"
 
 
-def test_null_known_fields_count_as_absent(any_core):
-    pair = Pair(any_core)
+def test_null_known_fields_count_as_absent(core):
+    pair = Pair(core)
     pair.feed({"type": "chunk", "context_id": "c", "data": ref.b64encode(b"\1\1"), "flush_id": None})
     pair.feed({"type": "chunk", "context_id": "c", "data": None})
     pair.feed({"type": "chunk", "context_id": "c"})
@@ -787,16 +787,16 @@ def test_null_known_fields_count_as_absent(any_core):
     assert (ready(ev)["flush_id"], ready(ev)["samples"]) == (0, b"\1\1")
 
 
-def test_empty_data_still_resolves_a_segment(any_core):
-    pair = Pair(any_core)
+def test_empty_data_still_resolves_a_segment(core):
+    pair = Pair(core)
     assert pair.feed(chunk(b"", "c", 3)) == []
     assert pair.sink.stats.open_segments == 1
     (ev,) = pair.feed(flush_done("c"))
     assert ready(ev)["flush_id"] == 3 and ready(ev)["samples"] == b""
 
 
-def test_flush_done_with_empty_data_is_not_audio(any_core):
-    pair = Pair(any_core)
+def test_flush_done_with_empty_data_is_not_audio(core):
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "c", 2))
     (ev,) = pair.feed({"type": "flush_done", "context_id": "c", "status_code": 206, "done": False,
                        "data": "", "flush_id": 2, "flush_done": True})
@@ -817,13 +817,13 @@ def _cap_script():
     (chunk(b"\x09" * 3, "b"), {"max_total_bytes": 14}),         # open total 12 + 3 > 14
     (chunk(b"\x09" * 3, "z", 0), {"max_total_bytes": 14}),
 ])
-def test_capacity_error_leaves_everything_intact(any_core, bad, limits):
+def test_capacity_error_leaves_everything_intact(core, bad, limits):
     """The over-cap chunk stores nothing; it marks its segment as having lost a chunk
     (docs/sink.md "Lost chunks"). The clean pair gets the same chunk with no data in its
     place, so that both resolve the same segment: the two then differ by the mark alone."""
     script = _cap_script()
-    clean = Pair(any_core, **limits)
-    dirty = Pair(any_core, **limits)
+    clean = Pair(core, **limits)
+    dirty = Pair(core, **limits)
     for obj in script[:3]:
         clean.feed(obj)
         dirty.feed(obj)
@@ -853,8 +853,8 @@ def test_capacity_error_leaves_everything_intact(any_core, bad, limits):
     assert mark == f"lost 1 chunk ({len(base64.b64decode(bad['data']))} bytes): over {cap}={limits[cap]}"
 
 
-def test_caps_are_inclusive(any_core):
-    pair = Pair(any_core, max_segment_bytes=8, max_total_bytes=12)
+def test_caps_are_inclusive(core):
+    pair = Pair(core, max_segment_bytes=8, max_total_bytes=12)
     assert pair.feed(chunk(b"\1" * 8, "a")) == []                 # exactly the segment cap
     assert pair.feed(chunk(b"\2" * 4, "b")) == []                 # exactly the total cap
     assert pair.feed(chunk(b"\3", "b")) == ("capacity",)
@@ -864,8 +864,8 @@ def test_caps_are_inclusive(any_core):
     assert pair.feed(chunk(b"\3" * 1, "b")) == ("capacity",)      # b would be 9 > 8
 
 
-def test_capacity_error_is_a_flushsink_error(any_core):
-    sink = any_core.Sink(max_segment_bytes=2)
+def test_capacity_error_is_a_flushsink_error(core):
+    sink = core.Sink(max_segment_bytes=2)
     with pytest.raises(flushsink.FlushsinkError):
         sink.feed(enc(chunk(b"\1\2\3", "a")))
     # nothing stored; the segment the chunk opened says what it lost
@@ -877,8 +877,8 @@ def test_capacity_error_is_a_flushsink_error(any_core):
 
 # --- cancel, close, ended contexts -----------------------------------------------------------
 
-def test_cancel(any_core):
-    pair = Pair(any_core)
+def test_cancel(core):
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "c", 1))
     pair.feed(chunk(b"\2\2\2", "c", 2))
     pair.feed(chunk(b"\3\3", "d"))
@@ -893,8 +893,8 @@ def test_cancel(any_core):
     assert pair.cancel("c") == []
 
 
-def test_close(any_core):
-    pair = Pair(any_core)
+def test_close(core):
+    pair = Pair(core)
     pair.feed(chunk(b"\1\1", "a", 1))
     pair.feed(chunk(b"\2\2", "a", 2))
     pair.feed(chunk(b"\3", "b"))
@@ -916,8 +916,8 @@ def test_close(any_core):
     assert ready(ev)["error"] == "closed"
 
 
-def test_max_ended_contexts_forgets_the_oldest(any_core):
-    pair = Pair(any_core, max_ended_contexts=2)
+def test_max_ended_contexts_forgets_the_oldest(core):
+    pair = Pair(core, max_ended_contexts=2)
     for cid in ("a", "b", "c"):
         pair.feed(chunk(b"\1\1", cid))
         pair.feed(done(cid))
@@ -931,10 +931,10 @@ def test_max_ended_contexts_forgets_the_oldest(any_core):
 
 # --- stats -----------------------------------------------------------------------------------
 
-def test_stats_counters(any_core):
-    pair = Pair(any_core)
+def test_stats_counters(core):
+    pair = Pair(core)
     s0 = pair.sink.stats
-    assert isinstance(s0, any_core.SinkStats) and tuple(s0) == (0,) * 8
+    assert isinstance(s0, core.SinkStats) and tuple(s0) == (0,) * 8
     assert s0._fields == ("frames", "chunks", "audio_bytes", "dropped_frames", "rejected_frames",
                           "segments", "open_segments", "open_bytes")
     pair.feed(chunk(b"\1\2\3", "a", 1))
@@ -959,13 +959,13 @@ def test_stats_counters(any_core):
     ({"max_total_bytes": 1.5j}, TypeError), ({"max_total_bytes": -5}, ValueError),
     ({"max_ended_contexts": None}, TypeError), ({"max_ended_contexts": -1}, ValueError),
 ])
-def test_bad_arguments(any_core, kwargs, exc):
+def test_bad_arguments(core, kwargs, exc):
     with pytest.raises(exc):
-        any_core.Sink(**kwargs)
+        core.Sink(**kwargs)
 
 
-def test_set_format_type_check(any_core):
-    sink = any_core.Sink()
+def test_set_format_type_check(core):
+    sink = core.Sink()
     with pytest.raises(TypeError):
         sink.set_format("a", "pcm_f32le")
 
@@ -975,10 +975,10 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def test_preallocation_is_not_resident(any_core):
+def test_preallocation_is_not_resident(core):
     """A thousand open contexts must not hold a thousand times prealloc_seconds of audio."""
     gc.collect()
-    sink = any_core.Sink(AudioFormat("pcm_f32le", 48000), prealloc_seconds=10.0)  # 1.92 MB each
+    sink = core.Sink(AudioFormat("pcm_f32le", 48000), prealloc_seconds=10.0)  # 1.92 MB each
     before = _rss()
     frames = [enc(chunk(b"\0" * 64, f"ctx{k}")) for k in range(1000)]
     for frame in frames:
@@ -1072,13 +1072,13 @@ def test_lowering_the_pool_limit_frees_what_is_over_it(compiled_core):
         compiled_core._pool_limit("64M")
 
 
-def test_max_open_segments(any_core):
+def test_max_open_segments(core):
     """A frame that would open one segment too many is a CapacityError that changes
     nothing; finishing a segment makes room again; a flush_done that opens and finishes
     an empty segment at once is not held against the cap."""
     import flushsink
 
-    sink = any_core.Sink(max_open_segments=2)
+    sink = core.Sink(max_open_segments=2)
     sink.feed(json.dumps({"type": "chunk", "context_id": "c", "flush_id": 1, "data": "AAAA"}))
     sink.feed(json.dumps({"type": "chunk", "context_id": "c", "flush_id": 2, "data": ""}))
     third = json.dumps({"type": "chunk", "context_id": "c", "flush_id": 3, "data": "AAAA"})
@@ -1099,11 +1099,11 @@ def test_max_open_segments(any_core):
 
 # --- memory the byte caps do not count ---------------------------------------------------------
 
-def test_timestamps_are_capped_over_the_open_segments(any_core):
+def test_timestamps_are_capped_over_the_open_segments(core):
     """max_timestamps bounds the timestamp items all open segments hold together: a
     timestamps frame that would pass it raises CapacityError and attaches nothing; items
     leave the count when their segment finishes."""
-    pair = Pair(any_core, max_timestamps=3)
+    pair = Pair(core, max_timestamps=3)
     assert pair.feed(words(["a", "b"], [0.0, 0.1], [0.1, 0.2], cid="c", fid=1))[0][0] == "timestamps"
     assert pair.feed(words(["x", "y"], [0.0, 0.1], [0.1, 0.2], cid="d", fid=1)) == ("capacity",)
     assert pair.feed(words(["c"], [0.2], [0.3], cid="c", fid=1))[0][0] == "timestamps"
@@ -1114,11 +1114,11 @@ def test_timestamps_are_capped_over_the_open_segments(any_core):
         pair.sink.feed(enc(words(["p", "q"], [0.0, 0.1], [0.1, 0.2], cid="d", fid=1)))
 
 
-def test_finished_labels_remembered_are_the_last_ones(any_core):
+def test_finished_labels_remembered_are_the_last_ones(core):
     """A context remembers the labels of its last max_finished_labels finished segments,
     to drop their late frames; an older one is forgotten, and a late chunk of it opens a
     new segment, so a server that floods flush_done cannot grow the sink without bound."""
-    pair = Pair(any_core, max_finished_labels=2)
+    pair = Pair(core, max_finished_labels=2)
     for fid in (1, 2, 3):
         pair.feed(chunk(b"\1\1", "c", fid))
         pair.feed(flush_done("c", fid))
@@ -1131,10 +1131,10 @@ def test_finished_labels_remembered_are_the_last_ones(any_core):
     assert (ready(event)["flush_id"], ready(event)["samples"]) == (1, b"\3\3")
 
 
-def test_a_flood_of_flush_done_keeps_memory_bounded(any_core):
+def test_a_flood_of_flush_done_keeps_memory_bounded(core):
     """100,000 flush_done frames of one context, each for a new label, leave the sink
     remembering max_finished_labels of them."""
-    sink = any_core.Sink(max_finished_labels=100)
+    sink = core.Sink(max_finished_labels=100)
     for fid in range(100_000):
         sink.feed(b'{"type":"flush_done","context_id":"c","flush_id":%d}' % fid)
     assert sink.stats.segments == 100_000

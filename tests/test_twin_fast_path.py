@@ -26,7 +26,7 @@ from flushsink import _fallback
 from flushsink._fallback import _b64_decode, _b64_fast, _Envelopes, _fast_frame, _Reject
 
 import reference as ref
-from test_differential import outcome
+from helpers.programs import outcome
 
 try:
     from flushsink import _speedups

@@ -1,5 +1,5 @@
-"""The differential engine shared by the atheris target (fuzz_sink.py) and the pytest smoke
-run (tests/test_hostile.py): programs of Sink calls, run on the compiled core and on the
+"""The differential engine shared by the atheris target (fuzz/fuzz_sink.py) and the pytest
+smoke run (tests/test_hostile.py): programs of Sink calls, run on the compiled core and on the
 pure twin, every result compared.
 
 A *program* is a Sink configuration plus a list of operations:
@@ -851,7 +851,7 @@ def main(argv: list[str]) -> int:
     """Replay fuzzer inputs (crash files, corpus entries) without atheris: print each
     program as Python literals, ready for a regression test, and run it."""
     if len(argv) < 2 or argv[0] not in ("raw", "structured"):
-        print("usage: python fuzz/differential.py raw|structured FILE...", file=sys.stderr)
+        print("usage: python tests/helpers/differential.py raw|structured FILE...", file=sys.stderr)
         return 2
     failed = 0
     for name in argv[1:]:

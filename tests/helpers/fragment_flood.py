@@ -2,7 +2,7 @@
 flood's peak alone: a server sends one message as a TEXT frame and then a continuation
 frame per byte, and a client (asyncio or sync) receives it.
 
-    python fragment_flood.py asyncio|sync FRAGMENTS MAX_SIZE
+    python -m helpers.fragment_flood asyncio|sync FRAGMENTS MAX_SIZE     (in tests/)
 
 prints one JSON line: the peak RSS growth while receiving (bytes), the seconds it took,
 the close code, and what the context ended with. The message is a valid chunk frame of
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import resource
 import socket
 import sys
@@ -22,11 +21,10 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flushsink
+from flushsink import sync
 
-import flushsink  # noqa: E402
-from flushsink import sync  # noqa: E402
-from rawserver import CLOSE, CONT, TEXT, RawServer, accept_websocket, frame  # noqa: E402
+from .rawserver import CLOSE, CONT, TEXT, RawServer, accept_websocket, frame
 
 
 def flood_bytes(message: bytes) -> bytes:

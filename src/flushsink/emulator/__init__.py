@@ -1,0 +1,98 @@
+"""A local Cartesia-compatible TTS websocket server, for tests, demos and benchmarks.
+
+The emulator speaks the protocol described in ``protocol.md`` (the ``/tts/websocket``
+endpoint): contexts multiplexed on one socket and generated concurrently, ``continue`` /
+``flush`` / ``flush_done`` / ``done``, ``cancel``, word and phoneme timestamps, both error
+shapes, the idle close, and a set of fault modes. Its audio is synthetic but speech-like
+and a pure function of (text, voice, format, speed), so a test can predict every byte it
+receives::
+
+    async with Emulator() as emu:                     # binds 127.0.0.1 on a free port
+        async with websockets.connect(emu.ws_url) as ws:
+            ...
+        expected = render("Stay hungry, ", voice_id, AudioFormat("pcm_s16le", 44100))
+
+    with Emulator(flush_id_base=0).running_in_thread() as emu:   # from sync code
+        ...
+
+The package, read from the oracle to the socket:
+
+- :mod:`.speech`: the audio and its timestamps (``render`` and friends), the tests'
+  oracle; numpy only, no websockets;
+- :mod:`.faults`: the fault modes, what each does and how one is written (``Fault``,
+  ``parse_faults``);
+- :mod:`.connection`: one accepted websocket: how requests become segments (its
+  docstring), the contexts streaming concurrently, the faults performed, the
+  ``ConnectionLog``;
+- :mod:`.server`: ``Emulator``: the handshake, the options, the ways to run it, the stats.
+
+Import the names below from here, e.g. ``from flushsink.emulator import Emulator, render``.
+The renderer's come with the package; the server side's (and websockets' server) are
+imported the first time one of them is used, so the oracle works where websockets cannot
+be imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .speech import render, render_phoneme_timestamps, render_samples, render_timestamps
+
+if TYPE_CHECKING:
+    from .connection import ConnectionLog
+    from .faults import FAULT_ACTIONS, Fault, parse_faults
+    from .server import (
+        DEFAULT_VERSION,
+        STRUCTURED_ERRORS_SINCE,
+        WS_PATH,
+        Emulator,
+        EmulatorStats,
+        Rejection,
+    )
+
+__all__ = [
+    "Emulator",
+    "EmulatorStats",
+    "ConnectionLog",
+    "Rejection",
+    "Fault",
+    "parse_faults",
+    "render",
+    "render_samples",
+    "render_timestamps",
+    "render_phoneme_timestamps",
+    "WS_PATH",
+    "DEFAULT_VERSION",
+    "STRUCTURED_ERRORS_SINCE",
+    "FAULT_ACTIONS",
+]
+
+# The names the server side defines, by module: imported on first use (PEP 562).
+_SERVER_SIDE = {
+    "Emulator": "server",
+    "EmulatorStats": "server",
+    "Rejection": "server",
+    "WS_PATH": "server",
+    "DEFAULT_VERSION": "server",
+    "STRUCTURED_ERRORS_SINCE": "server",
+    "ConnectionLog": "connection",
+    "IDLE_CLOSE_REASON": "connection",
+    "Fault": "faults",
+    "FaultSpec": "faults",
+    "parse_faults": "faults",
+    "FAULT_ACTIONS": "faults",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _SERVER_SIDE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # the next lookup is an ordinary one
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SERVER_SIDE))
