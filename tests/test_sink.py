@@ -1034,6 +1034,30 @@ def test_many_released_buffers_are_all_kept(compiled_core):
     assert count == min(64, before + 40) and size <= 64 * 2**20
 
 
+def test_the_pool_keeps_8_mib_when_no_audio_is_open(compiled_core):
+    """Warm buffers are memory too: beyond 8 MiB (or a sixteenth of the audio open in
+    the process's Sinks, whichever is more) a released buffer is freed, not kept."""
+    import base64
+    import gc
+
+    compiled_core._pool_limit("0")   # start from an empty pool
+    compiled_core._pool_limit("64M")
+    sink = compiled_core.Sink(prealloc_seconds=0.5)
+    piece = base64.b64encode(bytes(88200)).decode()
+    held = []
+    for i in range(16):  # 16 segments of 12 s (1.06 MB each): 17 MB released at once
+        for _ in range(12):
+            sink.feed(json.dumps({"type": "chunk", "context_id": f"p{i}", "data": piece}))
+        (ready_event, _) = sink.feed(json.dumps({"type": "done", "context_id": f"p{i}"}))
+        held.append(ready_event.segment)
+        del ready_event
+    assert sink.stats.open_bytes == 0
+    held.clear()
+    gc.collect()
+    count, size = compiled_core._pool_state()
+    assert 7 <= count and 7 * 1_058_400 <= size <= 8 * 2**20
+
+
 @pytest.mark.parametrize("text,expected", [("64M", 64 * 2**20), ("0", 0), ("512k", 512 * 2**10),
                                            ("1G", 2**30), ("1234", 1234)])
 def test_pool_limit_parsing(compiled_core, text, expected):
