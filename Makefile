@@ -23,7 +23,7 @@ $(BIN)/python:
 
 # The extension must build here: FLUSHSINK_BUILD_EXT=required turns a failed compile into
 # a failed install instead of a silent fallback to the pure twin.
-$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*/*.py)
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*.pxd src/flushsink/*/*.py)
 	FLUSHSINK_BUILD_EXT=required $(BIN)/python -m pip install -q --no-build-isolation ".[test]"
 	touch $@
 
@@ -60,7 +60,7 @@ test-sdk: $(SDK_VENV)/.installed
 	FLUSHSINK_EXPECT=compiled $(SDK_VENV)/bin/python -m pytest -q tests/test_sdk_interop.py tests/test_client.py
 	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(SDK_VENV)/bin/python -m pytest -q tests/test_sdk_interop.py tests/test_client.py
 
-$(SDK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*/*.py)
+$(SDK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*.pxd src/flushsink/*/*.py)
 	test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
 	$(SDK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=64" wheel "Cython>=3.0"
 	FLUSHSINK_BUILD_EXT=required $(SDK_VENV)/bin/python -m pip install -q --no-build-isolation ".[test,sdk]"
@@ -123,7 +123,7 @@ test-wheels: wheels
 	cd build/wheeltest/sdist && FLUSHSINK_EXPECT=compiled ../fromsdist/bin/python -m pytest -q -p no:cacheprovider tests
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV)
+	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html src/flushsink/_store_c.c src/flushsink/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV)
 
 # --- fuzzing: the compiled Sink against the pure twin (fuzz/fuzz_sink.py) --------------------
 # `make fuzz` builds the extension with ASan + UBSan and gcc's coverage hooks (fuzz/covshim.c
@@ -154,7 +154,7 @@ $(FUZZ_VENV)/.installed:
 
 # DIST_EXTRA_CONFIG gives the sanitized build a build directory of its own: setuptools skips
 # an extension whose output in build/ is newer than its sources, whatever the flags.
-$(FUZZ_WORK)/.built: $(FUZZ_VENV)/.installed setup.py fuzz/covshim.c $(wildcard ext/*.c ext/*.h ext/*.pyx) $(wildcard src/flushsink/*.py src/flushsink/*/*.py)
+$(FUZZ_WORK)/.built: $(FUZZ_VENV)/.installed setup.py fuzz/covshim.c $(wildcard ext/*.c ext/*.h ext/*.pyx) $(wildcard src/flushsink/*.py src/flushsink/*.pxd src/flushsink/*/*.py)
 	mkdir -p $(FUZZ_WORK)
 	printf '[build]\nbuild_base = $(FUZZ_WORK)/build\n' > $(FUZZ_WORK)/setup.cfg
 	DIST_EXTRA_CONFIG=$(FUZZ_WORK)/setup.cfg FLUSHSINK_SANITIZE=1 FLUSHSINK_BUILD_EXT=required \

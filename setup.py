@@ -37,21 +37,33 @@ if mode != "no":
             san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
             compile_args += san
             link_args += san
-        extension = Extension(
-            "flushsink._speedups",
-            sources=["ext/_speedups.pyx", "ext/b64.c", "ext/frame.c"],
-            include_dirs=["ext"],
-            depends=["ext/b64.h", "ext/frame.h", "ext/pycompat.h"],
+        common = dict(
             py_limited_api=limited_api,
             define_macros=[("Py_LIMITED_API", "0x030B0000"), ("CYTHON_LIMITED_API", "1")]
             if limited_api else [],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         )
+        extensions = [
+            # the segment rules: the pure twin's _store.py compiled as it is, typed by
+            # src/flushsink/_store_c.pxd (_store_c.py is a link to _store.py)
+            Extension("flushsink._store_c", sources=["src/flushsink/_store_c.py"],
+                      depends=["src/flushsink/_store_c.pxd"], **common),
+            # the kernels: scanner, base64, segment buffers, the steady-state append
+            Extension("flushsink._speedups",
+                      sources=["ext/_speedups.pyx", "ext/b64.c", "ext/frame.c"],
+                      include_dirs=["ext"],
+                      depends=["ext/b64.h", "ext/frame.h", "ext/pycompat.h",
+                               "src/flushsink/_store_c.pxd"], **common),
+        ]
         ext_modules = cythonize(
-            [extension],
+            extensions,
+            include_path=["src"],
             compiler_directives={"language_level": 3, "boundscheck": False,
-                                 "wraparound": False, "cdivision": True},
+                                 "wraparound": False, "cdivision": True,
+                                 # _store.py's annotations are for mypy; its C types
+                                 # come from _store_c.pxd
+                                 "annotation_typing": False},
             annotate=os.environ.get("FLUSHSINK_ANNOTATE") == "1",
         )
         # cythonize() returns fresh Extension objects and drops `optional`: set it again.
