@@ -12,45 +12,26 @@ See docs/sink.md for the behaviour.
 from __future__ import annotations
 
 import binascii
-import contextlib
 import functools
 import json
 import re
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Optional, Protocol, cast
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Protocol, cast
 
 import numpy as np
 
 from ._common import (
-    FRAME_TYPES,
     MAX_FLUSH_ID,
     SinkStats,
-    cap_reason,
-    check_sink_args,
     flush_id_value,
     frame_type_error,
     load_payload,
-    lost_error,
-    open_segments_cap_error,
-    segment_cap_error,
     str_frame_error,
-    timestamps_cap_error,
-    total_cap_error,
 )
-from .errors import FRAME_ERROR_REASONS, FrameError
-from .formats import DEFAULT_FORMAT, AudioFormat
-from .segments import (
-    ContextDone,
-    Event,
-    Segment,
-    SegmentReady,
-    Timestamps,
-    Unknown,
-    error_event,
-    parse_timed_text,
-    shift,
-)
+from ._store import REENTRANT, TYPE_CODES, TYPE_NONE, TYPE_UNKNOWN, Store, _Segment
+from .errors import FrameError
+from .segments import Event
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -742,181 +723,35 @@ def _b64_fast(text: str) -> Optional[bytes]:
         return None
 
 
-# --- the segment store -----------------------------------------------------------------
+# --- the twin's side of the segment store (the rules: _store.py) --------------------------
 
 
-class _Segment:
-    __slots__ = ("data", "label", "unlabelled", "format", "start", "words", "phonemes",
-                 "lost_chunks", "lost_bytes", "lost_reason")
-
-    def __init__(self, label: int, unlabelled: bool, format: AudioFormat, start: float) -> None:
+class _PySegment(_Segment):
+    def __init__(self) -> None:
+        super().__init__()
         # a bytearray grows geometrically by itself and allocates nothing up front,
         # which is the twin's way of not paying resident memory for a reservation
         self.data = bytearray()
-        self.label = label
-        self.unlabelled = unlabelled
-        self.format = format
-        self.start = start
-        self.words: list[Any] = []
-        self.phonemes: list[Any] = []
-        self.lost_chunks = 0  # chunks rejected (Sink._lose)
-        self.lost_bytes = 0
-        self.lost_reason: Optional[str] = None
 
 
-class _Context:
-    __slots__ = ("context_id", "format", "open", "next_label", "finished", "finished_order",
-                 "finished_pos", "stored", "frames")
-
-    def __init__(self, context_id: Optional[str], format: AudioFormat) -> None:
-        self.context_id = context_id
-        self.format = format
-        self.open: dict[int, _Segment] = {}
-        self.next_label = 0
-        self.finished: set[int] = set()  # the last max_finished_labels finished labels
-        self.finished_order: list[int] = []  # the same, a ring in finishing order
-        self.finished_pos = 0
-        self.stored = 0
-        self.frames = 0  # accepted frames of this context (Sink.activity)
-
-    @property
-    def current(self) -> Optional[_Segment]:
-        """The most recently opened segment still open."""
-        return next(reversed(self.open.values())) if self.open else None
-
-
-class Sink:
+class Sink(Store):
     """Turns Cartesia TTS websocket frames into finished audio segments.
 
-    Pure-Python twin of ``flushsink._speedups.Sink``; see docs/sink.md.
+    Pure-Python twin of ``flushsink._speedups.Sink``; see docs/sink.md. The rules are its
+    base class's, flushsink._store.Store; this is its intake and its audio storage.
     """
 
-    def __init__(self, format: AudioFormat = DEFAULT_FORMAT, *, prealloc_seconds: float = 10.0,
-                 max_segment_bytes: int = 256 * 2**20, max_total_bytes: int = 1024 * 2**20,
-                 max_ended_contexts: int = 10_000, max_open_segments: int = 100_000,
-                 max_timestamps: int = 1_000_000, max_finished_labels: int = 10_000,
-                 drop_unannounced: bool = False) -> None:
-        check_sink_args(format, prealloc_seconds, max_segment_bytes, max_total_bytes,
-                        max_ended_contexts, max_open_segments, max_timestamps,
-                        max_finished_labels)
-        self._max_open_segments = max_open_segments
-        self._max_timestamps = max_timestamps
-        self._max_finished_labels = max_finished_labels
-        self._open_timestamps = 0
-        self._drop_unannounced = bool(drop_unannounced)
-        self._format = format
-        self._prealloc_seconds = float(prealloc_seconds)
-        self._max_segment_bytes = max_segment_bytes
-        self._max_total_bytes = max_total_bytes
-        self._max_ended_contexts = max_ended_contexts
-        self._contexts: dict[Any, _Context] = {}
-        self._ended: dict[Any, bool] = {}
-        self._formats: dict[Any, AudioFormat] = {}
-        self._open_bytes = 0
-        self._open_segments = 0
-        # the stats counters (attributes, not a dict: feed() bumps three per chunk)
-        self._frames = self._chunks = self._audio_bytes = 0
-        self._dropped = self._rejected = self._segments = 0
-        # one call at a time (docs/sink.md "Threads"); _owner spots a re-entrant call
-        self._lock = threading.Lock()
+    def _start(self) -> None:
         # False sends every frame through the exact scanner (tests and benchmarks only);
         # an instance attribute, as a class one is slower to read once per frame
         self._fast_path = True
         self._envelopes = _Envelopes()  # envelope templates (_fast_frame)
-        self._owner: Optional[int] = None
-
-    @property
-    def format(self) -> AudioFormat:
-        return self._format
-
-    # read-only, as in the compiled core: the caps hold for the sink's whole life
-    @property
-    def prealloc_seconds(self) -> float:
-        return self._prealloc_seconds
-
-    @property
-    def max_segment_bytes(self) -> int:
-        return self._max_segment_bytes
-
-    @property
-    def max_total_bytes(self) -> int:
-        return self._max_total_bytes
-
-    @property
-    def max_ended_contexts(self) -> int:
-        return self._max_ended_contexts
-
-    @property
-    def max_open_segments(self) -> int:
-        return self._max_open_segments
-
-    @property
-    def max_timestamps(self) -> int:
-        return self._max_timestamps
-
-    @property
-    def max_finished_labels(self) -> int:
-        return self._max_finished_labels
-
-    @property
-    def drop_unannounced(self) -> bool:
-        return self._drop_unannounced
-
-    @drop_unannounced.setter
-    def drop_unannounced(self, value: bool) -> None:
-        self._drop_unannounced = bool(value)
-
-    @property
-    def stats(self) -> SinkStats:
-        with self._held():  # one consistent snapshot
-            return SinkStats(self._frames, self._chunks, self._audio_bytes, self._dropped,
-                             self._rejected, self._segments, self._open_segments,
-                             self._open_bytes)
-
-    def _take(self) -> None:
-        """The sink to this call alone: other threads' calls wait; a call from the thread
-        whose call is running (a finalizer, a signal handler) is a RuntimeError.
-        (feed() has this inlined: it runs once per frame.)"""
-        if not self._lock.acquire(False):
-            self._wait()
-        self._owner = _get_ident()
-
-    def _wait(self) -> None:
-        """The sink is taken: by this very thread (re-entrant), or wait for it."""
-        if self._owner == _get_ident():
-            raise RuntimeError("Sink method called while another call of the same thread "
-                               "is running (re-entrant call)")
-        self._lock.acquire()
-
-    def _give(self) -> None:
-        self._owner = None
-        self._lock.release()
-
-    @contextlib.contextmanager
-    def _held(self) -> Iterator[None]:
-        self._take()
-        try:
-            yield
-        finally:
-            self._give()
-
-    def activity(self, context_id: Optional[str]) -> int:
-        """How many frames the sink has accepted for ``context_id`` (chunks, flush_done,
-        timestamps): it grows while frames of the context arrive, and is 0 when the sink
-        holds no state for it (unknown, or ended). The clients' receive timeout uses it."""
-        with self._held():
-            ctx = self._contexts.get(context_id)
-            return ctx.frames if ctx is not None else 0
-
-    def set_format(self, context_id: Optional[str], format: AudioFormat) -> None:
-        """Use ``format`` for the segments ``context_id`` opens from now on."""
-        if not isinstance(format, AudioFormat):
-            raise TypeError(f"format must be an AudioFormat, not {type(format).__name__}")
-        with self._held():
-            self._formats[context_id] = format
-            ctx = self._contexts.get(context_id)
-            if ctx is not None:
-                ctx.format = format
+        # the frame being fed, for the store's hooks: the frame, and a chunk's audio as
+        # the fast intake decoded it, or its data member and that member's text
+        self._buf = b""
+        self._audio: Optional[bytes] = None
+        self._value: Optional[_Value] = None
+        self._text: Any = b""
 
     # ---- intake -------------------------------------------------------------------
 
@@ -933,8 +768,9 @@ class Sink:
             try:
                 buf = frame.encode("utf-8")
             except UnicodeEncodeError:
-                with self._held():
-                    self._rejected += 1
+                self._acquire()
+                self._fed += 1
+                self._release()
                 raise str_frame_error(frame) from None
         elif isinstance(frame, bytes):
             buf = frame
@@ -949,13 +785,16 @@ class Sink:
                 if view.itemsize != 1:
                     raise TypeError("frame buffer must have 1-byte items")
                 buf = view.tobytes()
-        # self._take() and self._give(), inlined: per frame, the two calls were a tenth
-        # of a small chunk's bookkeeping
+        # self._acquire() and self._release(), inlined: per frame, the two calls were a
+        # tenth of a small chunk's bookkeeping
         lock = self._lock
         if not lock.acquire(False):
-            self._wait()
+            if self._owner == _get_ident():
+                raise RuntimeError(REENTRANT)
+            lock.acquire()
         self._owner = _get_ident()
         try:
+            self._fed += 1
             try:
                 fields = _fast_frame(buf, self._envelopes) if self._fast_path else None
             except Exception:  # unforeseen by the fast intake: the exact path judges it
@@ -963,20 +802,23 @@ class Sink:
             if fields is None:
                 fields = _exact_frame(buf)
             ftype, cid, label, data = fields
-            if ftype != "chunk":
-                return self._other(buf, ftype, cid, label)
             ctx = self._contexts.get(cid)
+            if ftype != "chunk":
+                self._buf = buf
+                code = TYPE_NONE if ftype is None else TYPE_CODES.get(ftype, TYPE_UNKNOWN)
+                return self._other(ctx, cid, code, label is not None, label or 0)
             if ctx is not None and type(data) is bytes:
                 # The steady state, a decoded chunk for an open segment that the caps let
-                # grow: what _chunk does for it, in a few steps (an open label is never
-                # in ctx.finished; an unlabelled segment found by its label is adopted,
-                # so it takes the long way).
+                # grow: what Store._chunk does for it, in a few steps (an open label is
+                # never in ctx.finished; an unlabelled segment found by its label is
+                # adopted, so it takes the long way).
                 seg = ctx.open.get(label) if label is not None else ctx.current
                 size = len(data)
                 if (seg is not None and (label is None or not seg.unlabelled)
-                        and len(seg.data) + size <= self._max_segment_bytes
+                        and seg.length + size <= self._max_segment_bytes
                         and self._open_bytes + size <= self._max_total_bytes):
                     seg.data += data
+                    seg.length += size
                     ctx.stored += size
                     ctx.frames += 1
                     self._open_bytes += size
@@ -984,205 +826,70 @@ class Sink:
                     self._chunks += 1
                     self._frames += 1
                     return ()
-            return self._chunk(buf, ctx, cid, label, data)
+            self._buf = buf
+            if type(data) is bytes:
+                self._audio, self._value, self._text = data, None, b""
+            else:
+                self._audio, self._value, self._text = None, data, b""
+                if data is not None and data.kind == "string":
+                    if data.escaped:
+                        self._text = json.loads(buf[data.start - 1:data.end + 1])
+                    else:
+                        self._text = buf[data.start:data.end]
+            return self._chunk(ctx, cid, label is not None, label or 0)
         except _Reject as exc:
-            self._rejected += 1
             raise FrameError(exc.code, exc.offset, exc.detail) from None
-        except BaseException:
-            self._rejected += 1
-            raise
         finally:
-            self._owner = None
+            self._owner = 0
             lock.release()
 
-    # ---- contexts and segments ----------------------------------------------------
+    # ---- the store's hooks ----------------------------------------------------------
 
-    def _new_context(self, cid: Any) -> _Context:
-        return _Context(cid, self._formats.get(cid, self._format))
+    def _data_size(self) -> int:
+        if self._audio is not None:
+            return len(self._audio)
+        return _b64_size(self._text)
 
-    def _resolve(self, ctx: Optional[_Context], label: Optional[int]) -> tuple[Any, bool, bool]:
-        """(segment or None, adopt, new_segment); (None, False, False) means drop."""
-        if ctx is None:
-            return None, False, True
-        if label is not None:
-            if label in ctx.finished:
-                return None, False, False
-            seg = ctx.open.get(label)
-            if seg is not None:
-                # the server's label equals the one we gave an unlabelled segment: now
-                # it is the server's, and no later label may adopt it
-                return seg, seg.unlabelled, False
-            current = ctx.current
-            if current is not None and current.unlabelled:
-                return current, True, False
-            return None, False, True
-        current = ctx.current
-        if current is not None:
-            return current, False, False
-        return None, False, True
+    def _check_data(self) -> bool:
+        return False  # both intakes have checked the whole frame, data included
 
-    def _open_segment(self, ctx: _Context, label: Optional[int]) -> _Segment:
-        fmt = ctx.format
-        seg = _Segment(label if label is not None else ctx.next_label, label is None, fmt,
-                       ctx.stored / fmt.bytes_per_second)
-        return seg
-
-    def _register(self, ctx: _Context, new_context: bool, seg: _Segment, new_segment: bool,
-                  adopt: bool, label: Optional[int]) -> None:
-        if new_context:
-            self._contexts[ctx.context_id] = ctx
-        if adopt:
-            assert label is not None
-            del ctx.open[seg.label]
-            seg.label = label
-            seg.unlabelled = False
-            ctx.open[label] = seg
-        elif new_segment:
-            ctx.open[seg.label] = seg
-            self._open_segments += 1
-        ctx.next_label = max(ctx.next_label, seg.label + 1)
-
-    def _finish(self, ctx: _Context, seg: _Segment, complete: bool, error: Optional[str]) -> Any:
-        data = seg.data
-        if seg.lost_chunks:
-            assert seg.lost_reason is not None
-            complete = False
-            error = lost_error(error, seg.lost_chunks, seg.lost_bytes, seg.lost_reason)
-        if ctx.open.pop(seg.label, None) is not None:
-            self._open_segments -= 1
-            self._open_bytes -= len(data)
-            self._open_timestamps -= len(seg.words) + len(seg.phonemes)
-        self._remember_finished(ctx, seg.label)
-        self._segments += 1
-        width = seg.format.sample_width
-        whole = len(data) // width * width
-        samples = np.frombuffer(data, dtype=seg.format.dtype, count=whole // width)
-        segment = Segment(ctx.context_id, seg.label, seg.format, samples, complete, error,
-                          bytes(data[whole:]), seg.start, shift(tuple(seg.words), seg.start),
-                          shift(tuple(seg.phonemes), seg.start))
-        return SegmentReady(segment)
-
-    def _remember_finished(self, ctx: _Context, label: int) -> None:
-        """Remember that label finished, so that its late frames are dropped: the last
-        max_finished_labels of the context, so that a server finishing flush after flush
-        cannot grow the sink without bound (docs/sink.md)."""
-        cap = self._max_finished_labels
-        if cap == 0 or label in ctx.finished:
-            return
-        ctx.finished.add(label)
-        if len(ctx.finished_order) < cap:
-            ctx.finished_order.append(label)
-            return
-        ctx.finished.discard(ctx.finished_order[ctx.finished_pos])
-        ctx.finished_order[ctx.finished_pos] = label
-        ctx.finished_pos = (ctx.finished_pos + 1) % cap
-
-    def _finish_all(self, ctx: Optional[_Context], complete: bool, error: Optional[str]) -> list[Any]:
-        if ctx is None:
-            return []
-        return [self._finish(ctx, seg, complete, error) for seg in list(ctx.open.values())]
-
-    def _end(self, cid: Any) -> None:
-        self._contexts.pop(cid, None)
-        self._formats.pop(cid, None)
-        self._ended.pop(cid, None)
-        self._ended[cid] = True
-        while len(self._ended) > self._max_ended_contexts:
-            del self._ended[next(iter(self._ended))]
-
-    def _unwelcome(self, cid: Any) -> bool:
-        """A context that may not start: ended, or never announced (drop_unannounced)."""
-        return cid in self._ended or (self._drop_unannounced and cid not in self._formats)
-
-    def _drop(self) -> tuple[Any, ...]:
-        self._frames += 1
-        self._dropped += 1
-        return ()
-
-    # ---- chunk --------------------------------------------------------------------
-
-    def _chunk(self, buf: bytes, ctx: Optional[_Context], cid: Any, label: Optional[int],
-               data: Optional[bytes | _Value]) -> tuple[Any, ...]:
-        """ctx: the context of cid, if the sink holds it; data: the audio the fast intake
-        decoded, or the exact intake's data member."""
-        if ctx is None and self._unwelcome(cid):
-            return self._drop()
-        found, adopt, new_segment = self._resolve(ctx, label)
-        if found is None and not new_segment:
-            return self._drop()
-        new_context = ctx is None
-        if ctx is None:
-            ctx = self._new_context(cid)
-        text: Any = b""
-        if isinstance(data, bytes):
-            decoded: Optional[bytes] = data
-            size = len(data)
-        else:
-            decoded = None
-            if data is not None and data.kind == "string":
-                if data.escaped:
-                    text = json.loads(buf[data.start - 1:data.end + 1])
-                else:
-                    text = buf[data.start:data.end]
-            size = _b64_size(text)
-        if new_segment:
-            seg_label = label if label is not None else ctx.next_label
-            current = 0
-        else:
-            seg_label = label if adopt and label is not None else found.label
-            current = len(found.data)
-        if new_segment and self._open_segments >= self._max_open_segments:
-            raise open_segments_cap_error(ctx.context_id, seg_label, self._max_open_segments)
-        if current + size > self._max_segment_bytes:
-            self._lose(ctx, new_context, found, new_segment, adopt, label, size,
-                       cap_reason("max_segment_bytes", self._max_segment_bytes))
-            raise segment_cap_error(ctx.context_id, seg_label, current + size,
-                                    self._max_segment_bytes)
-        if self._open_bytes + size > self._max_total_bytes:
-            self._lose(ctx, new_context, found, new_segment, adopt, label, size,
-                       cap_reason("max_total_bytes", self._max_total_bytes))
-            raise total_cap_error(ctx.context_id, seg_label, self._open_bytes + size,
-                                  self._max_total_bytes)
+    def _decode(self, seg: Any, size: int) -> Any:
+        decoded = self._audio
         if decoded is None:
-            assert not isinstance(data, bytes)
+            value, text = self._value, self._text
             try:
                 if isinstance(text, str):
-                    assert data is not None  # text is a str only when data had escapes
-                    decoded = self._decode_escaped(buf, data, text)
+                    assert value is not None  # text is a str only when data had escapes
+                    decoded = self._decode_escaped(self._buf, value, text)
                 else:
-                    decoded = _b64_decode(text, data is not None and data.clean)
+                    decoded = _b64_decode(text, value is not None and value.clean)
             except _Reject as exc:
-                self._lose(ctx, new_context, found, new_segment, adopt, label, size,
-                           FRAME_ERROR_REASONS[exc.code])
                 if isinstance(text, str):
-                    raise
-                assert data is not None  # an absent data decodes to b"" without error
-                raise _Reject(exc.code, data.start + exc.offset) from None
-        if new_context or new_segment or adopt:
-            seg = self._open_segment(ctx, label) if new_segment else found
-            self._register(ctx, new_context, seg, new_segment, adopt, label)
-        else:  # an open segment of a known context: registered, next_label is past it
-            seg = found
+                    return FrameError(exc.code, exc.offset)
+                assert value is not None  # an absent data decodes to b"" without error
+                return FrameError(exc.code, value.start + exc.offset)
         seg.data += decoded
-        ctx.stored += size
-        ctx.frames += 1
-        self._open_bytes += size
-        self._audio_bytes += size
-        self._chunks += 1
-        self._frames += 1
-        return ()
+        return None
 
-    def _lose(self, ctx: _Context, new_context: bool, found: Any, new_segment: bool,
-              adopt: bool, label: Optional[int], size: int, reason: str) -> None:
-        """A chunk of this segment is being rejected (a cap, its base64): the segment
-        records the loss, so that it finishes incomplete and says what it lost. A chunk
-        that would have opened the segment opens it, empty (docs/sink.md "Lost chunks")."""
-        seg = self._open_segment(ctx, label) if new_segment else found
-        self._register(ctx, new_context, seg, new_segment, adopt, label)
-        seg.lost_chunks += 1
-        seg.lost_bytes += size
-        if seg.lost_reason is None:
-            seg.lost_reason = reason
+    def _new_blank_segment(self) -> _PySegment:
+        return _PySegment()
+
+    def _hand_over(self, seg: Any) -> Any:
+        data = seg.data
+        width = seg.fmt.width
+        whole = len(data) // width * width
+        self._trailing = bytes(data[whole:])
+        return np.frombuffer(data, dtype=seg.fmt.dtype, count=whole // width)
+
+    def _payload(self) -> Any:
+        return load_payload(self._buf)
+
+    def _field_offset(self, name: str) -> int:
+        # from a scan of a frame known to be valid JSON (the rare case)
+        scanner = _Scanner(self._buf)
+        scanner.scan()
+        value = scanner.fields.get(name)
+        return value.offset if value is not None else scanner.object_offset
 
     @staticmethod
     def _decode_escaped(buf: bytes, data: _Value, text: str) -> bytes:
@@ -1194,105 +901,6 @@ class Sink:
             code, index = _b64_error(codes)
             raise _Reject(code, _char_offsets(buf, data.start, data.end)[index])
         return binascii.a2b_base64(text.encode("ascii"))
-
-    # ---- everything but chunks ----------------------------------------------------
-
-    def _other(self, buf: bytes, ftype: Optional[str], cid: Any,
-               label: Optional[int]) -> tuple[Any, ...]:
-        known = ftype in FRAME_TYPES
-        message: Any = None
-        items: Any = None
-        if ftype in ("error", "timestamps", "phoneme_timestamps") or not known:
-            message = load_payload(buf)
-        if ftype in ("timestamps", "phoneme_timestamps"):
-            kind = "words" if ftype == "timestamps" else "phonemes"
-            key = "word_timestamps" if kind == "words" else "phoneme_timestamps"
-            try:
-                items = parse_timed_text(message, kind)
-            except ValueError:
-                # the offset, from a scan of a frame known to be valid JSON (the rare case)
-                scanner = _Scanner(buf)
-                scanner.scan()
-                value = scanner.fields.get(key)
-                where = value.offset if value is not None else scanner.object_offset
-                raise _Reject("field_type", where, key) from None
-        if ftype == "error" and cid is None:
-            self._frames += 1
-            return (error_event(None, False, message),)
-        ctx = self._contexts.get(cid)
-        if ctx is None and self._unwelcome(cid):
-            return self._drop()
-        if not known:
-            self._frames += 1
-            return (Unknown(cid, message.get("type"), message),)
-        if ftype in ("done", "error"):
-            event: Any = error_event(cid, True, message) if ftype == "error" else ContextDone(cid)
-            events = self._finish_all(ctx, ftype == "done",
-                                      None if ftype == "done" else event.message)
-            events.append(event)
-            self._end(cid)
-            self._frames += 1
-            return tuple(events)
-        new_context = ctx is None
-        if ctx is None:
-            ctx = self._new_context(cid)
-        if ftype == "flush_done":
-            if label is not None and label in ctx.finished:
-                return self._drop()
-            if label is not None:
-                found = ctx.open.get(label)
-                current = ctx.current
-                if found is None and current is not None and current.unlabelled:
-                    self._register(ctx, new_context, current, False, True, label)
-                    found = current
-            else:
-                found = ctx.current
-            if found is None:
-                found = self._open_segment(ctx, label)
-                found.unlabelled = False
-                self._register(ctx, new_context, found, True, False, label)
-            self._frames += 1
-            ctx.frames += 1
-            return (self._finish(ctx, found, True, None),)
-        # timestamps / phoneme_timestamps
-        found, adopt, new_segment = self._resolve(None if new_context else ctx, label)
-        if found is None and not new_segment:
-            return self._drop()
-        if new_segment and self._open_segments >= self._max_open_segments:
-            raise open_segments_cap_error(cid, label if label is not None else ctx.next_label,
-                                          self._max_open_segments)
-        if self._open_timestamps + len(items) > self._max_timestamps:
-            raise timestamps_cap_error(
-                cid, label if label is not None else ctx.next_label if new_segment
-                else found.label, self._open_timestamps + len(items), self._max_timestamps)
-        seg = self._open_segment(ctx, label) if new_segment else found
-        self._register(ctx, new_context, seg, new_segment, adopt, label)
-        (seg.words if ftype == "timestamps" else seg.phonemes).extend(items)
-        self._open_timestamps += len(items)
-        self._frames += 1
-        ctx.frames += 1
-        return (Timestamps(cid, seg.label, "words" if ftype == "timestamps" else "phonemes",
-                           items, seg.start),)
-
-    # ---- ending -------------------------------------------------------------------
-
-    def cancel(self, context_id: Optional[str]) -> tuple[SegmentReady, ...]:
-        """Finish the context's open segments as incomplete ("cancelled") and drop its
-        later frames. Returns the SegmentReady events."""
-        with self._held():
-            events = self._finish_all(self._contexts.get(context_id), False, "cancelled")
-            self._end(context_id)
-            return tuple(events)
-
-    def close(self, reason: str = "closed") -> tuple[SegmentReady, ...]:
-        """Finish every open segment as incomplete with ``error=reason`` (for example
-        when the connection dropped) and end those contexts. The sink stays usable."""
-        with self._held():
-            events: list[Any] = []
-            for cid in list(self._contexts):
-                events.extend(self._finish_all(self._contexts[cid], False, reason))
-                self._end(cid)
-            return tuple(events)
 
 
 def _char_offsets(buf: bytes, start: int, end: int) -> list[int]:
