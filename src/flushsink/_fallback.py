@@ -811,7 +811,7 @@ class Sink(Store):
                 # The steady state, a decoded chunk for an open segment that the caps let
                 # grow: what Store._chunk does for it, in a few steps (an open label is
                 # never in ctx.finished; an unlabelled segment found by its label is
-                # adopted, so it takes the long way).
+                # adopted, so it takes the long way), Store._stored's commit inlined.
                 seg = ctx.open.get(label) if label is not None else ctx.current
                 size = len(data)
                 if (seg is not None and (label is None or not seg.unlabelled)
