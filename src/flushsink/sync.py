@@ -18,7 +18,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from .client import HANDSHAKE_FAILURES, ClientBase, DirectMessages, _drop, handshake_error
+from ._connection import HANDSHAKE_FAILURES, DirectMessages, drop_message, handshake_error
+from ._shell import ClientBase
 from .errors import ReceiveTimeout, SendTimeout
 from .segments import Segment, SegmentReady
 from .session import ConnectionLost, ContextState, _End, _Failed, log
@@ -224,7 +225,7 @@ class Client(ClientBase):
                 self._session.receive(message)
         except Exception as exc:  # a bug (or a writer's own error) must not go unseen
             log.exception("flushsink: the reader failed")
-            connection.on_message = _drop  # the rest of what this connection brings
+            connection.on_message = drop_message  # the rest of what this connection brings
             with self._state_lock:
                 self._session.connection_lost(f"reader failed: {exc!r}")
             # close() waits for this very thread to end: another one must call it
