@@ -1,5 +1,8 @@
-"""What the asyncio and sync clients share on the state side of the shell: the options,
-the :class:`~flushsink.session.Session`, the contexts, and which client holds each Sink.
+"""The part of the I/O shell both clients share: what they do with the events the sans-I/O
+:class:`~flushsink.session.Session` returns. Each segment is written here (the one place
+the clients write segments) and each event is queued for its context; the options, the
+contexts and which client holds each Sink live here too. The sockets, threads and event
+loops are the asyncio and sync shells' own.
 
 :mod:`flushsink.client` (asyncio) and :mod:`flushsink.sync` import this module and never
 each other.
@@ -7,18 +10,20 @@ each other.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
 from ._accel import Sink
 from ._connection import check_url, resolve_key
-from .errors import ConfigError, ConnectionLost, FlushsinkError, SendTimeout
+from .errors import ConfigError, ConnectionLost, FlushsinkError, SendTimeout, WriteError
 from .formats import DEFAULT_FORMAT
-from .session import DEFAULT_VERSION, ContextState, Session, _End, auth_headers, normalize_url
+from .segments import SegmentReady
+from .session import DEFAULT_VERSION, Session, StreamEnd, auth_headers, log, normalize_url
 
 __all__ = ["ClientBase"]
 
@@ -32,7 +37,9 @@ _sink_users_lock = threading.Lock()
 
 
 class ClientBase:
-    """Options, the Session and the contexts: what the asyncio and sync clients share.
+    """Options, the Session, the contexts and the write step: what the asyncio and sync
+    clients share. A shell feeds each message to the Session and hands what it returns
+    to :meth:`_deliver`; when the connection ends, it calls :meth:`_lost`.
 
     Options (all keyword-only): ``version``, ``writer``, ``sink``, ``receive_timeout``
     (longest silence of a context), ``open_timeout`` (handshake), ``send_timeout``
@@ -42,6 +49,8 @@ class ClientBase:
     """
 
     _context_class: Any = None
+    # what a shell whose Session is touched by more than one thread locks around it
+    _state_lock: Any = contextlib.nullcontext()
 
     def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None, *,
                  version: str = DEFAULT_VERSION, writer: Any = None, sink: Optional[Sink] = None,
@@ -65,7 +74,11 @@ class ClientBase:
         self.headers = {**auth_headers(self.api_key, version), **(additional_headers or {})}
         sink = sink if sink is not None else Sink(DEFAULT_FORMAT)
         self._claim(sink)
-        self._session = Session(sink, self._deliver, writer)
+        # only the contexts this client opens may store audio: a server sending frames
+        # for others cannot fill the caps or make files with them
+        sink.drop_unannounced = True
+        self._session = Session(sink)
+        self._writer = writer
         self._contexts: dict[str, Any] = {}
         self.close_code: Optional[int] = None
         self.close_reason: Optional[str] = None
@@ -116,12 +129,56 @@ class ClientBase:
         self._contexts[state.context_id] = ctx
         return ctx
 
-    def _deliver(self, state: ContextState, event: Any) -> None:
-        ctx = self._contexts.get(state.context_id)
+    def _receive(self, message: Any) -> None:
+        """Feed one message to the Session and deliver what it returns. (The shells'
+        _on_message does the same inline: it runs for every audio frame.)"""
+        events = self._session.receive(message)
+        if events:
+            self._deliver(events)
+
+    def _deliver(self, events: Iterable[Any]) -> None:
+        """Hand each of the Session's events to its context's queue, writing each
+        segment first: the one place where the clients write segments. A WriteError
+        fails that segment only (Session.write_failed says what follows it); anything
+        else the writer raises is a bug, and propagates to the shell, which ends the
+        connection (:meth:`_reader_failed`)."""
+        writer = self._writer
+        for event in events:
+            if writer is not None and isinstance(event, SegmentReady):
+                try:
+                    writer(event)
+                except WriteError as exc:
+                    self._put(event)
+                    for after in self._session.write_failed(event, exc):
+                        self._put(after)
+                    continue
+            self._put(event)
+
+    def _put(self, event: Any) -> None:
+        context_id = event.context_id
+        ctx = self._contexts.get(context_id)
         if ctx is not None:
             ctx._queue.put_nowait(event)
-            if isinstance(event, _End):
-                del self._contexts[state.context_id]
+            if isinstance(event, StreamEnd):
+                del self._contexts[context_id]
+
+    def _lost(self, reason: str) -> None:
+        """The connection ended: deliver what the Session finishes and fails."""
+        self._deliver(self._session.connection_lost(reason))
+        # A context the Session ended whose StreamEnd never reached it (the writer
+        # failed on an event before it, see _reader_failed) would wait for nothing:
+        # it ends as lost, as it would have if its last frames had never come.
+        for ctx in list(self._contexts.values()):
+            if ctx._state.closed:
+                self._put(StreamEnd(ctx.context_id, ConnectionLost(f"connection lost: {reason}")))
+
+    def _reader_failed(self, exc: Exception) -> None:
+        """Handling a message raised what no frame should (a bug, or a writer's own
+        error): every context ends with ConnectionLost naming it. The shell then
+        stops feeding that connection's messages and closes it."""
+        log.exception("flushsink: the reader failed")
+        with self._state_lock:
+            self._lost(f"reader failed: {exc!r}")
 
     def _closed(self, exc: ConnectionClosed, ws: Any) -> str:
         # the close frame of the side that closed first (the server's, or ours: e.g.

@@ -1,8 +1,9 @@
 """asyncio client for the Cartesia TTS websocket, on ``websockets.asyncio.client``.
 
-One connection carries many contexts; a single reader task receives every frame as
-bytes and feeds it to the Sink (through :class:`~flushsink.session.Session`), which
-routes each event to its own context. Nothing protocol-specific lives here.
+One connection carries many contexts; each frame, parsed here as it is read, goes to the
+sans-I/O :class:`~flushsink.session.Session`, and the events it returns go through the
+shell both clients share (:class:`~flushsink._shell.ClientBase`: segments written, each
+event queued for its context). Nothing protocol-specific lives here.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ._connection import HANDSHAKE_FAILURES, DirectMessages, drop_message, hands
 from ._shell import ClientBase
 from .errors import ConfigError, ReceiveTimeout, SendTimeout
 from .segments import Segment, SegmentReady
-from .session import ConnectionLost, ContextState, _End, _Failed, log
+from .session import ConnectionLost, ContextState, StreamEnd, StreamError, log
 
 __all__ = ["connect", "Client", "ClientBase", "Context", "ReceiveTimeout"]
 
@@ -451,7 +452,8 @@ class Context:
     async def cancel(self) -> None:
         """Stop the context: queued input is dropped by the server, late audio by us;
         segments still open are finished as incomplete."""
-        message = self._client._session.cancel(self._state)
+        events, message = self._client._session.cancel(self._state)
+        self._client._deliver(events)
         if message is not None and self._client._connected():
             try:
                 await self._client._send(message)
@@ -470,11 +472,11 @@ class Context:
                 event = queue._items.popleft()
             else:
                 event = await self._wait(queue, wait)
-            if isinstance(event, _End):
+            if isinstance(event, StreamEnd):
                 if event.failure is not None:
                     raise event.failure
                 return
-            if isinstance(event, _Failed):
+            if isinstance(event, StreamError):
                 raise event.error  # e.g. a WriteError: iterate again to go on
             yield event
             del event  # do not pin the last event (and its audio) while waiting for the next
@@ -584,11 +586,12 @@ class Client(ClientBase):
     def _on_message(self, connection: "_Connection", message: Any) -> None:
         """A message, straight from the protocol (inside the transport's data_received)."""
         try:
-            self._session.receive(message)
+            events = self._session.receive(message)
+            if events:  # (an audio frame has none: this is all it costs here)
+                self._deliver(events)
         except Exception as exc:  # a bug (or a writer's own error) must not go unseen
-            log.exception("flushsink: the reader failed")
             connection.on_message = drop_message  # the rest of what this connection brings
-            self._session.connection_lost(f"reader failed: {exc!r}")
+            self._reader_failed(exc)
             closing = asyncio.ensure_future(
                 connection.close(CloseCode.INTERNAL_ERROR, "client failed"))
             self._closing.add(closing)  # a strong reference until it is done
@@ -612,18 +615,16 @@ class Client(ClientBase):
     async def _read(self, ws: ClientConnection) -> None:
         # Messages go to _on_message as they are parsed; this task waits for the end of
         # the connection (and feeds whatever recv() still gets, see DirectMessages).
-        receive = self._session.receive
         try:
             while True:
-                receive(await ws.recv(decode=False))
+                self._receive(await ws.recv(decode=False))
         except ConnectionClosed as exc:
-            self._session.connection_lost(self._closed(exc, ws))
+            self._lost(self._closed(exc, ws))
         except asyncio.CancelledError:
-            self._session.connection_lost("the client stopped reading")
+            self._lost("the client stopped reading")
             raise
         except Exception as exc:  # a bug must not leave the contexts waiting forever
-            log.exception("flushsink: the reader failed")
-            self._session.connection_lost(f"reader failed: {exc!r}")
+            self._reader_failed(exc)
             await ws.close()
 
     async def close(self) -> None:

@@ -22,7 +22,7 @@ from ._connection import HANDSHAKE_FAILURES, DirectMessages, drop_message, hands
 from ._shell import ClientBase
 from .errors import ReceiveTimeout, SendTimeout
 from .segments import Segment, SegmentReady
-from .session import ConnectionLost, ContextState, _End, _Failed, log
+from .session import ConnectionLost, ContextState, StreamEnd, StreamError
 
 __all__ = ["connect", "Client", "Context", "ReceiveTimeout"]
 
@@ -98,7 +98,9 @@ class Context:
     def cancel(self) -> None:
         """Stop the context: queued input is dropped by the server, late audio by us;
         segments still open are finished as incomplete."""
-        message = self._client._session_call(self._client._session.cancel, self._state)
+        with self._client._state_lock:
+            events, message = self._client._session.cancel(self._state)
+            self._client._deliver(events)
         if message is not None and self._client._connected():
             try:
                 self._client._send(message)
@@ -126,11 +128,11 @@ class Context:
                         raise ReceiveTimeout(
                             f"no frame for context {self.context_id!r} in {wait} s") from None
                     seen = now
-            if isinstance(event, _End):
+            if isinstance(event, StreamEnd):
                 if event.failure is not None:
                     raise event.failure
                 return
-            if isinstance(event, _Failed):
+            if isinstance(event, StreamError):
                 raise event.error  # e.g. a WriteError: iterate again to go on
             yield event
             del event  # do not pin the last event (and its audio) while waiting for the next
@@ -222,12 +224,12 @@ class Client(ClientBase):
         the writer runs there too: a slow one delays the reading of the socket)."""
         try:
             with self._state_lock:
-                self._session.receive(message)
+                events = self._session.receive(message)
+                if events:  # (an audio frame has none: this is all it costs here)
+                    self._deliver(events)
         except Exception as exc:  # a bug (or a writer's own error) must not go unseen
-            log.exception("flushsink: the reader failed")
             connection.on_message = drop_message  # the rest of what this connection brings
-            with self._state_lock:
-                self._session.connection_lost(f"reader failed: {exc!r}")
+            self._reader_failed(exc)
             # close() waits for this very thread to end: another one must call it
             threading.Thread(target=connection.close, args=(1011, "client failed"),
                              daemon=True).start()
@@ -235,19 +237,16 @@ class Client(ClientBase):
     def _read(self, ws: ClientConnection) -> None:
         # Messages go to _on_message in websockets' own thread; this one waits for the
         # end of the connection (and feeds whatever recv() still gets, see DirectMessages).
-        session = self._session
         try:
             while True:
                 frame = ws.recv(decode=False)
                 with self._state_lock:
-                    session.receive(frame)
+                    self._receive(frame)
         except ConnectionClosed as exc:
             with self._state_lock:
-                session.connection_lost(self._closed(exc, ws))
+                self._lost(self._closed(exc, ws))
         except Exception as exc:  # a bug must not leave the contexts waiting forever
-            log.exception("flushsink: the reader failed")
-            with self._state_lock:
-                session.connection_lost(f"reader failed: {exc!r}")
+            self._reader_failed(exc)
             ws.close()
 
     def close(self) -> None:
