@@ -13,19 +13,35 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
 
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
 from ._accel import Sink
 from ._connection import check_url, resolve_key
-from .errors import ConfigError, ConnectionLost, FlushsinkError, SendTimeout, WriteError
+from .errors import (
+    ConfigError,
+    ConnectionLost,
+    FlushsinkError,
+    ReceiveTimeout,
+    SendTimeout,
+    WriteError,
+)
 from .formats import DEFAULT_FORMAT
 from .segments import SegmentReady
-from .session import DEFAULT_VERSION, Session, StreamEnd, auth_headers, log, normalize_url
+from .session import (
+    DEFAULT_VERSION,
+    ContextState,
+    Session,
+    StreamEnd,
+    StreamError,
+    auth_headers,
+    log,
+    normalize_url,
+)
 
-__all__ = ["ClientBase"]
+__all__ = ["ClientBase", "ContextBase"]
 
 
 # Which client uses each Sink: Session.connection_lost closes the sink, which ends every
@@ -36,7 +52,74 @@ _sink_users: "weakref.WeakKeyDictionary[Any, weakref.ReferenceType[Any]]" = (
 _sink_users_lock = threading.Lock()
 
 
-class ClientBase:
+class ContextBase:
+    """One generation context, whichever client it belongs to: its state, the messages
+    it sends, and how its event stream ends. The asyncio and sync ``Context`` add only
+    the waiting (``await`` or blocking) around these."""
+
+    _queue_class: Callable[[], Any]  # the shell's queue of the context's events
+
+    def __init__(self, client: "ClientBase[Any]", state: ContextState) -> None:
+        self._client = client
+        self._state = state
+        self._queue = self._queue_class()
+
+    @property
+    def context_id(self) -> str:
+        return self._state.context_id
+
+    def _request(self, transcript: str, *, continue_: bool = True, flush: bool = False,
+                 **extra: Any) -> str:
+        """The message of one request of this context, for the shell to send."""
+        client = self._client
+        with client._state_lock:
+            return client._session.request(self._state, transcript, continue_=continue_,
+                                           flush=flush, **extra)
+
+    def _cancel(self) -> Optional[str]:
+        """End the context here and deliver what that finishes; return the cancel
+        message to send, if the server knows the context and is connected."""
+        client = self._client
+        with client._state_lock:
+            events, message = client._session.cancel(self._state)
+            client._deliver(events)
+        return message if message is not None and client._connected() else None
+
+    # Chunks bring no events, so a segment that streams for longer than receive_timeout
+    # would time out while its audio arrives: when a wait for an event runs out, the
+    # Sink's count of the context's frames (kept anyway) says whether any came meanwhile,
+    # and if so the wait starts again. No timer or clock per frame.
+
+    def _activity(self) -> int:
+        """The Sink's count of this context's frames, to compare after a wait."""
+        return self._client._session.sink.activity(self.context_id)
+
+    def _waited(self, seen: int, wait: Optional[float]) -> int:
+        """A wait of ``wait`` seconds brought no event: ReceiveTimeout if no frame of
+        the context came either since the count was ``seen``; else the count now."""
+        now = self._activity()
+        if now == seen:
+            raise ReceiveTimeout(
+                f"no frame for context {self.context_id!r} in {wait} s") from None
+        return now
+
+    @staticmethod
+    def _goes_on(event: Any) -> bool:
+        """Whether the stream yields ``event``: False at its end (StreamEnd), and raises
+        what the stream raises (its failure, or a StreamError's error)."""
+        if isinstance(event, StreamEnd):
+            if event.failure is not None:
+                raise event.failure
+            return False
+        if isinstance(event, StreamError):
+            raise event.error  # e.g. a WriteError: iterate again to go on
+        return True
+
+
+C = TypeVar("C", bound=ContextBase)
+
+
+class ClientBase(Generic[C]):
     """Options, the Session, the contexts and the write step: what the asyncio and sync
     clients share. A shell feeds each message to the Session and hands what it returns
     to :meth:`_deliver`; when the connection ends, it calls :meth:`_lost`.
@@ -48,7 +131,7 @@ class ClientBase:
     A ``sink`` may serve one open client at a time (ConfigError otherwise).
     """
 
-    _context_class: Any = None
+    _context_class: "type[C]"
     # what a shell whose Session is touched by more than one thread locks around it
     _state_lock: Any = contextlib.nullcontext()
 
@@ -79,7 +162,7 @@ class ClientBase:
         sink.drop_unannounced = True
         self._session = Session(sink)
         self._writer = writer
-        self._contexts: dict[str, Any] = {}
+        self._contexts: dict[str, C] = {}
         self.close_code: Optional[int] = None
         self.close_reason: Optional[str] = None
         self.connections = 0
@@ -120,14 +203,21 @@ class ClientBase:
     def session(self) -> Session:
         return self._session
 
-    def _new_context(self, model_id: str, voice: Any, output_format: Optional[dict[str, Any]],
-                     context_id: Optional[str], defaults: dict[str, Any]) -> Any:
-        state = self._session.new_context(model_id=model_id, voice=voice,
-                                          output_format=output_format, context_id=context_id,
-                                          **defaults)
-        ctx = self._context_class(self, state)
-        self._contexts[state.context_id] = ctx
-        return ctx
+    def context(self, *, model_id: str = "sonic-latest", voice: Any,
+                output_format: Optional[dict[str, Any]] = None, context_id: Optional[str] = None,
+                **defaults: Any) -> C:
+        """A new context; ``defaults`` (language, add_timestamps, max_buffer_delay_ms,
+        generation_config, ...) are sent with each of its requests."""
+        with self._state_lock:
+            state = self._session.new_context(model_id=model_id, voice=voice,
+                                              output_format=output_format,
+                                              context_id=context_id, **defaults)
+            ctx = self._context_class(self, state)
+            self._contexts[state.context_id] = ctx
+            return ctx
+
+    def _connected(self) -> bool:
+        raise NotImplementedError
 
     def _receive(self, message: Any) -> None:
         """Feed one message to the Session and deliver what it returns. (The shells'

@@ -28,10 +28,10 @@ except ImportError:  # pragma: no cover - older websockets have no such limit
     MAX_FRAGMENTS = sys.maxsize
 
 from ._connection import HANDSHAKE_FAILURES, DirectMessages, drop_message, handshake_error
-from ._shell import ClientBase
+from ._shell import ClientBase, ContextBase
 from .errors import ConfigError, ReceiveTimeout, SendTimeout
 from .segments import Segment, SegmentReady
-from .session import ConnectionLost, ContextState, StreamEnd, StreamError, log
+from .session import ConnectionLost, log
 
 __all__ = ["connect", "Client", "ClientBase", "Context", "ReceiveTimeout"]
 
@@ -423,22 +423,16 @@ def _expire(waiter: "asyncio.Future[None]") -> None:
         waiter.set_result(None)
 
 
-class Context:
+class Context(ContextBase):
     """One generation context: push text, flush, finish, and read its segments."""
 
-    def __init__(self, client: "Client", state: ContextState) -> None:
-        self._client = client
-        self._state = state
-        self._queue = _Inbox()
-
-    @property
-    def context_id(self) -> str:
-        return self._state.context_id
+    _client: "Client"
+    _queue: _Inbox
+    _queue_class = _Inbox
 
     async def push(self, transcript: str, *, flush: bool = False, **extra: Any) -> None:
         """Send text (``continue: true``); with ``flush=True`` it ends a segment."""
-        await self._client._send(self._client._session.request(
-            self._state, transcript, continue_=True, flush=flush, **extra))
+        await self._client._send(self._request(transcript, flush=flush, **extra))
 
     async def flush(self) -> None:
         """Close the current segment: the server answers with ``flush_done``."""
@@ -446,15 +440,13 @@ class Context:
 
     async def no_more_inputs(self) -> None:
         """Tell the server the context's text is complete; ``done`` follows its audio."""
-        await self._client._send(self._client._session.request(
-            self._state, "", continue_=False))
+        await self._client._send(self._request("", continue_=False))
 
     async def cancel(self) -> None:
         """Stop the context: queued input is dropped by the server, late audio by us;
         segments still open are finished as incomplete."""
-        events, message = self._client._session.cancel(self._state)
-        self._client._deliver(events)
-        if message is not None and self._client._connected():
+        message = self._cancel()
+        if message is not None:
             try:
                 await self._client._send(message)
             except (ConnectionClosed, ConnectionLost, SendTimeout):
@@ -472,31 +464,18 @@ class Context:
                 event = queue._items.popleft()
             else:
                 event = await self._wait(queue, wait)
-            if isinstance(event, StreamEnd):
-                if event.failure is not None:
-                    raise event.failure
+            if not self._goes_on(event):
                 return
-            if isinstance(event, StreamError):
-                raise event.error  # e.g. a WriteError: iterate again to go on
             yield event
             del event  # do not pin the last event (and its audio) while waiting for the next
 
     async def _wait(self, queue: _Inbox, wait: Optional[float]) -> Any:
-        # Chunks bring no events, so a segment that streams for longer than the timeout
-        # would time out while its audio arrives: when the wait runs out, the Sink says
-        # whether frames of the context came meanwhile (a count it keeps anyway), and if
-        # so the wait starts again. No timer or clock per frame.
-        activity = self._client._session.sink.activity
-        seen = activity(self.context_id)
+        seen = self._activity()
         while True:
             try:
                 return await queue.get(wait)
             except asyncio.TimeoutError:
-                now = activity(self.context_id)
-                if now == seen:
-                    raise ReceiveTimeout(
-                        f"no frame for context {self.context_id!r} in {wait} s") from None
-                seen = now
+                seen = self._waited(seen, wait)  # (ReceiveTimeout if the context is silent)
 
     async def segments(self, timeout: Optional[float] = None) -> AsyncIterator[Segment]:
         """The finished segments of this context, in order, until it ends."""
@@ -512,9 +491,7 @@ class Context:
         return [segment async for segment in self.segments(timeout)]
 
 
-
-
-class Client(ClientBase):
+class Client(ClientBase[Context]):
     """A connection (re-opened on demand) and its contexts. Use :func:`connect`.
 
     Besides ClientBase's options, ``coalesce_reads`` (seconds, default 0.005): while
@@ -543,14 +520,6 @@ class Client(ClientBase):
         self._reader: Optional[asyncio.Task[None]] = None
         self._closing: set[asyncio.Future[None]] = set()
         self._lock = asyncio.Lock()
-
-    def context(self, *, model_id: str = "sonic-latest", voice: Any,
-                output_format: Optional[dict[str, Any]] = None, context_id: Optional[str] = None,
-                **defaults: Any) -> Context:
-        """A new context; ``defaults`` (language, add_timestamps, max_buffer_delay_ms,
-        generation_config, ...) are sent with each of its requests."""
-        context: Context = self._new_context(model_id, voice, output_format, context_id, defaults)
-        return context
 
     # ---- connection ---------------------------------------------------------------
 
