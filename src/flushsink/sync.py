@@ -137,11 +137,12 @@ class Client(ClientBase[Context]):
     """A connection (re-opened on demand) and its contexts. Use :func:`connect`."""
 
     _context_class = Context
+    # the Session is touched by the caller's thread and the reader thread (staticmethod:
+    # threading.RLock is a function, which the class would bind)
+    _state_lock_class = staticmethod(threading.RLock)
 
     def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__(*args, **options)
-        # the Session is touched by the caller's thread and the reader thread
-        self._state_lock = threading.RLock()
         self._connect_lock = threading.Lock()
         self._ws: Optional[ClientConnection] = None
         self._reader: Optional[threading.Thread] = None
