@@ -30,6 +30,7 @@ from flushsink import _fallback, sync
 from flushsink.errors import CapacityError, ConnectionLost, FrameError
 from flushsink.formats import AudioFormat
 from flushsink.segments import ContextDone, SegmentReady
+from flushsink._shell import ClientBase
 from flushsink.session import Session
 
 try:
@@ -250,7 +251,7 @@ def interleaved_script(bad_frames: list[bytes]) -> tuple[list[bytes], dict[str, 
 
 def test_session_survives_every_hostile_frame(core):
     delivered = {"a": [], "b": []}
-    session = Session(core.Sink(S16), lambda state, ev: delivered[state.context_id].append(ev))
+    session = Session(core.Sink(S16, drop_unannounced=True))  # as the clients' Sinks
     for cid in ("a", "b"):
         session.request(session.new_context(model_id="m", voice="v", context_id=cid), "x")
     rejected = 0
@@ -263,7 +264,8 @@ def test_session_survives_every_hostile_frame(core):
         rejected += 1
     frames, audio = interleaved_script([f for _, f, _ in HOSTILE])
     for frame in frames:
-        session.receive(frame)
+        for event in session.receive(frame):
+            delivered[event.context_id].append(event)
     assert session.rejected_frames == rejected
     assert session.sink.stats.rejected_frames == rejected
     # every bad base64 frame was a chunk of a/1: it keeps its good audio and says what it
@@ -486,12 +488,13 @@ def test_a_segment_that_lost_a_chunk_is_written_as_partial(core, tmp_path):
     the audio around it, finishes incomplete (flush_done notwithstanding) and says what
     it lost; the FileWriter writes it as .partial, never under the complete name."""
     writer = flushsink.FileWriter(tmp_path)
-    session = Session(core.Sink(S16), lambda state, ev: None, writer)
+    shell = ClientBase("ws://127.0.0.1:9", sink=core.Sink(S16), writer=writer)  # no connection
+    session = shell.session
     session.request(session.new_context(model_id="m", voice="v", context_id="a"), "x")
     good1, good2 = audio_of("a", 0), audio_of("a", 1)
     bad, _ = data_frame("QUJD" * 8 + "!!!!")
     for frame in [chunk("a", 1, good1), bad, chunk("a", 1, good2), flush_done("a", 1)]:
-        session.receive(frame)
+        shell._receive(frame)
     assert session.rejected_frames == 1
     assert sorted(os.listdir(tmp_path / "a")) == ["1.partial.wav"]
     data, rate = soundfile.read(tmp_path / "a" / "1.partial.wav", dtype="int16")
@@ -682,7 +685,7 @@ def test_push_to_a_server_that_stopped_reading_raises_send_timeout(client):
 def test_a_flood_of_context_less_errors_keeps_the_latest_100_and_a_count(core):
     """Error frames without a context end nothing and were all kept (200,000: 226 MB):
     now the latest 100 and the count."""
-    session = Session(core.Sink(S16), lambda state, ev: None)
+    session = Session(core.Sink(S16))
     for k in range(5000):
         session.receive(json.dumps({"type": "error", "error": f"error {k}"}).encode())
     assert session.server_error_count == 5000
@@ -696,12 +699,13 @@ def test_failed_writes_keep_the_latest_100_and_a_count(core, tmp_path):
     def refuse(event):
         raise flushsink.WriteError("disk full", segment=event.segment)
 
-    session = Session(core.Sink(S16), lambda state, ev: None, writer=refuse)
+    shell = ClientBase("ws://127.0.0.1:9", sink=core.Sink(S16), writer=refuse)  # no connection
+    session = shell.session
     state = session.new_context(model_id="m", voice="v", context_id="a")
     session.request(state, "x")
     for fid in range(300):
-        session.receive(chunk("a", fid, b"\x01\x00"))
-        session.receive(flush_done("a", fid))
+        shell._receive(chunk("a", fid, b"\x01\x00"))
+        shell._receive(flush_done("a", fid))
     assert session.write_error_count == 300
     assert len(session.write_errors) == 100
     assert session.write_errors[-1].segment.flush_id == 299
@@ -843,6 +847,6 @@ def test_an_integer_longer_than_int_takes_is_no_crash(core):
         sink.feed(('{"type":"timestamps","context_id":"a","word_timestamps":'
                    '{"words":["a"],"start":[%s],"end":[1]}}' % huge).encode())
     assert info.value.code == "field_type"
-    session = Session(core.Sink(S16), lambda state, ev: None)
+    session = Session(core.Sink(S16))
     session.receive(('{"type":"error","error":"x","code":%s}' % huge).encode())
     assert session.server_error_count == 1
