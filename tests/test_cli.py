@@ -112,7 +112,9 @@ def test_say_against_a_served_emulator(tmp_path):
         wrong = flushsink("say", "Served.", "--url", url, "--api-key", "nope", cwd=tmp_path)
         assert wrong.returncode != 0 and "401" in wrong.stderr + wrong.stdout
     finally:
-        server.send_signal(signal.SIGINT)
+        # SIGTERM, not SIGINT: under a shell's background job (make test &) children
+        # start with SIGINT ignored, as a shell means them to, and serve would not stop
+        server.send_signal(signal.SIGTERM)
         server.wait(timeout=10)
         server.stdout.close()
 
