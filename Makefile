@@ -19,7 +19,7 @@ DIST ?= dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=64" wheel "Cython>=3.0"
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
 
 # The extension must build here: FLUSHSINK_BUILD_EXT=required turns a failed compile into
 # a failed install instead of a silent fallback to the pure twin.
@@ -62,7 +62,7 @@ test-sdk: $(SDK_VENV)/.installed
 
 $(SDK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py)
 	test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
-	$(SDK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=64" wheel "Cython>=3.0"
+	$(SDK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
 	FLUSHSINK_BUILD_EXT=required $(SDK_VENV)/bin/python -m pip install -q --no-build-isolation ".[test,sdk]"
 	touch $@
 
@@ -149,7 +149,7 @@ FUZZ_ENV = ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:quarantine_size_
 
 $(FUZZ_VENV)/.installed:
 	test -x $(FUZZ_VENV)/bin/python || $(PYTHON) -m venv $(FUZZ_VENV)
-	$(FUZZ_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=64" wheel "Cython>=3.0" atheris numpy websockets
+	$(FUZZ_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0" atheris numpy websockets
 	touch $@
 
 # DIST_EXTRA_CONFIG gives the sanitized build a build directory of its own: setuptools skips
