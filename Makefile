@@ -71,11 +71,15 @@ $(SDK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src
 # mypy --strict on the package and the examples (settings in pyproject.toml). Nothing is
 # compiled: src/flushsink/_speedups.pyi stands in for the extension. The versions are
 # pinned because new numpy stubs or mypy rules change the verdict; bump them together.
+# mypy checks as Python 3.10 whatever runs it, but those pins need Python >= 3.11 to
+# install, so it runs on a 3.11 or later even when PYTHON is a 3.10.
+TYPE_PYTHON ?= $(or $(PY311),$(PY312),$(PY313),$(PYTHON))
+
 typecheck: $(TYPE_VENV)/.installed
 	$(TYPE_VENV)/bin/python -m mypy
 
 $(TYPE_VENV)/.installed:
-	test -x $(TYPE_VENV)/bin/python || $(PYTHON) -m venv $(TYPE_VENV)
+	test -x $(TYPE_VENV)/bin/python || $(TYPE_PYTHON) -m venv $(TYPE_VENV)
 	$(TYPE_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TYPE_VENV)/bin/python -m pip install -q mypy==2.4.1 numpy==2.4.6 websockets==17.4
 	touch $@
