@@ -61,6 +61,7 @@ else:
     stdlib_strict_b64decode = functools.partial(base64.b64decode, validate=True)
 
 
+@pytest.mark.slow
 def test_oracle_accepts_only_what_strict_binascii_accepts():
     # exhaustive over a small alphabet: whatever the oracle accepts, the standard library's
     # strict decoder accepts with the same bytes (the oracle is stricter: no third '=',

@@ -60,6 +60,7 @@ def feed_batches(sink, first: int, count: int, batch: int = 1000) -> None:
         assert len(sink.close("connection lost")) == batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("core, feed, segments", [
     pytest.param(_speedups, feed_turns, 100_000, id="compiled-turns", marks=_COMPILED),
     pytest.param(_speedups, feed_batches, 40_000, id="compiled-drops", marks=_COMPILED),

@@ -145,6 +145,7 @@ def run_against(other, *, rounds: int, chunks_per_round: int, big_every: int,
     return sink, delivered
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("big_every", [1, 3, 0], ids=["big", "mixed", "small"])
 def test_close_against_a_feeding_thread(big_every):
     run_against(lambda sink, r: sink.close("closed by another thread"),
@@ -152,6 +153,7 @@ def test_close_against_a_feeding_thread(big_every):
                 with_flush_done=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("big_every", [1, 3, 0], ids=["big", "mixed", "small"])
 def test_cancel_against_a_feeding_thread(big_every):
     cancelled: set = set()
@@ -180,6 +182,7 @@ def test_cancel_against_a_feeding_thread(big_every):
         assert len(per_context.get(cid, [])) <= 1, f"{cid} stored audio after its cancel"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("big_every", [1, 0], ids=["big", "small"])
 def test_set_format_stats_and_activity_against_a_feeding_thread(big_every):
     formats = [AudioFormat("pcm_s16le", 24000), AudioFormat("pcm_s16le", 16000)]
