@@ -17,7 +17,7 @@ PY312 ?= $(call find_python,3.12)
 PY313 ?= $(call find_python,3.13)
 DIST ?= dist
 
-.PHONY: demo test test-compiled test-pure test-kernels test-sdk build clean sanitize wheels test-wheels typecheck
+.PHONY: demo check test test-compiled test-pure test-kernels test-sdk build clean sanitize wheels test-wheels typecheck
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,31 @@ test-kernels: $(STAMP)
 
 test-pure: $(STAMP)
 	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests
+
+# The contributor's loop: an editable install (src/ is imported as it is, so a Python edit
+# needs no reinstall; the extension is built in place, src/flushsink/_speedups.*.so, and
+# rebuilt when ext/, setup.py or pyproject.toml change), then the suite on the compiled
+# core without the tests marked slow (pyproject.toml says which), the property tests with a
+# tenth of their examples. Its own venv, and pip builds an editable install in a temporary
+# directory, so it never touches what `make test` built; the in-place module stays out of
+# every sdist and wheel (MANIFEST.in excludes *.so). `make test` is still what CI runs and
+# what a change must pass.
+CHECK_VENV ?= .venv-check
+
+$(CHECK_VENV)/bin/python:
+	$(PYTHON) -m venv $(CHECK_VENV)
+	$(CHECK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
+
+$(CHECK_VENV)/.installed: $(CHECK_VENV)/bin/python pyproject.toml setup.py \
+    $(filter-out ext/_speedups.c,$(wildcard ext/*.pyx ext/*.pxd ext/*.c ext/*.h))
+	FLUSHSINK_BUILD_EXT=required $(CHECK_VENV)/bin/python -m pip install -q --no-build-isolation -e ".[test]" pytest-xdist
+	touch $@
+
+# -n auto (pytest-xdist): a test process per core. Many tests wait on a subprocess, a
+# socket or a timeout, so even two processes overlap much of that waiting.
+check: $(CHECK_VENV)/.installed
+	FLUSHSINK_FUZZ_SCALE=0.1 FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 \
+	  $(CHECK_VENV)/bin/python -m pytest -q -p no:cacheprovider -n auto -m "not slow" tests
 
 # The official SDK 3.2.0 against the emulator, and flushsink's clients on the older
 # websockets it pins, on both cores.
@@ -165,7 +190,7 @@ test-wheels: wheels
 	cd $(WHEEL_TEST)/sdist && FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 ../fromsdist/bin/python -m pytest -q -p no:cacheprovider tests
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV) $(WHEEL_VENV)
+	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV) $(WHEEL_VENV) $(CHECK_VENV)
 
 # --- fuzzing: the compiled Sink against the pure twin (fuzz/fuzz_sink.py) --------------------
 # `make fuzz` builds the extension with ASan + UBSan and gcc's coverage hooks (fuzz/covshim.c
