@@ -145,6 +145,7 @@ def test_say_against_a_served_emulator(tmp_path):
         server.stdout.close()
 
 
+@pytest.mark.slow
 def test_help_reads_well(tmp_path):
     for args in (["--help"], ["say", "--help"], ["serve", "--help"], ["demo", "--help"],
                  ["bench", "--help"]):

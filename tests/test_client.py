@@ -362,6 +362,7 @@ def test_receive_timeout_instead_of_a_hang():
     run(main())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client", ["asyncio", "sync"])
 def test_receive_timeout_is_the_longest_silence_not_the_length_of_a_segment(client):
     """A segment whose audio streams for 1.5 s (a chunk every 0.15 s, no flush_done until

@@ -67,6 +67,7 @@ def _supported_kernels() -> list[str]:
     return found
 
 
+@pytest.mark.slow
 @smoke
 def test_fuzz_smoke_structured():
     counts = {"FrameError": 0, "CapacityError": 0, "segments": 0}
@@ -82,6 +83,7 @@ def test_fuzz_smoke_structured():
     assert all(n > 100 for n in counts.values()), counts
 
 
+@pytest.mark.slow
 @smoke
 @pytest.mark.parametrize("kernel", ["scalar", "avx2", "avx512"])
 def test_fuzz_smoke_on_every_base64_kernel(kernel):
@@ -100,6 +102,7 @@ def test_fuzz_smoke_on_every_base64_kernel(kernel):
         _speedups._set_simd_path(before)
 
 
+@pytest.mark.slow
 @smoke
 def test_fuzz_smoke_raw_mutations():
     rng = random.Random(20251125)
@@ -539,6 +542,7 @@ def test_flood_of_tiny_fragments_is_refused_like_recv(client):
     assert result["growth"] < 200 * 2**20, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client", CLIENTS)
 def test_fragments_are_joined_in_memory_bounded_by_the_message(client):
     """Without a fragment limit (websockets < 16, or WEBSOCKETS_MAX_FRAGMENTS raised) a
@@ -758,6 +762,7 @@ def test_close_returns_within_its_timeout_when_the_server_never_answers(client, 
     assert took < 2.5, took  # 5x the timeout: generous, no tight timing
 
 
+@pytest.mark.slow
 def test_asyncio_close_is_bounded_while_a_push_waits_on_a_server_that_stopped_reading():
     """close() while a push waits for a server that stopped reading (send_timeout far
     off): websockets' close would wait behind it; close_timeout still bounds it."""
