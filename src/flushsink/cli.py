@@ -54,6 +54,16 @@ def version_text() -> str:
             f"Python {platform.python_version()} {platform.python_implementation()})")
 
 
+class _VersionAction(argparse.Action):
+    """--version as one line, whatever the terminal's width (argparse's own version
+    action wraps its text to it)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: Optional[str] = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 class _Failure(Exception):
     """The command cannot go on: ``message`` is its one line, ``status`` its exit status."""
 
@@ -568,9 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Without --url and without an API key, 'say' and 'demo' run against the "
                "embedded emulator on 127.0.0.1. Exit status: 0 done, 1 failed, 2 bad "
                "arguments, 128+N stopped by signal N (the audio received is kept).")
-    parser.add_argument("--version", action="version", version=version_text(),
-                        help="print the version, the core (compiled or pure), the SIMD path "
-                             "and the Python, and exit")
+    parser.add_argument("--version", action=_VersionAction, nargs=0,
+                        help="print the version, the core (compiled or pure), the SIMD path, "
+                             "the event loop and the Python, and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def server_options(p: argparse.ArgumentParser) -> None:
