@@ -204,7 +204,9 @@ def route_naively(frames, loads, b64decode, segments, handed=None):
     """The receive loop everybody writes, the baseline of bench_sink and bench_twin: each
     frame parsed, a chunk's data decoded onto a bytearray per (context_id, flush_id), the
     segment popped at its flush_done (and copied into ``handed`` when given, for checks).
-    Returns the last segment popped, or None."""
+    Each message is let go before the next frame is parsed (pysimdjson's parser refuses
+    to parse again while a document of it is alive). Returns the last segment popped, or
+    None."""
     done = None
     for frame in frames:
         message = loads(frame)
@@ -220,4 +222,5 @@ def route_naively(frames, loads, b64decode, segments, handed=None):
             done = segments.pop(key)
             if handed is not None:
                 handed[key] = bytes(done)
+        message = None
     return done
