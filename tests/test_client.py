@@ -26,7 +26,8 @@ from flushsink.errors import (
 )
 from flushsink.formats import AudioFormat
 from flushsink.segments import ContextDone, ContextError, SegmentReady, Timestamps
-from flushsink.session import Session, normalize_url
+from flushsink._shell import ClientBase
+from flushsink.session import Session, StreamEnd, normalize_url
 
 VOICE = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
 SEED = ["Stay hungry, ", "stay foolish."]
@@ -176,9 +177,9 @@ def test_context_error_fails_only_its_context(version, shape):
 
 
 def run_push_after_end():
-    state = Session(flushsink.Sink(), lambda *a: None).new_context(model_id="m", voice=VOICE)
+    state = Session(flushsink.Sink()).new_context(model_id="m", voice=VOICE)
     state.ended = True
-    Session(flushsink.Sink(), lambda *a: None).request(state, "late")
+    Session(flushsink.Sink()).request(state, "late")
 
 
 def test_cancel_drops_late_audio_and_leaves_other_contexts_alone():
@@ -361,6 +362,7 @@ def test_receive_timeout_instead_of_a_hang():
     run(main())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client", ["asyncio", "sync"])
 def test_receive_timeout_is_the_longest_silence_not_the_length_of_a_segment(client):
     """A segment whose audio streams for 1.5 s (a chunk every 0.15 s, no flush_done until
@@ -456,24 +458,43 @@ def frame(**fields):
 
 def test_session_routes_events_and_ignores_foreign_done():
     delivered = []
-    session = Session(flushsink.Sink(), lambda state, event: delivered.append((state.context_id, event)))
+    # the clients' Sinks drop frames of contexts they did not announce (drop_unannounced)
+    session = Session(flushsink.Sink(drop_unannounced=True))
     a = session.new_context(model_id="m", voice=VOICE, context_id="a")
     session.new_context(model_id="m", voice=VOICE, context_id="b")
     session.request(a, "x")
-    session.receive(frame(type="chunk", context_id="a", flush_id=1, data="AAAA"))
-    session.receive(frame(type="error", error="connection-level"))  # no context_id
-    session.receive(frame(type="done", context_id="zzz"))  # never opened: dropped by the Sink
-    session.receive(frame(type="chunk", context_id="zzz", data="AAAA"))
-    session.receive(frame(type="done", context_id="a"))
-    kinds = [(cid, type(e).__name__) for cid, e in delivered]
-    assert kinds == [("a", "SegmentReady"), ("a", "ContextDone"), ("a", "_End")]
+    # an audio frame returns the Sink's empty tuple: nothing is built for it
+    assert session.receive(frame(type="chunk", context_id="a", flush_id=1, data="AAAA")) == ()
+    delivered += session.receive(frame(type="error", error="connection-level"))  # no context_id
+    delivered += session.receive(frame(type="done", context_id="zzz"))  # never opened: dropped
+    delivered += session.receive(frame(type="chunk", context_id="zzz", data="AAAA"))
+    delivered += session.receive(frame(type="done", context_id="a"))
+    kinds = [(e.context_id, type(e).__name__) for e in delivered]
+    assert kinds == [("a", "SegmentReady"), ("a", "ContextDone"), ("a", "StreamEnd")]
     assert [e.message for e in session.server_errors] == ["connection-level"]
     assert session.sink.stats.dropped_frames == 2 and session.sink.stats.open_bytes == 0
     assert "b" in session.contexts
 
 
+def test_session_returns_what_to_send_and_deliver_and_does_neither():
+    session = Session(flushsink.Sink(drop_unannounced=True, max_segment_bytes=4))
+    a, b, c = (session.new_context(model_id="m", voice=VOICE, context_id=cid) for cid in "abc")
+    for state in (a, b):
+        session.request(state, "x")
+    session.receive(frame(type="chunk", context_id="a", flush_id=1, data="AAAA"))
+    events, message = session.cancel(a)
+    assert [type(e).__name__ for e in events] == ["SegmentReady", "StreamEnd"]
+    assert not events[0].segment.complete and events[1].failure is None
+    assert json.loads(message) == {"context_id": "a", "cancel": True}
+    assert session.cancel(a) == ([], None)
+    assert session.cancel(c) == ([StreamEnd("c", None)], None)  # never sent: nothing to cancel
+    end = session.receive(frame(type="chunk", context_id="b", data="AAAAAAAA"))[-1]  # over the cap
+    assert end.context_id == "b" and isinstance(end.failure, CapacityError)
+    assert session.rejected_frames == 1 and session.contexts == {}
+
+
 def test_session_request_json_matches_the_sdk_key_order():
-    session = Session(flushsink.Sink(), lambda *a: None)
+    session = Session(flushsink.Sink())
     state = session.new_context(model_id="sonic-latest", voice={"mode": "id", "id": VOICE},
                                 output_format=S16, context_id="c", language="en")
     message = json.loads(session.request(state, "", flush=True))
@@ -618,18 +639,18 @@ def test_a_failed_write_the_reader_gets_is_not_also_logged_as_an_error(caplog):
     def failing_writer(event):
         raise _WriteError("disk full", event.segment)
 
-    delivered = []
-    session = Session(flushsink.Sink(), lambda state, ev: delivered.append(ev), failing_writer)
+    shell = ClientBase("ws://127.0.0.1:9", writer=failing_writer)  # no connection: the write step
+    session = shell.session
     state = session.new_context(model_id="m", voice="v", context_id="a")
     session.request(state, "x")
     chunk = b'{"type":"chunk","context_id":"a","flush_id":1,"data":"AAAA"}'
     with caplog.at_level("INFO", logger="flushsink"):
-        session.receive(chunk)
-        session.receive(b'{"type":"flush_done","context_id":"a","flush_id":1}')
+        shell._receive(chunk)
+        shell._receive(b'{"type":"flush_done","context_id":"a","flush_id":1}')
         complete = [(r.levelname, r.getMessage()) for r in caplog.records]
         caplog.clear()
-        session.receive(chunk.replace(b'"flush_id":1', b'"flush_id":2'))
-        session.connection_lost("gone")
+        shell._receive(chunk.replace(b'"flush_id":1', b'"flush_id":2'))
+        shell._lost("gone")
         incomplete = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert complete == [("INFO", "flushsink: disk full")]
     assert ("ERROR", "flushsink: disk full") in incomplete

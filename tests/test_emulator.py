@@ -71,7 +71,7 @@ def request(
 
 
 def seed(context_id: str = "c", **fields: Any) -> list[str]:
-    """The seed example (protocol.md section 5)."""
+    """The seed example (docs/protocol.md, section 2.7)."""
     return [
         request(context_id, "Stay hungry, ", **fields),
         request(context_id, "", flush=True, **fields),

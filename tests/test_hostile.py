@@ -30,6 +30,7 @@ from flushsink import _fallback, sync
 from flushsink.errors import CapacityError, ConnectionLost, FrameError
 from flushsink.formats import AudioFormat
 from flushsink.segments import ContextDone, SegmentReady
+from flushsink._shell import ClientBase
 from flushsink.session import Session
 
 try:
@@ -66,6 +67,7 @@ def _supported_kernels() -> list[str]:
     return found
 
 
+@pytest.mark.slow
 @smoke
 def test_fuzz_smoke_structured():
     counts = {"FrameError": 0, "CapacityError": 0, "segments": 0}
@@ -81,6 +83,7 @@ def test_fuzz_smoke_structured():
     assert all(n > 100 for n in counts.values()), counts
 
 
+@pytest.mark.slow
 @smoke
 @pytest.mark.parametrize("kernel", ["scalar", "avx2", "avx512"])
 def test_fuzz_smoke_on_every_base64_kernel(kernel):
@@ -99,6 +102,7 @@ def test_fuzz_smoke_on_every_base64_kernel(kernel):
         _speedups._set_simd_path(before)
 
 
+@pytest.mark.slow
 @smoke
 def test_fuzz_smoke_raw_mutations():
     rng = random.Random(20251125)
@@ -250,7 +254,7 @@ def interleaved_script(bad_frames: list[bytes]) -> tuple[list[bytes], dict[str, 
 
 def test_session_survives_every_hostile_frame(core):
     delivered = {"a": [], "b": []}
-    session = Session(core.Sink(S16), lambda state, ev: delivered[state.context_id].append(ev))
+    session = Session(core.Sink(S16, drop_unannounced=True))  # as the clients' Sinks
     for cid in ("a", "b"):
         session.request(session.new_context(model_id="m", voice="v", context_id=cid), "x")
     rejected = 0
@@ -263,7 +267,8 @@ def test_session_survives_every_hostile_frame(core):
         rejected += 1
     frames, audio = interleaved_script([f for _, f, _ in HOSTILE])
     for frame in frames:
-        session.receive(frame)
+        for event in session.receive(frame):
+            delivered[event.context_id].append(event)
     assert session.rejected_frames == rejected
     assert session.sink.stats.rejected_frames == rejected
     # every bad base64 frame was a chunk of a/1: it keeps its good audio and says what it
@@ -486,12 +491,13 @@ def test_a_segment_that_lost_a_chunk_is_written_as_partial(core, tmp_path):
     the audio around it, finishes incomplete (flush_done notwithstanding) and says what
     it lost; the FileWriter writes it as .partial, never under the complete name."""
     writer = flushsink.FileWriter(tmp_path)
-    session = Session(core.Sink(S16), lambda state, ev: None, writer)
+    shell = ClientBase("ws://127.0.0.1:9", sink=core.Sink(S16), writer=writer)  # no connection
+    session = shell.session
     session.request(session.new_context(model_id="m", voice="v", context_id="a"), "x")
     good1, good2 = audio_of("a", 0), audio_of("a", 1)
     bad, _ = data_frame("QUJD" * 8 + "!!!!")
     for frame in [chunk("a", 1, good1), bad, chunk("a", 1, good2), flush_done("a", 1)]:
-        session.receive(frame)
+        shell._receive(frame)
     assert session.rejected_frames == 1
     assert sorted(os.listdir(tmp_path / "a")) == ["1.partial.wav"]
     data, rate = soundfile.read(tmp_path / "a" / "1.partial.wav", dtype="int16")
@@ -536,6 +542,7 @@ def test_flood_of_tiny_fragments_is_refused_like_recv(client):
     assert result["growth"] < 200 * 2**20, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client", CLIENTS)
 def test_fragments_are_joined_in_memory_bounded_by_the_message(client):
     """Without a fragment limit (websockets < 16, or WEBSOCKETS_MAX_FRAGMENTS raised) a
@@ -682,7 +689,7 @@ def test_push_to_a_server_that_stopped_reading_raises_send_timeout(client):
 def test_a_flood_of_context_less_errors_keeps_the_latest_100_and_a_count(core):
     """Error frames without a context end nothing and were all kept (200,000: 226 MB):
     now the latest 100 and the count."""
-    session = Session(core.Sink(S16), lambda state, ev: None)
+    session = Session(core.Sink(S16))
     for k in range(5000):
         session.receive(json.dumps({"type": "error", "error": f"error {k}"}).encode())
     assert session.server_error_count == 5000
@@ -696,12 +703,13 @@ def test_failed_writes_keep_the_latest_100_and_a_count(core, tmp_path):
     def refuse(event):
         raise flushsink.WriteError("disk full", segment=event.segment)
 
-    session = Session(core.Sink(S16), lambda state, ev: None, writer=refuse)
+    shell = ClientBase("ws://127.0.0.1:9", sink=core.Sink(S16), writer=refuse)  # no connection
+    session = shell.session
     state = session.new_context(model_id="m", voice="v", context_id="a")
     session.request(state, "x")
     for fid in range(300):
-        session.receive(chunk("a", fid, b"\x01\x00"))
-        session.receive(flush_done("a", fid))
+        shell._receive(chunk("a", fid, b"\x01\x00"))
+        shell._receive(flush_done("a", fid))
     assert session.write_error_count == 300
     assert len(session.write_errors) == 100
     assert session.write_errors[-1].segment.flush_id == 299
@@ -754,6 +762,7 @@ def test_close_returns_within_its_timeout_when_the_server_never_answers(client, 
     assert took < 2.5, took  # 5x the timeout: generous, no tight timing
 
 
+@pytest.mark.slow
 def test_asyncio_close_is_bounded_while_a_push_waits_on_a_server_that_stopped_reading():
     """close() while a push waits for a server that stopped reading (send_timeout far
     off): websockets' close would wait behind it; close_timeout still bounds it."""
@@ -843,6 +852,6 @@ def test_an_integer_longer_than_int_takes_is_no_crash(core):
         sink.feed(('{"type":"timestamps","context_id":"a","word_timestamps":'
                    '{"words":["a"],"start":[%s],"end":[1]}}' % huge).encode())
     assert info.value.code == "field_type"
-    session = Session(core.Sink(S16), lambda state, ev: None)
+    session = Session(core.Sink(S16))
     session.receive(('{"type":"error","error":"x","code":%s}' % huge).encode())
     assert session.server_error_count == 1

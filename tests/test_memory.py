@@ -64,6 +64,7 @@ SEGMENTS = {"compiled": {feed_turns: 100_000, feed_batches: 40_000},
             "pure": {feed_turns: 20_000, feed_batches: 10_000}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("feed", [feed_turns, feed_batches], ids=["turns", "drops"])
 def test_rss_is_flat_after_segments_are_released(core, feed):
     segments = SEGMENTS[flushsink.BACKEND][feed]

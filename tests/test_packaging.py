@@ -9,6 +9,7 @@ import importlib.metadata
 import inspect
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,8 +40,9 @@ def check_version_output(result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode == 0, result.stderr
     # the subprocess inherits this environment, so it loads the same core and SIMD path
     assert result.stdout == version_text() + "\n"
-    assert f"flushsink {flushsink.__version__} (core: {flushsink.BACKEND}, " \
-           f"simd: {flushsink.SIMD}, Python " in result.stdout
+    assert re.fullmatch(rf"flushsink {re.escape(flushsink.__version__)} \(core: "
+                        rf"{flushsink.BACKEND}, simd: {flushsink.SIMD}, loop: (asyncio|uvloop), "
+                        rf"Python [\d.]+\S* \w+\)\n", result.stdout), result.stdout
 
 
 def test_python_m_flushsink_version():

@@ -267,6 +267,7 @@ def test_sink_same_segments_on_every_kernel():
         assert ev[6] == pcm[:whole] and ev[7] == pcm[whole:], key
 
 
+@pytest.mark.slow
 def test_sink_rejects_bad_data_identically_on_every_kernel():
     rng = random.Random(7)
     audio = rng.randbytes(44100)            # 58800 base64 characters

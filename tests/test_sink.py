@@ -989,6 +989,7 @@ def test_preallocation_is_not_resident(core):
     sink.close()
 
 
+@pytest.mark.slow
 def test_released_buffers_are_reused_within_bounds(compiled_core):
     """Segment buffers released by the caller are kept warm for new segments (no page
     faults), at most 64 of them and 64 MiB; reused buffers carry exactly the new audio."""

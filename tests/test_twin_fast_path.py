@@ -65,6 +65,7 @@ def short_texts():
         yield from itertools.product("AB=*", repeat=n)
 
 
+@pytest.mark.slow
 def test_b64_fast_is_the_spec_rule_on_every_short_text():
     """_b64_fast accepts exactly what the exact decoder accepts, with the same bytes
     (A: zero low bits, B and /: non-zero ones, = padding, others outside the alphabet;

@@ -365,6 +365,7 @@ ANY_TEXT = st.text(st.characters(blacklist_categories=()), max_size=120)  # surr
 ID_LIKE = st.text(st.sampled_from("aA_-.:/\\0\x00é"), max_size=20)
 
 
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=None)
 @given(st.one_of(st.none(), ANY_TEXT, ID_LIKE), st.one_of(st.none(), ANY_TEXT, ID_LIKE))
 def test_different_ids_never_share_a_name(a, b):

@@ -1,224 +1,39 @@
 """asyncio client for the Cartesia TTS websocket, on ``websockets.asyncio.client``.
 
-One connection carries many contexts; a single reader task receives every frame as
-bytes and feeds it to the Sink (through :class:`~flushsink.session.Session`), which
-routes each event to its own context. Nothing protocol-specific lives here.
+One connection carries many contexts; each frame, parsed here as it is read, goes to the
+sans-I/O :class:`~flushsink.session.Session`, and the events it returns go through the
+shell both clients share (:class:`~flushsink._shell.ClientBase`: segments written, each
+event queued for its context). Nothing protocol-specific lives here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import email.utils
 import functools
 import math
 import mmap
-import os
-import ssl
 import sys
-import threading
-import weakref
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable, Optional, cast
+from typing import Any, AsyncIterator, Optional, cast
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
-from websockets.frames import Close, CloseCode, Opcode
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.protocol import State
-from websockets.uri import parse_uri
 
 try:  # websockets 16+: recv() refuses messages of more frames than this
     from websockets.asyncio.messages import MAX_FRAGMENTS
 except ImportError:  # pragma: no cover - older websockets have no such limit
     MAX_FRAGMENTS = sys.maxsize
 
-from ._accel import Sink
-from .errors import (
-    AuthenticationError,
-    ConfigError,
-    FlushsinkError,
-    HandshakeError,
-    RateLimited,
-    ReceiveTimeout,
-    SendTimeout,
-)
-from .formats import DEFAULT_FORMAT
+from ._connection import HANDSHAKE_FAILURES, DirectMessages, drop_message, handshake_error
+from ._shell import ClientBase, ContextBase
+from .errors import ConfigError, ReceiveTimeout, SendTimeout
 from .segments import Segment, SegmentReady
-from .session import (
-    DEFAULT_VERSION,
-    log,
-    ConnectionLost,
-    ContextState,
-    Session,
-    _End,
-    _Failed,
-    auth_headers,
-    normalize_url,
-)
+from .session import ConnectionLost, log
 
 __all__ = ["connect", "Client", "ClientBase", "Context", "ReceiveTimeout"]
-
-
-def _resolve_key(url: Optional[str], api_key: Optional[str]) -> Optional[str]:
-    api_key = api_key or os.environ.get("CARTESIA_API_KEY") or None
-    if url is None and api_key is None:
-        raise FlushsinkError(
-            "no API key for Cartesia: pass api_key= or set CARTESIA_API_KEY "
-            "(or pass url= of another server, e.g. flushsink's emulator)"
-        )
-    return api_key
-
-
-def _check_url(url: str) -> None:
-    try:
-        parse_uri(url)
-    except (InvalidURI, ValueError) as exc:  # ValueError: a port out of range
-        raise ConfigError(f"bad url {_public(url)!r}: {exc}") from None
-
-
-def _public(url: str) -> str:
-    """The URL for messages: without its query, which may carry an API key."""
-    return url.partition("?")[0]
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _retry_after(value: Optional[str]) -> Optional[float]:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:  # pragma: no cover - Python < 3.10 returned None
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-# What opening a connection can raise, besides flushsink's own errors and bugs.
-HANDSHAKE_FAILURES = (WebSocketException, OSError, asyncio.TimeoutError)
-
-
-def handshake_error(url: str, exc: BaseException, open_timeout: Optional[float]) -> HandshakeError:
-    """The typed error for a failed opening handshake (raise it ``from exc``): HTTP 401
-    and 403 are AuthenticationError, 429 RateLimited (with Retry-After), any other
-    status, a server that does not speak HTTP or websocket, TLS, a refused connection
-    and the open timeout a HandshakeError whose status is None."""
-    where = _public(url)
-    if isinstance(exc, InvalidStatus):
-        response = exc.response
-        status = response.status_code
-        retry_after = _retry_after(response.headers.get("Retry-After"))
-        cls = (AuthenticationError if status in (401, 403)
-               else RateLimited if status == 429 else HandshakeError)
-        detail = _one_line(bytes(response.body or b"").decode("utf-8", "replace")
-                           or response.reason_phrase)
-        message = f"{where} refused the websocket handshake with HTTP {status}"
-        if detail:
-            message += f": {detail}"
-        if retry_after is not None:
-            message += f" (retry after {retry_after:g} s)"
-        return cls(message, status=status, retry_after=retry_after)
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        message = f"no websocket handshake with {where} within {open_timeout} s"
-    elif isinstance(exc, ssl.SSLError):
-        message = f"TLS with {where} failed (is it a wss:// server?): {exc}"
-    elif isinstance(exc, WebSocketException):
-        message = f"{where} did not answer as a websocket server: {exc}"
-    else:
-        detail = (exc.strerror or str(exc) or type(exc).__name__) if isinstance(
-            exc, OSError) else repr(exc)
-        message = f"cannot connect to {where}: {detail}"
-        if where.startswith("wss://") and isinstance(exc, (ConnectionResetError, EOFError)):
-            message += " (during the TLS handshake: does the server speak TLS?)"
-    return HandshakeError(_one_line(message, 300))
-
-
-class DirectMessages:
-    """Mixin for websockets' ``ClientConnection`` (asyncio or sync): every complete data
-    message goes to ``on_message`` as soon as the protocol has parsed it, instead of into
-    the queue ``recv()`` reads.
-
-    That queue costs more per message than flushsink's own work: a frame object kept,
-    a future and a task (or thread) wakeup for each ``recv()``, and read pauses when it
-    fills (bench_e2e: 5.6 us per 20 ms message for ``recv()`` alone, 4.0 us this way).
-    ``process_event`` is the hook websockets' own subclasses override (for the
-    handshake). What still reaches ``recv()`` (a version of websockets that never calls
-    the hook) is fed by the client's reader, so the speed may differ between versions,
-    never the result.
-
-    Fragmented messages are joined here, into one bytearray, and refused as ``recv()``
-    refuses them: websockets' protocol closes with 1009 once a message passes
-    ``max_size``, whatever its fragments; websockets 16+ also refuses a message of more
-    than ``MAX_FRAGMENTS`` frames (4096, or ``WEBSOCKETS_MAX_FRAGMENTS``) with 1009 "too
-    many fragments", and so does this, where the installed websockets has the limit.
-    Memory stays within ``max_size`` however small the fragments: a list of them cost
-    64 bytes per fragment (12 MB of 1-byte fragments: 764 MB).
-    """
-
-    response: Any
-    on_message: Callable[[Any], None]
-    send_timeout: Optional[float] = None
-    # why flushsink closed the connection itself (e.g. a SendTimeout), for the contexts
-    failure: Optional[BaseException] = None
-    _fragments: Optional[bytearray] = None
-    _fragment_count = 0
-    _max_fragments = sys.maxsize  # set by the shells from websockets' own limit
-
-    def process_event(self, event: Any) -> None:
-        if self.response is not None:  # the handshake is done: frames
-            opcode = event.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                if event.fin:
-                    self.on_message(event.data)
-                else:
-                    self._fragments = bytearray(event.data)
-                    self._fragment_count = 1
-                return
-            if opcode is Opcode.CONT:
-                fragments = self._fragments
-                if fragments is None:
-                    return  # the rest of a refused message (the protocol refuses others)
-                if self._fragment_count >= self._max_fragments:
-                    self._fragments = None
-                    self.on_message = _drop  # as recv(): nothing more of this connection
-                    self._refuse(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
-                    return
-                fragments += event.data
-                self._fragment_count += 1
-                if event.fin:
-                    self._fragments = None
-                    self.on_message(fragments)
-                return
-        super().process_event(event)  # type: ignore[misc]
-
-    def _refuse(self, code: int, reason: str) -> None:
-        """Fail the connection with this close code, as websockets' recv() would."""
-        raise NotImplementedError
-
-    def _send_timed_out(self) -> SendTimeout:
-        self.failure = SendTimeout(
-            f"nothing could be sent for {self.send_timeout} s: the server stopped reading "
-            "(the connection is closed)")
-        return self.failure
-
-
-def _drop(message: Any) -> None:
-    """What a connection's messages go to once handling one has failed."""
 
 
 # Who parses the frames of a _Connection: websockets until the handshake's end, then
@@ -608,22 +423,16 @@ def _expire(waiter: "asyncio.Future[None]") -> None:
         waiter.set_result(None)
 
 
-class Context:
+class Context(ContextBase):
     """One generation context: push text, flush, finish, and read its segments."""
 
-    def __init__(self, client: "Client", state: ContextState) -> None:
-        self._client = client
-        self._state = state
-        self._queue = _Inbox()
-
-    @property
-    def context_id(self) -> str:
-        return self._state.context_id
+    _client: "Client"
+    _queue: _Inbox
+    _queue_class = _Inbox
 
     async def push(self, transcript: str, *, flush: bool = False, **extra: Any) -> None:
         """Send text (``continue: true``); with ``flush=True`` it ends a segment."""
-        await self._client._send(self._client._session.request(
-            self._state, transcript, continue_=True, flush=flush, **extra))
+        await self._client._send(self._request(transcript, flush=flush, **extra))
 
     async def flush(self) -> None:
         """Close the current segment: the server answers with ``flush_done``."""
@@ -631,14 +440,13 @@ class Context:
 
     async def no_more_inputs(self) -> None:
         """Tell the server the context's text is complete; ``done`` follows its audio."""
-        await self._client._send(self._client._session.request(
-            self._state, "", continue_=False))
+        await self._client._send(self._request("", continue_=False))
 
     async def cancel(self) -> None:
         """Stop the context: queued input is dropped by the server, late audio by us;
         segments still open are finished as incomplete."""
-        message = self._client._session.cancel(self._state)
-        if message is not None and self._client._connected():
+        message = self._cancel()
+        if message is not None:
             try:
                 await self._client._send(message)
             except (ConnectionClosed, ConnectionLost, SendTimeout):
@@ -656,31 +464,18 @@ class Context:
                 event = queue._items.popleft()
             else:
                 event = await self._wait(queue, wait)
-            if isinstance(event, _End):
-                if event.failure is not None:
-                    raise event.failure
+            if not self._goes_on(event):
                 return
-            if isinstance(event, _Failed):
-                raise event.error  # e.g. a WriteError: iterate again to go on
             yield event
             del event  # do not pin the last event (and its audio) while waiting for the next
 
     async def _wait(self, queue: _Inbox, wait: Optional[float]) -> Any:
-        # Chunks bring no events, so a segment that streams for longer than the timeout
-        # would time out while its audio arrives: when the wait runs out, the Sink says
-        # whether frames of the context came meanwhile (a count it keeps anyway), and if
-        # so the wait starts again. No timer or clock per frame.
-        activity = self._client._session.sink.activity
-        seen = activity(self.context_id)
+        seen = self._activity()
         while True:
             try:
                 return await queue.get(wait)
             except asyncio.TimeoutError:
-                now = activity(self.context_id)
-                if now == seen:
-                    raise ReceiveTimeout(
-                        f"no frame for context {self.context_id!r} in {wait} s") from None
-                seen = now
+                seen = self._waited(seen, wait)  # (ReceiveTimeout if the context is silent)
 
     async def segments(self, timeout: Optional[float] = None) -> AsyncIterator[Segment]:
         """The finished segments of this context, in order, until it ends."""
@@ -696,133 +491,7 @@ class Context:
         return [segment async for segment in self.segments(timeout)]
 
 
-# Which client uses each Sink: Session.connection_lost closes the sink, which ends every
-# context in it, so two open clients on one Sink would end each other's contexts. Weak
-# both ways: a sink or client that is gone frees its entry.
-_sink_users: "weakref.WeakKeyDictionary[Any, weakref.ReferenceType[Any]]" = (
-    weakref.WeakKeyDictionary())
-_sink_users_lock = threading.Lock()
-
-
-class ClientBase:
-    """Options, the Session and the contexts: what the asyncio and sync clients share.
-
-    Options (all keyword-only): ``version``, ``writer``, ``sink``, ``receive_timeout``
-    (longest silence of a context), ``open_timeout`` (handshake), ``send_timeout``
-    (longest wait to hand a message to the socket), ``close_timeout`` (``close()``;
-    default ``open_timeout``), ``max_size``, ``compression``, ``additional_headers``.
-    A ``sink`` may serve one open client at a time (ConfigError otherwise).
-    """
-
-    _context_class: Any = None
-
-    def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None, *,
-                 version: str = DEFAULT_VERSION, writer: Any = None, sink: Optional[Sink] = None,
-                 receive_timeout: float = 60.0, open_timeout: float = 10.0,
-                 send_timeout: Optional[float] = 10.0, close_timeout: Optional[float] = None,
-                 max_size: Optional[int] = 16 * 2**20, compression: Optional[str] = None,
-                 additional_headers: Optional[dict[str, str]] = None) -> None:
-        self.api_key = _resolve_key(url, api_key)
-        self.url = normalize_url(url)
-        _check_url(self.url)
-        self.version = version
-        self.receive_timeout = receive_timeout
-        self.open_timeout = open_timeout
-        self.send_timeout = send_timeout
-        # close() returns within this (websockets' default would be 10 s whatever
-        # open_timeout said, which the docs promised bounded closing too)
-        self.close_timeout = open_timeout if close_timeout is None else close_timeout
-        self.max_size = max_size
-        # permessage-deflate costs 3-14x client CPU for ~23% fewer bytes: off by default
-        self.compression = compression
-        self.headers = {**auth_headers(self.api_key, version), **(additional_headers or {})}
-        sink = sink if sink is not None else Sink(DEFAULT_FORMAT)
-        self._claim(sink)
-        self._session = Session(sink, self._deliver, writer)
-        self._contexts: dict[str, Any] = {}
-        self.close_code: Optional[int] = None
-        self.close_reason: Optional[str] = None
-        self.connections = 0
-
-    @property
-    def sink(self) -> Sink:
-        return self._session.sink
-
-    def _claim(self, sink: Any) -> None:
-        """Take ``sink`` for this client, or raise ConfigError if another open client
-        has it. Called when the client is made and when it (re)connects."""
-        with _sink_users_lock:
-            try:
-                ref = _sink_users.get(sink)
-            except TypeError:  # pragma: no cover - a sink without weak references
-                return
-            user = ref() if ref is not None else None
-            if user is not None and user is not self:
-                raise ConfigError(
-                    "this Sink is already used by another client that is not closed: a "
-                    "closing connection ends every context of its Sink, so each open client "
-                    "needs a Sink of its own (close the other client first)")
-            if user is None:
-                _sink_users[sink] = weakref.ref(self)
-
-    def _release(self) -> None:
-        """A closed client leaves its Sink to others."""
-        sink = self._session.sink
-        with _sink_users_lock:
-            try:
-                ref = _sink_users.get(sink)
-            except TypeError:  # pragma: no cover
-                return
-            if ref is not None and ref() is self:
-                del _sink_users[sink]
-
-    @property
-    def session(self) -> Session:
-        return self._session
-
-    def _new_context(self, model_id: str, voice: Any, output_format: Optional[dict[str, Any]],
-                     context_id: Optional[str], defaults: dict[str, Any]) -> Any:
-        state = self._session.new_context(model_id=model_id, voice=voice,
-                                          output_format=output_format, context_id=context_id,
-                                          **defaults)
-        ctx = self._context_class(self, state)
-        self._contexts[state.context_id] = ctx
-        return ctx
-
-    def _deliver(self, state: ContextState, event: Any) -> None:
-        ctx = self._contexts.get(state.context_id)
-        if ctx is not None:
-            ctx._queue.put_nowait(event)
-            if isinstance(event, _End):
-                del self._contexts[state.context_id]
-
-    def _closed(self, exc: ConnectionClosed, ws: Any) -> str:
-        # the close frame of the side that closed first (the server's, or ours: e.g.
-        # 1009 for a frame over max_size, 1000 for close()), else none at all: the TCP
-        # connection dropped
-        close: Optional[Close]
-        if exc.rcvd is not None and (exc.sent is None or exc.rcvd_then_sent):
-            close, side = exc.rcvd, "the server"
-        else:
-            close, side = exc.sent, "flushsink"
-        self.close_code = close.code if close else None
-        self.close_reason = close.reason if close else None
-        if ws.failure is not None:
-            return f"closed by flushsink: {ws.failure}"
-        if close is None:
-            return "connection dropped without a close frame"
-        reason = f" ({close.reason})" if close.reason else ""
-        return f"connection closed by {side} with code {close.code}{reason}"
-
-    @staticmethod
-    def _send_failed(exc: ConnectionClosed, ws: Any) -> FlushsinkError:
-        """What a send that found the connection closed raises."""
-        if isinstance(ws.failure, SendTimeout):
-            return SendTimeout(str(ws.failure))
-        return ConnectionLost(f"connection closed while sending: {exc}")
-
-
-class Client(ClientBase):
+class Client(ClientBase[Context]):
     """A connection (re-opened on demand) and its contexts. Use :func:`connect`.
 
     Besides ClientBase's options, ``coalesce_reads`` (seconds, default 0.005): while
@@ -851,14 +520,6 @@ class Client(ClientBase):
         self._reader: Optional[asyncio.Task[None]] = None
         self._closing: set[asyncio.Future[None]] = set()
         self._lock = asyncio.Lock()
-
-    def context(self, *, model_id: str = "sonic-latest", voice: Any,
-                output_format: Optional[dict[str, Any]] = None, context_id: Optional[str] = None,
-                **defaults: Any) -> Context:
-        """A new context; ``defaults`` (language, add_timestamps, max_buffer_delay_ms,
-        generation_config, ...) are sent with each of its requests."""
-        context: Context = self._new_context(model_id, voice, output_format, context_id, defaults)
-        return context
 
     # ---- connection ---------------------------------------------------------------
 
@@ -894,11 +555,12 @@ class Client(ClientBase):
     def _on_message(self, connection: "_Connection", message: Any) -> None:
         """A message, straight from the protocol (inside the transport's data_received)."""
         try:
-            self._session.receive(message)
+            events = self._session.receive(message)
+            if events:  # (an audio frame has none: this is all it costs here)
+                self._deliver(events)
         except Exception as exc:  # a bug (or a writer's own error) must not go unseen
-            log.exception("flushsink: the reader failed")
-            connection.on_message = _drop  # the rest of what this connection brings
-            self._session.connection_lost(f"reader failed: {exc!r}")
+            connection.on_message = drop_message  # the rest of what this connection brings
+            self._reader_failed(exc)
             closing = asyncio.ensure_future(
                 connection.close(CloseCode.INTERNAL_ERROR, "client failed"))
             self._closing.add(closing)  # a strong reference until it is done
@@ -922,18 +584,16 @@ class Client(ClientBase):
     async def _read(self, ws: ClientConnection) -> None:
         # Messages go to _on_message as they are parsed; this task waits for the end of
         # the connection (and feeds whatever recv() still gets, see DirectMessages).
-        receive = self._session.receive
         try:
             while True:
-                receive(await ws.recv(decode=False))
+                self._receive(await ws.recv(decode=False))
         except ConnectionClosed as exc:
-            self._session.connection_lost(self._closed(exc, ws))
+            self._lost(self._closed(exc, ws))
         except asyncio.CancelledError:
-            self._session.connection_lost("the client stopped reading")
+            self._lost("the client stopped reading")
             raise
         except Exception as exc:  # a bug must not leave the contexts waiting forever
-            log.exception("flushsink: the reader failed")
-            self._session.connection_lost(f"reader failed: {exc!r}")
+            self._reader_failed(exc)
             await ws.close()
 
     async def close(self) -> None:

@@ -1,9 +1,13 @@
-"""Sans-I/O protocol state for one Cartesia TTS websocket: request JSON out, frames in.
+"""Sans-I/O protocol state for the Cartesia TTS websocket: frames in, events and
+messages out.
 
 Both clients (asyncio and sync) drive a :class:`Session`: it builds the request messages
-of each context, feeds received frames to the :class:`~flushsink.Sink`, hands finished
-segments to the writer, and routes every event to the one context it belongs to.
-Nothing here touches a socket.
+of each context, feeds received frames to the :class:`~flushsink.Sink`, and returns each
+event tagged for the one context it belongs to, closing each context's stream with a
+:class:`StreamEnd`. It writes no file, touches no socket and calls nothing back: the
+shell (:mod:`flushsink._shell`, shared by :mod:`flushsink.client` and
+:mod:`flushsink.sync`) sends what it returns, writes the segments and fills the
+contexts' queues, as websockets' ``protocol.py`` leaves its I/O to its connections.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional, Sequence
 
 from ._accel import Sink
 from .errors import (
@@ -28,8 +32,9 @@ from .errors import (
 from .formats import AudioFormat
 from .segments import ContextDone, ContextError, SegmentReady, ServerError
 
-__all__ = ["Session", "ContextState", "normalize_url", "auth_headers", "CARTESIA_URL",
-           "DEFAULT_VERSION", "ConnectionLost", "ContextClosed", "ContextFailed"]
+__all__ = ["Session", "ContextState", "StreamEnd", "StreamError", "normalize_url",
+           "auth_headers", "CARTESIA_URL", "DEFAULT_VERSION", "ConnectionLost", "ContextClosed",
+           "ContextFailed"]
 
 log = logging.getLogger("flushsink")
 
@@ -81,26 +86,55 @@ class ContextState:
 KEPT_ERRORS = 100
 
 
-class Session:
-    """Routes one connection's frames to contexts. ``deliver(state, event)`` is called
-    for every event of a known context; events of unknown contexts are logged and
-    counted in ``unrouted``.
+@dataclass(frozen=True)
+class StreamEnd:
+    """The event stream of context ``context_id`` ends here: its iterator returns, or
+    raises ``failure`` (ContextFailed, ConnectionLost, CapacityError, ...) if there is
+    one. The last event a context gets."""
 
-    ``server_errors`` holds the latest 100 errors without a context (``ServerError``)
-    and ``server_error_count`` counts them all; ``write_errors`` and
-    ``write_error_count`` do the same for failed writes. Only the latest are kept so a
-    server cannot grow the client's memory with error frames (200,000 of them kept
-    226 MB), nor a full disk with the segments its WriteErrors carry.
+    context_id: Optional[str]
+    failure: Optional[BaseException]
+
+
+@dataclass(frozen=True)
+class StreamError:
+    """Raise ``error`` from the iterator of context ``context_id``; its stream goes on
+    after it (a failed write: the caller may retry the segment and iterate again)."""
+
+    context_id: Optional[str]
+    error: BaseException
+
+
+class Session:
+    """The protocol state of one client's connections: frames in, events out.
+
+    Each method returns what the shell must do next and does nothing itself:
+    ``request`` and ``cancel`` return the message to send, ``receive``,
+    ``connection_lost`` and ``cancel`` return events to deliver, in order, each to the
+    context its ``context_id`` names: the Sink's events of the contexts this session
+    opened (:class:`~flushsink.SegmentReady`, ``ContextDone``, ``ContextError``,
+    ``Timestamps``, ``Unknown``), then :class:`StreamEnd` as the last of a context and
+    :class:`StreamError` where its reader must see an error. A ``SegmentReady`` is the
+    shell's to write (before it delivers it); a write that fails with
+    :class:`~flushsink.WriteError` is reported with :meth:`write_failed`, which returns
+    what to deliver after the segment. No file, socket or callback is touched here (the
+    model is websockets' ``protocol.py``); the shell is :mod:`flushsink._shell`.
+
+    Events of contexts this session did not open are logged and counted in
+    ``unrouted``. ``server_errors`` holds the latest 100 errors without a context
+    (``ServerError``) and ``server_error_count`` counts them all; ``write_errors`` and
+    ``write_error_count`` do the same for the failed writes the shell reports. Only the
+    latest are kept so a server cannot grow the client's memory with error frames
+    (200,000 of them kept 226 MB), nor a full disk with the segments its WriteErrors
+    carry.
+
+    The Sink should drop frames of contexts no ``new_context`` announced
+    (``drop_unannounced``, which the clients set): otherwise their audio is stored,
+    counts against the caps, and is only dropped here once finished.
     """
 
-    def __init__(self, sink: Sink, deliver: Callable[[ContextState, Any], None],
-                 writer: Optional[Callable[[Any], Any]] = None) -> None:
+    def __init__(self, sink: Sink) -> None:
         self.sink = sink
-        # only the contexts this client opens may store audio: a server sending frames
-        # for others cannot fill the caps or make files with them
-        sink.drop_unannounced = True
-        self.writer = writer
-        self.deliver = deliver
         self.contexts: dict[str, ContextState] = {}
         self.server_errors: collections.deque[ServerError] = collections.deque(maxlen=KEPT_ERRORS)
         self.server_error_count = 0
@@ -117,7 +151,7 @@ class Session:
         """Register a context; ``defaults`` (language, add_timestamps, generation_config,
         max_buffer_delay_ms, ...) go into every request of it. A ``context_id`` that is
         not valid Unicode (a lone surrogate) is a ConfigError, before anything is
-        registered."""
+        registered. Nothing is sent until its first :meth:`request`."""
         output_format = dict(output_format or DEFAULT_OUTPUT_FORMAT)
         fmt = AudioFormat.from_output_format(output_format)
         context_id = context_id or str(uuid.uuid4())
@@ -147,7 +181,8 @@ class Session:
 
     def request(self, state: ContextState, transcript: str, *, continue_: bool = True,
                 flush: bool = False, **extra: Any) -> str:
-        """The JSON text of one generation request of ``state``."""
+        """The JSON text of one generation request of ``state``: the shell sends it.
+        ContextClosed once the context has ended."""
         if state.ended:
             raise ContextClosed(f"context {state.context_id!r} has ended")
         if not isinstance(transcript, str):
@@ -161,123 +196,109 @@ class Session:
         state.started = True
         return json.dumps(message)
 
-    def cancel(self, state: ContextState) -> Optional[str]:
-        """End the context locally (its late audio is dropped, open segments finish as
-        incomplete) and return the cancel message to send, if the server knows it."""
+    def cancel(self, state: ContextState) -> tuple[list[Any], Optional[str]]:
+        """End the context here (its late audio is dropped, open segments finish as
+        incomplete). Returns the events to deliver (those segments, then its
+        StreamEnd) and the cancel message to send if the server knows the context
+        (None if not, or if it had ended already)."""
         if state.ended:
-            return None
-        for event in self.sink.cancel(state.context_id):
-            self._deliver_segment(state, event)
-        self._end(state, None)
-        return json.dumps({"context_id": state.context_id, "cancel": True}) if state.started else None
+            return [], None
+        events = list(self.sink.cancel(state.context_id))
+        self._end(state, None, events)
+        message = (json.dumps({"context_id": state.context_id, "cancel": True})
+                   if state.started else None)
+        return events, message
 
     # ---- incoming -----------------------------------------------------------------
 
-    def receive(self, frame: Any) -> None:
-        """Feed one frame. A frame the Sink rejects is logged and counted, never fatal:
-        one bad frame must not take the other contexts down."""
+    def receive(self, frame: Any) -> Sequence[Any]:
+        """Feed one frame; return the events to deliver. A chunk that stored its audio
+        returns the Sink's shared empty tuple: nothing is built per audio frame. A frame
+        the Sink rejects is logged and counted, never fatal: one bad frame must not take
+        the other contexts down (a CapacityError ends its context, whose events are
+        returned)."""
         try:
             events = self.sink.feed(frame)
         except CapacityError as exc:
             self.rejected_frames += 1
-            self._fail_context(exc.context_id, exc)
-            return
+            return self._fail_context(exc.context_id, exc)
         except FrameError as exc:
             self.rejected_frames += 1
             log.warning("flushsink: rejected a frame from the server: %s", exc)
-            return
+            return ()
         except MemoryError:
             # the frame is lost (nothing was stored), the connection and contexts go on
             self.rejected_frames += 1
             log.error("flushsink: out of memory storing a frame from the server")
-            return
-        for event in events:
-            self._route(event)
+            return ()
+        if not events:
+            return events
+        return self._route(events)
 
-    def connection_lost(self, reason: str) -> None:
+    def connection_lost(self, reason: str) -> list[Any]:
         """The socket closed: finish what was received as incomplete, fail the contexts
-        that were still waiting for audio."""
-        for event in self.sink.close(reason):
-            self._route(event)
+        that were still waiting for audio. Returns the events to deliver."""
+        events = self._route(self.sink.close(reason))
         for state in list(self.contexts.values()):
             if not state.ended and state.started:
-                self._end(state, ConnectionLost(f"connection lost: {reason}"))
+                self._end(state, ConnectionLost(f"connection lost: {reason}"), events)
+        return events
 
-    def _deliver_segment(self, state: Optional[ContextState], event: SegmentReady) -> None:
-        """Write the segment, then hand it to its context. A failed write never reaches
-        the reader (the connection and the other contexts go on): the context gets the
-        segment and then the WriteError, which carries the segment for a retry."""
-        failure: Optional[WriteError] = None
-        if state is None:
-            return  # not a context of this client: nothing of it is written
-        if self.writer is not None:
-            try:
-                self.writer(event)
-            except WriteError as exc:
-                self.write_errors.append(exc)
-                self.write_error_count += 1
-                failure = exc
-        self.deliver(state, event)
-        if failure is None:
-            return
+    def write_failed(self, event: SegmentReady, error: WriteError) -> tuple[Any, ...]:
+        """The shell could not write ``event``'s segment. Deliver the segment anyway,
+        then what this returns: a complete segment's context gets the error from its
+        iterator (which goes on; the error carries the segment, for a retry); an
+        incomplete one's stream ends with its own failure (lost connection, server
+        error) right after it, so the write error is only logged and kept then. A
+        failed write never ends the connection or the other contexts."""
+        self.write_errors.append(error)
+        self.write_error_count += 1
         if event.segment.complete:
             # the reader gets it from the context's iterator: logging it as an error too
             # would report it twice to a program that handles it
-            log.info("flushsink: %s", failure)
-            self.deliver(state, _Failed(failure))
-        else:
-            # an incomplete segment's stream ends with its own failure (lost connection,
-            # server error) right after it: the write error is only logged and kept then
-            log.error("flushsink: %s", failure)
+            log.info("flushsink: %s", error)
+            return (StreamError(event.context_id, error),)
+        log.error("flushsink: %s", error)
+        return ()
 
-    def _route(self, event: Any) -> None:
-        if isinstance(event, ServerError):
-            self.server_errors.append(event)
-            self.server_error_count += 1
-            log.warning("flushsink: server error without context: %s", event.message)
-            return
-        state = self.contexts.get(event.context_id)
-        if isinstance(event, SegmentReady):
-            self._deliver_segment(state, event)
-        elif state is not None:
-            self.deliver(state, event)
-        if state is None:
-            self.unrouted += 1
-            log.debug("flushsink: event for unknown context %r dropped", event.context_id)
-            return
-        if isinstance(event, ContextDone):
-            self._end(state, None)
-        elif isinstance(event, ContextError):
-            self._end(state, ContextFailed(event))
+    def _route(self, events: Sequence[Any]) -> list[Any]:
+        """The events of this session's contexts, each context's StreamEnd after its
+        ContextDone or ContextError; server errors and strangers' events kept aside."""
+        routed: list[Any] = []
+        for event in events:
+            if isinstance(event, ServerError):
+                self.server_errors.append(event)
+                self.server_error_count += 1
+                log.warning("flushsink: server error without context: %s", event.message)
+                continue
+            state = self.contexts.get(event.context_id)
+            if state is None:
+                self.unrouted += 1
+                log.debug("flushsink: event for unknown context %r dropped", event.context_id)
+                continue
+            routed.append(event)
+            if isinstance(event, ContextDone):
+                self._end(state, None, routed)
+            elif isinstance(event, ContextError):
+                self._end(state, ContextFailed(event), routed)
+        return routed
 
-    def _fail_context(self, context_id: Any, exc: BaseException) -> None:
+    def _fail_context(self, context_id: Any, exc: BaseException) -> list[Any]:
         state = self.contexts.get(context_id)
         log.warning("flushsink: %s", exc)
         if state is None or state.ended:
-            return
-        for event in self.sink.cancel(context_id):
-            self._route(event)
-        self._end(state, exc)
+            return []
+        events = self._route(self.sink.cancel(context_id))
+        self._end(state, exc, events)
+        return events
 
-    def _end(self, state: ContextState, failure: Optional[BaseException]) -> None:
+    def _end(self, state: ContextState, failure: Optional[BaseException],
+             events: list[Any]) -> None:
+        """End ``state``'s stream: its StreamEnd goes last into ``events``."""
         self.contexts.pop(state.context_id, None)
         if state.closed:
             return
         state.closed = True
         state.ended = True
         state.failure = failure
-        self.deliver(state, _End(failure))
-
-
-@dataclass(frozen=True)
-class _End:
-    """Internal marker closing a context's event stream (with the failure, if any)."""
-
-    failure: Optional[BaseException]
-
-
-@dataclass(frozen=True)
-class _Failed:
-    """Internal marker: raise this error in the context's stream, which goes on."""
-
-    error: BaseException
+        events.append(StreamEnd(state.context_id, failure))

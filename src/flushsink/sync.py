@@ -1,7 +1,10 @@
 """Blocking client for the Cartesia TTS websocket, on ``websockets.sync.client``.
 
-The same API as :mod:`flushsink.client` without ``await``: a reader thread receives
-every frame as bytes, feeds it to the Sink and routes the events to per-context queues.
+The same API as :mod:`flushsink.client` without ``await``: websockets' receiving thread
+hands each message to the sans-I/O :class:`~flushsink.session.Session` (under a lock, as
+the caller's thread uses it too), and the events it returns go through the shell both
+clients share (:mod:`flushsink._shell`: segments written, events queued per context).
+This module adds threads, blocking waits and the socket's send timeout.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from .client import HANDSHAKE_FAILURES, ClientBase, DirectMessages, _drop, handshake_error
+from ._connection import HANDSHAKE_FAILURES, DirectMessages, drop_message, handshake_error
+from ._shell import ClientBase, ContextBase
 from .errors import ReceiveTimeout, SendTimeout
 from .segments import Segment, SegmentReady
-from .session import ConnectionLost, ContextState, _End, _Failed, log
+from .session import ConnectionLost
 
 __all__ = ["connect", "Client", "Context", "ReceiveTimeout"]
 
@@ -67,23 +71,16 @@ class _Connection(DirectMessages, ClientConnection):
             raise self._send_timed_out() from None
 
 
-class Context:
+class Context(ContextBase):
     """One generation context: push text, flush, finish, and read its segments."""
 
-    def __init__(self, client: "Client", state: ContextState) -> None:
-        self._client = client
-        self._state = state
-        self._queue: "queue.Queue[Any]" = queue.Queue()
-
-    @property
-    def context_id(self) -> str:
-        return self._state.context_id
+    _client: "Client"
+    _queue: "queue.Queue[Any]"
+    _queue_class = queue.Queue
 
     def push(self, transcript: str, *, flush: bool = False, **extra: Any) -> None:
         """Send text (``continue: true``); with ``flush=True`` it ends a segment."""
-        self._client._send(self._client._session_call(
-            self._client._session.request, self._state, transcript, continue_=True,
-            flush=flush, **extra))
+        self._client._send(self._request(transcript, flush=flush, **extra))
 
     def flush(self) -> None:
         """Close the current segment: the server answers with ``flush_done``."""
@@ -91,14 +88,13 @@ class Context:
 
     def no_more_inputs(self) -> None:
         """Tell the server the context's text is complete; ``done`` follows its audio."""
-        self._client._send(self._client._session_call(
-            self._client._session.request, self._state, "", continue_=False))
+        self._client._send(self._request("", continue_=False))
 
     def cancel(self) -> None:
         """Stop the context: queued input is dropped by the server, late audio by us;
         segments still open are finished as incomplete."""
-        message = self._client._session_call(self._client._session.cancel, self._state)
-        if message is not None and self._client._connected():
+        message = self._cancel()
+        if message is not None:
             try:
                 self._client._send(message)
             except (ConnectionClosed, ConnectionLost, SendTimeout):
@@ -110,27 +106,16 @@ class Context:
         (no frame of it, audio included) for ``timeout`` (default ``receive_timeout``)
         seconds, noticed within twice that."""
         wait = self._client.receive_timeout if timeout is None else timeout
-        activity = self._client._session.sink.activity
         while True:
-            # chunks bring no events: when the wait runs out, the Sink's count of the
-            # context's frames says whether its audio is still arriving (see asyncio's)
-            seen = activity(self.context_id)
+            seen = self._activity()
             while True:
                 try:
                     event = self._queue.get(timeout=wait)
                     break
                 except queue.Empty:
-                    now = activity(self.context_id)
-                    if now == seen:
-                        raise ReceiveTimeout(
-                            f"no frame for context {self.context_id!r} in {wait} s") from None
-                    seen = now
-            if isinstance(event, _End):
-                if event.failure is not None:
-                    raise event.failure
+                    seen = self._waited(seen, wait)  # (ReceiveTimeout if the context is silent)
+            if not self._goes_on(event):
                 return
-            if isinstance(event, _Failed):
-                raise event.error  # e.g. a WriteError: iterate again to go on
             yield event
             del event  # do not pin the last event (and its audio) while waiting for the next
 
@@ -148,31 +133,19 @@ class Context:
         return list(self.segments(timeout))
 
 
-class Client(ClientBase):
+class Client(ClientBase[Context]):
     """A connection (re-opened on demand) and its contexts. Use :func:`connect`."""
 
     _context_class = Context
+    # the Session is touched by the caller's thread and the reader thread (staticmethod:
+    # threading.RLock is a function, which the class would bind)
+    _state_lock_class = staticmethod(threading.RLock)
 
     def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__(*args, **options)
-        # the Session is touched by the caller's thread and the reader thread
-        self._state_lock = threading.RLock()
         self._connect_lock = threading.Lock()
         self._ws: Optional[ClientConnection] = None
         self._reader: Optional[threading.Thread] = None
-
-    def _session_call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
-        with self._state_lock:
-            return method(*args, **kwargs)
-
-    def context(self, *, model_id: str = "sonic-latest", voice: Any,
-                output_format: Optional[dict[str, Any]] = None, context_id: Optional[str] = None,
-                **defaults: Any) -> Context:
-        """A new context; ``defaults`` are sent with each of its requests."""
-        with self._state_lock:
-            context: Context = self._new_context(model_id, voice, output_format, context_id,
-                                                 defaults)
-            return context
 
     def _connected(self) -> bool:
         return self._ws is not None and self._reader is not None and self._reader.is_alive()
@@ -221,12 +194,12 @@ class Client(ClientBase):
         the writer runs there too: a slow one delays the reading of the socket)."""
         try:
             with self._state_lock:
-                self._session.receive(message)
+                events = self._session.receive(message)
+                if events:  # (an audio frame has none: this is all it costs here)
+                    self._deliver(events)
         except Exception as exc:  # a bug (or a writer's own error) must not go unseen
-            log.exception("flushsink: the reader failed")
-            connection.on_message = _drop  # the rest of what this connection brings
-            with self._state_lock:
-                self._session.connection_lost(f"reader failed: {exc!r}")
+            connection.on_message = drop_message  # the rest of what this connection brings
+            self._reader_failed(exc)
             # close() waits for this very thread to end: another one must call it
             threading.Thread(target=connection.close, args=(1011, "client failed"),
                              daemon=True).start()
@@ -234,19 +207,16 @@ class Client(ClientBase):
     def _read(self, ws: ClientConnection) -> None:
         # Messages go to _on_message in websockets' own thread; this one waits for the
         # end of the connection (and feeds whatever recv() still gets, see DirectMessages).
-        session = self._session
         try:
             while True:
                 frame = ws.recv(decode=False)
                 with self._state_lock:
-                    session.receive(frame)
+                    self._receive(frame)
         except ConnectionClosed as exc:
             with self._state_lock:
-                session.connection_lost(self._closed(exc, ws))
+                self._lost(self._closed(exc, ws))
         except Exception as exc:  # a bug must not leave the contexts waiting forever
-            log.exception("flushsink: the reader failed")
-            with self._state_lock:
-                session.connection_lost(f"reader failed: {exc!r}")
+            self._reader_failed(exc)
             ws.close()
 
     def close(self) -> None:

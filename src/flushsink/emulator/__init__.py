@@ -1,6 +1,6 @@
 """A local Cartesia-compatible TTS websocket server, for tests, demos and benchmarks.
 
-The emulator speaks the protocol described in ``protocol.md`` (the ``/tts/websocket``
+The emulator speaks the protocol described in ``docs/protocol.md`` (the ``/tts/websocket``
 endpoint): contexts multiplexed on one socket and generated concurrently, ``continue`` /
 ``flush`` / ``flush_done`` / ``done``, ``cancel``, word and phoneme timestamps, both error
 shapes, the idle close, and a set of fault modes. Its audio is synthetic but speech-like
