@@ -26,11 +26,10 @@ import os
 
 import numpy as np
 
-from flushsink._store_c cimport _Context, _Segment, Store
+from flushsink._store_c cimport TYPE_NONE, TYPE_UNKNOWN, _Context, _Segment, Store
 
-from ._common import (BASE64_CODES, SCAN_CODES, SinkStats, frame_type_error, load_payload,
-                      str_frame_error)
-from ._store_c import REENTRANT
+from ._common import SinkStats, frame_type_error, load_payload, str_frame_error
+from ._store_c import REENTRANT, TYPE_CODES
 from .errors import FrameError
 from .segments import SegmentReady
 
@@ -53,6 +52,8 @@ cdef extern from "b64.h":
     ctypedef enum b64_status:
         B64_OK
         B64_NO_SPACE
+        B64_NSTATUS
+    const char * const *b64_status_codes
     size_t b64_decoded_size(const uint8_t *src, size_t n) nogil
     b64_status b64_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
                           size_t *written, size_t *error_pos) nogil
@@ -62,6 +63,13 @@ cdef extern from "b64.h":
 cdef extern from "frame.h":
     ctypedef enum fs_status:
         FS_OK
+        FS_NSTATUS
+    enum:
+        FS_NKEYS
+        FS_NTYPES
+    const char * const *fs_status_codes
+    const char * const *fs_key_names
+    const char * const *fs_type_names
     ctypedef enum fs_kind:
         FS_ABSENT
         FS_NULL
@@ -75,7 +83,7 @@ cdef extern from "frame.h":
         size_t end
         int has_escape
     ctypedef struct fs_frame:
-        fs_value keys[6]
+        fs_value keys[FS_NKEYS]
         size_t object_offset
         int data_checked
         int data_tentative
@@ -84,12 +92,6 @@ cdef extern from "frame.h":
     ctypedef enum fs_type:
         FS_TYPE_NONE
         FS_TYPE_CHUNK
-        FS_TYPE_FLUSH_DONE
-        FS_TYPE_DONE
-        FS_TYPE_ERROR
-        FS_TYPE_TIMESTAMPS
-        FS_TYPE_PHONEME_TIMESTAMPS
-        FS_TYPE_UNKNOWN
         FS_TYPE_BAD
     fs_type fs_frame_type(const uint8_t *buf, const fs_frame *frame)
     int fs_label(const uint8_t *buf, const fs_value *value, int64_t *label)
@@ -119,8 +121,29 @@ _frombuffer = np.frombuffer
 _object_new = object.__new__
 
 
-_FIELD_NAMES = ("type", "context_id", "flush_id", "data", "word_timestamps",
-                "phoneme_timestamps")
+
+cdef tuple _names(const char * const *table, int count):
+    """A C table of names (ext/frame.h, ext/b64.h) as a tuple of str, None for ""."""
+    names = []
+    for i in range(count):
+        names.append(table[i].decode("ascii") if table[i][0] else None)
+    return tuple(names)
+
+
+# What the C kernels name, read from their tables, the one place each is listed:
+#: FrameError codes by fs_status and by b64_status (None: not an error)
+SCAN_CODES = _names(fs_status_codes, FS_NSTATUS)
+BASE64_CODES = _names(b64_status_codes, B64_NSTATUS)
+#: the envelope's key names by fs_key, and the frame types by fs_type
+FIELD_NAMES = _names(fs_key_names, FS_NKEYS)
+FRAME_TYPE_NAMES = _names(fs_type_names, FS_NTYPES)
+
+# fs_type -> the store's frame type (_store.py's TYPE_*), matched by name
+cdef int _store_type[FS_NTYPES]
+for _t in range(FS_NTYPES):
+    _store_type[_t] = TYPE_NONE if _t == FS_TYPE_NONE else \
+        TYPE_CODES.get(FRAME_TYPE_NAMES[_t], TYPE_UNKNOWN)
+del _t
 
 
 def simd_path():
@@ -542,7 +565,7 @@ cdef class Sink(Store):
 
     cdef int _field_error(self, const uint8_t *buf, size_t n, fs_frame *fr, int key) except -1:
         self._check_json(buf, n, fr)
-        raise FrameError("field_type", fr.keys[key].value_offset, _FIELD_NAMES[key])
+        raise FrameError("field_type", fr.keys[key].value_offset, FIELD_NAMES[key])
 
     cdef object _dispatch(self, const uint8_t *buf, size_t n, fs_frame *fr):
         cdef fs_value *v
@@ -570,7 +593,7 @@ cdef class Sink(Store):
         if ftype != FS_TYPE_CHUNK:
             self._check_json(buf, n, fr)
             ctx = self._lookup(buf, fr)
-            return self._other(ctx, self._cid, ftype, has_flush, label)
+            return self._other(ctx, self._cid, _store_type[ftype], has_flush, label)
         ctx = self._lookup(buf, fr)
         self._chars = NULL
         self._offsets = NULL

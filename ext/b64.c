@@ -2,6 +2,10 @@
 
 #include <string.h>
 
+#define B64_NAME(id, name) name,
+const char *const b64_status_codes[B64_NSTATUS] = {B64_STATUS_LIST(B64_NAME)};
+#undef B64_NAME
+
 /* The x86 kernels are compiled with per-function target attributes, so the rest of the
  * file (and the extension) stays generic and one binary runs on every x86-64 CPU; the
  * kernel is chosen at run time from what the CPU (and the OS, for the AVX-512 state)

@@ -13,13 +13,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum {
-    B64_OK = 0,
-    B64_BAD_CHAR,
-    B64_BAD_PADDING,
-    B64_BAD_LENGTH,
-    B64_NO_SPACE
-} b64_status;
+/* Decode results with their FrameError codes, listed once (the enum and b64_status_codes
+ * are made from it; B64_OK and B64_NO_SPACE, the caller's mistake, have no code: ""). */
+#define B64_STATUS_LIST(X) \
+    X(B64_OK, "") \
+    X(B64_BAD_CHAR, "base64_char") \
+    X(B64_BAD_PADDING, "base64_padding") \
+    X(B64_BAD_LENGTH, "base64_length") \
+    X(B64_NO_SPACE, "")
+
+#define B64_ENUM_MEMBER(id, name) id,
+typedef enum { B64_STATUS_LIST(B64_ENUM_MEMBER) B64_NSTATUS } b64_status;
+extern const char *const b64_status_codes[B64_NSTATUS];
 
 /* Exact decoded size of valid input, and never less than what b64_decode writes:
  * n * 3 / 4 minus the '=' among the last two bytes. (Inline: asked once per chunk.) */

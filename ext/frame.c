@@ -364,48 +364,54 @@ static int string_equals(const uint8_t *buf, size_t start, size_t end, int escap
     return count == name_len && memcmp(chars, name, name_len) == 0;
 }
 
-static const char *const key_names[FS_NKEYS] = {
-    "type", "context_id", "flush_id", "data", "word_timestamps", "phoneme_timestamps"};
+#define FS_NAME(id, name) name,
+const char *const fs_status_codes[FS_NSTATUS] = {FS_STATUS_LIST(FS_NAME)};
+const char *const fs_key_names[FS_NKEYS] = {FS_KEY_LIST(FS_NAME)};
+const char *const fs_type_names[FS_NTYPES] = {FS_TYPE_LIST(FS_NAME)};
+#undef FS_NAME
+
+/* Unescaped text p[0:len] is the list entry's name: a constant-length compare the
+ * compiler inlines ("" entries never match). */
+#define FS_MATCH_NAME(id, name) \
+    if (sizeof(name) > 1 && len == sizeof(name) - 1 && memcmp(p, name, sizeof(name) - 1) == 0) \
+        return id;
 
 /* Which known key a top-level key is, or -1. Escaped keys are unescaped first, so
  * "t\u0079pe" is "type": otherwise two parsers could disagree on what a frame says. */
 static int known_key(const uint8_t *buf, size_t start, size_t end, int escaped)
 {
     if (!escaped) {
-        /* the common case: constant-length compares the compiler inlines */
         const uint8_t *p = buf + start;
-        switch (end - start) {
-        case 4:
-            if (memcmp(p, "type", 4) == 0) return FS_KEY_TYPE;
-            if (memcmp(p, "data", 4) == 0) return FS_KEY_DATA;
-            return -1;
-        case 8: return memcmp(p, "flush_id", 8) == 0 ? FS_KEY_FLUSH_ID : -1;
-        case 10: return memcmp(p, "context_id", 10) == 0 ? FS_KEY_CONTEXT_ID : -1;
-        case 15: return memcmp(p, "word_timestamps", 15) == 0 ? FS_KEY_WORD_TIMESTAMPS : -1;
-        case 18:
-            return memcmp(p, "phoneme_timestamps", 18) == 0 ? FS_KEY_PHONEME_TIMESTAMPS : -1;
-        default: return -1;
-        }
+        size_t len = end - start;
+        FS_KEY_LIST(FS_MATCH_NAME)
+        return -1;
     }
     for (int k = 0; k < FS_NKEYS; k++)
-        if (string_equals(buf, start, end, 1, key_names[k], strlen(key_names[k]))) return k;
+        if (string_equals(buf, start, end, 1, fs_key_names[k], strlen(fs_key_names[k])))
+            return k;
     return -1;
 }
 
 fs_type fs_frame_type(const uint8_t *buf, const fs_frame *frame)
 {
-    static const char *const names[] = {
-        NULL, "chunk", "flush_done", "done", "error", "timestamps", "phoneme_timestamps"};
     const fs_value *v = &frame->keys[FS_KEY_TYPE];
     if (v->kind == FS_ABSENT || v->kind == FS_NULL) return FS_TYPE_NONE;
     if (v->kind != FS_STRING) return FS_TYPE_BAD;
-    if (!v->has_escape && v->end - v->start == 5 && memcmp(buf + v->start, "chunk", 5) == 0)
-        return FS_TYPE_CHUNK;
-    for (int t = FS_TYPE_CHUNK; t <= FS_TYPE_PHONEME_TIMESTAMPS; t++)
-        if (string_equals(buf, v->start, v->end, v->has_escape, names[t], strlen(names[t])))
+    if (!v->has_escape) {
+        const uint8_t *p = buf + v->start;
+        size_t len = v->end - v->start;
+        FS_TYPE_LIST(FS_MATCH_NAME)
+        return FS_TYPE_UNKNOWN;
+    }
+    for (int t = 0; t < FS_NTYPES; t++)
+        if (fs_type_names[t][0] != 0
+                && string_equals(buf, v->start, v->end, 1, fs_type_names[t],
+                                 strlen(fs_type_names[t])))
             return (fs_type)t;
     return FS_TYPE_UNKNOWN;
 }
+
+#undef FS_MATCH_NAME
 
 /* The k-th top-level member, buf[member:comma + 1], was scanned and ends with ','; its
  * value is buf[value:value_end]. */

@@ -15,23 +15,57 @@
 
 #define FS_MAX_DEPTH 64
 
-typedef enum {
-    FS_OK = 0,
-    FS_E_NOT_OBJECT,
-    FS_E_TRUNCATED,
-    FS_E_SYNTAX,
-    FS_E_UTF8,
-    FS_E_CONTROL,
-    FS_E_ESCAPE,
-    FS_E_SURROGATE,
-    FS_E_NUMBER,
-    FS_E_DEPTH,
-    FS_E_TRAILING,
-    FS_E_DUPLICATE
-} fs_status;
+/* The names the Python side shows, each listed once here with its C name (X-macros):
+ * the enums below and the tables of names in frame.c are made from these lists, and the
+ * compiled core reads the tables (fs_status_codes, fs_key_names, fs_type_names), so no
+ * other file copies their order. "" marks an entry without a name. */
 
-typedef enum { FS_KEY_TYPE = 0, FS_KEY_CONTEXT_ID, FS_KEY_FLUSH_ID, FS_KEY_DATA,
-               FS_KEY_WORD_TIMESTAMPS, FS_KEY_PHONEME_TIMESTAMPS, FS_NKEYS } fs_key;
+/* Scan results: FrameError codes (flushsink.errors.FRAME_ERROR_REASONS explains each). */
+#define FS_STATUS_LIST(X) \
+    X(FS_OK, "") \
+    X(FS_E_NOT_OBJECT, "not_object") \
+    X(FS_E_TRUNCATED, "truncated") \
+    X(FS_E_SYNTAX, "syntax") \
+    X(FS_E_UTF8, "utf8") \
+    X(FS_E_CONTROL, "control") \
+    X(FS_E_ESCAPE, "escape") \
+    X(FS_E_SURROGATE, "surrogate") \
+    X(FS_E_NUMBER, "number") \
+    X(FS_E_DEPTH, "depth") \
+    X(FS_E_TRAILING, "trailing") \
+    X(FS_E_DUPLICATE, "duplicate")
+
+/* The top-level members the scanner records: the envelope's key names. */
+#define FS_KEY_LIST(X) \
+    X(FS_KEY_TYPE, "type") \
+    X(FS_KEY_CONTEXT_ID, "context_id") \
+    X(FS_KEY_FLUSH_ID, "flush_id") \
+    X(FS_KEY_DATA, "data") \
+    X(FS_KEY_WORD_TIMESTAMPS, "word_timestamps") \
+    X(FS_KEY_PHONEME_TIMESTAMPS, "phoneme_timestamps")
+
+/* Frame types: the "type" values the sink knows, and what fs_frame_type says otherwise
+ * (NONE: no type or null; UNKNOWN: a string it does not know; BAD: not a string). */
+#define FS_TYPE_LIST(X) \
+    X(FS_TYPE_NONE, "") \
+    X(FS_TYPE_CHUNK, "chunk") \
+    X(FS_TYPE_FLUSH_DONE, "flush_done") \
+    X(FS_TYPE_DONE, "done") \
+    X(FS_TYPE_ERROR, "error") \
+    X(FS_TYPE_TIMESTAMPS, "timestamps") \
+    X(FS_TYPE_PHONEME_TIMESTAMPS, "phoneme_timestamps") \
+    X(FS_TYPE_UNKNOWN, "") \
+    X(FS_TYPE_BAD, "")
+
+#define FS_ENUM_MEMBER(id, name) id,
+typedef enum { FS_STATUS_LIST(FS_ENUM_MEMBER) FS_NSTATUS } fs_status;
+typedef enum { FS_KEY_LIST(FS_ENUM_MEMBER) FS_NKEYS } fs_key;
+typedef enum { FS_TYPE_LIST(FS_ENUM_MEMBER) FS_NTYPES } fs_type;
+
+/* Their names, indexed by the enums ("" for the entries without one). */
+extern const char *const fs_status_codes[FS_NSTATUS];
+extern const char *const fs_key_names[FS_NKEYS];
+extern const char *const fs_type_names[FS_NTYPES];
 
 typedef enum { FS_ABSENT = 0, FS_NULL, FS_STRING, FS_NUMBER, FS_OTHER } fs_kind;
 
@@ -181,10 +215,6 @@ int fs_confirm_data_end(const uint8_t *buf, const fs_frame *frame);
 /* After a full scan: 1 when the frame's data string is its last member (only whitespace
  * and the closing brace follow it), the layout FS_GUESS_LAST is made for. */
 int fs_data_is_last(const uint8_t *buf, size_t n, const fs_frame *frame);
-
-typedef enum { FS_TYPE_NONE = 0, FS_TYPE_CHUNK, FS_TYPE_FLUSH_DONE, FS_TYPE_DONE,
-               FS_TYPE_ERROR, FS_TYPE_TIMESTAMPS, FS_TYPE_PHONEME_TIMESTAMPS,
-               FS_TYPE_UNKNOWN, FS_TYPE_BAD } fs_type;
 
 /* The frame's "type": NONE when absent or null, BAD when not a string, UNKNOWN for a
  * string flushsink does not know (escaped spellings are unescaped first). */

@@ -299,3 +299,21 @@ def test_rejected_frame_run_matches_model(code, bad):
     for frame in frames:
         ref.assert_outcome(ref.core_outcome(sink, frame), ref.model_outcome(model, frame), frame)
     assert tuple(sink.stats) == model.stats_tuple()
+
+
+def test_the_kernels_names_are_the_ones_both_cores_and_the_model_use(compiled_core):
+    """ext/frame.h and ext/b64.h list each key name, frame type and error code once; the
+    compiled core reads them from there. They must be what the twin, the store's rules,
+    the reference model and the error reasons know, or a frame would mean one thing to
+    one core and another to the other."""
+    from flushsink import _fallback, _store
+
+    codes = {c for c in compiled_core.SCAN_CODES + compiled_core.BASE64_CODES if c is not None}
+    assert codes <= set(FRAME_ERROR_REASONS), codes - set(FRAME_ERROR_REASONS)
+    assert compiled_core.SCAN_CODES[0] is None and compiled_core.BASE64_CODES[0] is None
+    assert compiled_core.FIELD_NAMES == _fallback.KNOWN_KEYS == ref.KNOWN_KEYS
+    known_types = {t for t in compiled_core.FRAME_TYPE_NAMES if t is not None}
+    assert known_types == set(_store.TYPE_CODES)
+    # the frames written by hand for each code cover exactly the kernels' codes
+    expected = {code for code, _ in BAD_FRAMES + REJECTED} - {"field_type", "type"}
+    assert expected == codes, expected ^ codes

@@ -10,19 +10,8 @@ from typing import Any, NamedTuple
 from .errors import CapacityError, FrameError
 from .formats import AudioFormat
 
-#: FrameError codes in the order of the C scanner's fs_status values (FS_OK is 0).
-SCAN_CODES = (
-    None, "not_object", "truncated", "syntax", "utf8", "control", "escape",
-    "surrogate", "number", "depth", "trailing", "duplicate",
-)
-#: FrameError codes of the C decoder's b64_status values (B64_OK is 0).
-BASE64_CODES = (None, "base64_char", "base64_padding", "base64_length")
-
 #: The largest flush_id accepted: labels stay exact in a signed 64-bit integer.
 MAX_FLUSH_ID = 2**62
-
-#: Frame types the sink knows; anything else is returned as an Unknown event.
-FRAME_TYPES = ("chunk", "flush_done", "done", "error", "timestamps", "phoneme_timestamps")
 
 
 class SinkStats(NamedTuple):

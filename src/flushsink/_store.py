@@ -18,9 +18,9 @@ intake looks a frame's context up and calls ``_chunk`` or ``_other``; everything
 that is decided here, so the two cores cannot drift apart. Model: aiohttp's
 ``_websocket/reader_py.py`` + ``reader_c.pxd``.
 
-Concessions to Cython, each as aiohttp makes them: frame types are small integers, the
-values of ext/frame.h's fs_type, so they can be C ints; a flush_id is ``has_flush`` and
-``label`` (an int64) rather than an Optional; "no owner thread" is 0, not None.
+Concessions to Cython, each as aiohttp makes them: frame types are small integers (so
+they can be C ints); a flush_id is ``has_flush`` and ``label`` (an int64) rather than an
+Optional; "no owner thread" is 0, not None.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ from .formats import DEFAULT_FORMAT, AudioFormat
 from .segments import (ContextDone, Segment, SegmentReady, Timestamps, Unknown, error_event,
                        parse_timed_text, shift)
 
-# Frame types: ext/frame.h's fs_type values (the compiled intake passes them as they are).
+# Frame types, as the store's rules know them. An intake gives the type by name (the
+# twin), or maps its own codes by name (the compiled core maps ext/frame.h's fs_type
+# through TYPE_CODES once, at import), so nothing else copies these numbers.
 TYPE_NONE = 0          # no type member, or null
 TYPE_CHUNK = 1
 TYPE_FLUSH_DONE = 2
