@@ -31,7 +31,12 @@ if mode != "no":
             raise
         cythonize = None
     if cythonize is not None:
-        compile_args = ["-O3", "-std=c11", "-Wall", "-Wno-unused-function"]
+        # -fvisibility=hidden: only PyInit_* is exported, so calls between the
+        # extension's own C files (fs_scan, b64_decode) are direct, not through the PLT
+        # (an indirect jump that the CPU must predict, and a few % of a chunk when it
+        # does not)
+        compile_args = ["-O3", "-std=c11", "-Wall", "-Wno-unused-function",
+                        "-fvisibility=hidden"]
         link_args = []
         if os.environ.get("FLUSHSINK_SANITIZE") == "1":
             san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
