@@ -206,7 +206,6 @@ typedef struct {
     size_t error_offset;
     fs_frame *frame;
     int guesses;                             /* FS_GUESS_*: see fs_scan */
-    fs_memo *memo;
     size_t members;                          /* top-level members before data */
     fs_tmpl_member member[FS_TMPL_MEMBERS];  /* the first of them, for the template */
     size_t data_end;                         /* data's closing quote, once passed; else 0 */
@@ -413,101 +412,15 @@ fs_type fs_frame_type(const uint8_t *buf, const fs_frame *frame)
 
 #undef FS_MATCH_NAME
 
-/* The k-th top-level member, buf[member:comma + 1], was scanned and ends with ','; its
- * value is buf[value:value_end]. */
-static void memo_keep(fs_memo *memo, size_t k, const uint8_t *buf, size_t member,
-                      size_t comma, size_t value, size_t value_end, int key,
-                      const fs_value *v)
-{
-    size_t len = comma + 1 - member;
-    if (k >= FS_MEMO_MEMBERS || key == FS_KEY_DATA) return;
-    fs_memo_member *m = &memo->members[k];
-    if (len > FS_MEMO_BYTES) { m->len = 0; return; }
-    memcpy(m->bytes, buf + member, len);
-    m->len = (uint32_t)len;
-    m->key = (int8_t)key;
-    m->value_offset = (uint16_t)(value - member);
-    m->value_end = (uint16_t)(value_end - member);
-    if (key >= 0) {
-        m->kind = (uint8_t)v->kind;
-        if (v->kind == FS_STRING || v->kind == FS_NUMBER) {
-            m->start = (uint16_t)(v->start - member);
-            m->end = (uint16_t)(v->end - member);
-            m->has_escape = (uint8_t)(v->kind == FS_STRING && v->has_escape);
-        } else {
-            m->start = m->end = 0;
-            m->has_escape = 0;
-        }
-    }
-}
-
-/* a[0:len] == b[0:len], where b has room for 16 bytes (a member's bytes[]) and
- * a has room for avail >= len bytes. Members are 10-60 bytes: memcmp's call costs
- * more than the compare. */
-static inline int same_member(const uint8_t *a, size_t avail, const uint8_t *b, size_t len)
-{
-#if defined(__SSE2__)
-    if (avail >= 16) {
-        if (len <= 16) {
-            unsigned eq = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
-                _mm_loadu_si128((const __m128i *)a), _mm_loadu_si128((const __m128i *)b)));
-            unsigned want = (1u << len) - 1u;
-            return (eq & want) == want;
-        }
-        for (size_t j = 0;; j += 16) {
-            if (j + 16 >= len) j = len - 16;   /* the last 16, overlapping */
-            unsigned eq = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
-                _mm_loadu_si128((const __m128i *)(a + j)),
-                _mm_loadu_si128((const __m128i *)(b + j))));
-            if (eq != 0xFFFFu) return 0;
-            if (j + 16 == len) return 1;
-        }
-    }
-#endif
-    (void)avail;
-    return memcmp(a, b, len) == 0;
-}
-
-/* If buf[i:] starts with the k-th kept member (and its key is not a duplicate), take
- * what the scan of those bytes found and return its length; else 0. */
-static inline size_t memo_take(scanner *s, size_t k, size_t i)
-{
-    if (k >= FS_MEMO_MEMBERS) return 0;
-    const fs_memo_member *m = &s->memo->members[k];
-    if (m->len == 0 || m->len > s->n - i || !same_member(s->buf + i, s->n - i, m->bytes, m->len))
-        return 0;
-    if (m->key >= 0) {
-        fs_value *v = &s->frame->keys[m->key];
-        if (v->kind != FS_ABSENT) return 0;   /* a duplicate: the full scan reports it */
-        v->kind = (fs_kind)m->kind;
-        v->value_offset = i + m->value_offset;
-        v->start = i + m->start;
-        v->end = i + m->end;
-        v->has_escape = m->has_escape;
-    }
-    record_member(s, i + m->value_offset, i + m->value_end, m->key);
-    return m->len;
-}
-
 static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
 {
     const uint8_t *b = s->buf;
     size_t n = s->n, i = *pos + 1;
     fs_status st;
-    fs_memo *memo = top ? s->memo : NULL;
-    size_t k = 0;   /* the member's index, for memo */
     i = skip_ws(b, n, i);
     if (i >= n) return fail(s, FS_E_TRUNCATED, n);
     if (b[i] == '}') { *pos = i + 1; return FS_OK; }
-    for (;; k++) {
-        if (memo) {
-            size_t len = memo_take(s, k, i);
-            if (len) {
-                i = skip_ws(b, n, i + len);
-                if (i >= n) return fail(s, FS_E_TRUNCATED, n);
-                continue;
-            }
-        }
+    for (;;) {
         if (b[i] != '"') return fail(s, FS_E_SYNTAX, i);
         size_t key_offset = i, ks, ke;
         int kesc;
@@ -570,9 +483,6 @@ static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
         if (i >= n) return fail(s, FS_E_TRUNCATED, n);
         if (b[i] == '}') { *pos = i + 1; return FS_OK; }
         if (b[i] != ',') return fail(s, FS_E_SYNTAX, i);
-        if (memo)
-            memo_keep(memo, k, b, key_offset, i, value, value_end, key,
-                      key >= 0 ? &s->frame->keys[key] : NULL);
         i = skip_ws(b, n, i + 1);
         if (i >= n) return fail(s, FS_E_TRUNCATED, n);
     }
@@ -889,7 +799,7 @@ fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_o
         *error_offset = 0;   /* as the full scan leaves it */
         return FS_OK;
     }
-    scanner s = {buf, n, 0, frame, guesses, memo, 0};
+    scanner s = {buf, n, 0, frame, guesses, 0};
     s.data_end = 0;
     s.after = 0;
     /* only the kinds need clearing: the other fields are read once a kind is set */

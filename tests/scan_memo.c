@@ -1,5 +1,5 @@
-/* The scanner with and without its memory of earlier frames (fs_memo: the member memo
- * and the envelope template) must give the same answer for every frame: status, error
+/* The scanner with and without its memory of earlier frames (fs_memo: the envelope
+ * template) must give the same answer for every frame: status, error
  * offset and every field of fs_frame a caller reads. Frames are near-copies of a few
  * server-like bases, mutated a byte or a few at a time (replaced, inserted, deleted, cut),
  * fed in a stream so that the memory always holds something close. Run by

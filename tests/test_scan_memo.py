@@ -1,5 +1,5 @@
-"""The C scanner with and without its memory of earlier frames (frame.c's member memo and
-envelope template) agrees on every frame: tests/scan_memo.c, built here with the system
+"""The C scanner with and without its memory of earlier frames (frame.c's envelope
+template) agrees on every frame: tests/scan_memo.c, built here with the system
 compiler (and AddressSanitizer + UBSan where it has them), scans mutated near-copies of
 server frames both ways. The Python-level tests compare the compiled core with the twin;
 this one reaches the scanner directly, a million frames a second.
