@@ -132,7 +132,8 @@ sanitize: $(STAMP)
 # the abi3 wheel) can ride along, and the sdist is shown to build. The compiled wheels go
 # through `auditwheel repair` (policy: the oldest manylinux tag their symbol versions allow,
 # no library bundled; the same command as [tool.cibuildwheel.linux]), and
-# tools/check_wheels.py checks each wheel's tags, its one extension module and
+# tools/check_wheels.py checks each wheel's tags, its two extension modules (the kernels
+# and the segment rules, each once) and
 # `auditwheel show`. Every Python the README names must be here: a missing one is an error.
 WHEEL_VENV ?= .venv-wheels
 WHEEL_WORK := build/wheels

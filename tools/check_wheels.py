@@ -1,14 +1,15 @@
 """Check what `make wheels` put in dist/: one sdist and the wheels a release ships, each
-holding exactly the extension module its tags promise.
+holding exactly the extension modules its tags promise.
 
     python tools/check_wheels.py dist [--expect cp310-cp310 --expect cp311-abi3 --expect py3-none]
 
 For each wheel, from its file name and its contents:
 
-- a compiled wheel holds exactly one extension module, flushsink/_speedups, with the suffix
-  of its tag (``.abi3.so`` for cp311-abi3, ``.cpython-310-*.so`` for cp310): a stale module
-  of another build left in a build directory would otherwise ride along, and the
-  interpreter that matches it would load it instead of the right one;
+- a compiled wheel holds each of the extension modules, flushsink/_speedups (the kernels)
+  and flushsink/_store_c (the segment rules), exactly once, with the suffix of its tag
+  (``.abi3.so`` for cp311-abi3, ``.cpython-310-*.so`` for cp310): a stale module of another
+  build left in a build directory would otherwise ride along, and the interpreter that
+  matches it would load it instead of the right one;
 - its platform tag is a manylinux one (auditwheel repair set it) and `auditwheel show`
   agrees that the wheel is consistent with it;
 - it bundles no shared library (no flushsink.libs/): the extension needs only libc;
@@ -26,11 +27,12 @@ import sys
 import zipfile
 from pathlib import Path
 
-EXTENSION = re.compile(r"^flushsink/_speedups\.(?P<suffix>[^/]+)\.(so|pyd)$")
+MODULES = ("_speedups", "_store_c")
+EXTENSION = re.compile(r"^flushsink/(?P<module>_speedups|_store_c)\.(?P<suffix>[^/]+)\.(so|pyd)$")
 
 
 def extension_suffix(python_tag: str, abi_tag: str, platform_tag: str) -> str:
-    """The suffix flushsink/_speedups.SUFFIX.so must have in a wheel with these tags."""
+    """The suffix flushsink/MODULE.SUFFIX.so must have in a wheel with these tags."""
     if abi_tag == "abi3":
         return "abi3"
     version = python_tag.removeprefix("cp")
@@ -56,7 +58,7 @@ def check_wheel(wheel: Path, auditwheel: str) -> tuple[str, list[str]]:
     problems = []
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    extensions = [m.group("suffix") for m in map(EXTENSION.match, names) if m]
+    extensions = [(m.group("module"), m.group("suffix")) for m in map(EXTENSION.match, names) if m]
     stray = [n for n in names if n.endswith((".so", ".pyd")) and not EXTENSION.match(n)]
     if stray:
         problems.append(f"shared objects besides the extension: {stray}")
@@ -75,8 +77,11 @@ def check_wheel(wheel: Path, auditwheel: str) -> tuple[str, list[str]]:
     # manylinux2014_x86_64 and the like are aliases of a manylinux_X_Y tag beside them
     wanted = {extension_suffix(python_tag, abi_tag, t) for t in platform_tags.split(".")
               if not re.match(r"manylinux\d", t)}
-    if len(extensions) != 1 or extensions[0] not in wanted:
-        problems.append(f"extension modules {extensions}, expected exactly one of {sorted(wanted)}")
+    for module in MODULES:
+        suffixes = [suffix for found, suffix in extensions if found == module]
+        if len(suffixes) != 1 or suffixes[0] not in wanted:
+            problems.append(f"{module} extension modules {suffixes}, expected exactly one of "
+                            f"{sorted(wanted)}")
     try:
         consistent = platform_tags_consistent(wheel, auditwheel)
     except RuntimeError as exc:
