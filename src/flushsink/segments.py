@@ -28,11 +28,15 @@ class Segment:
     ``trailing_bytes`` holds bytes at the end that do not form a whole sample.
     ``start`` is the segment's offset in its context's audio, in seconds; word and
     phoneme timestamps are relative to it (add ``start`` for context time).
+    ``sample_count`` is the number of whole samples the segment received: ``len(samples)``,
+    except from a Sink made with ``keep_audio=False``, which streamed the audio and kept
+    none of it (``samples`` is then empty; docs/sink.md "Streaming").
     """
 
     __slots__ = (
         "context_id", "flush_id", "format", "samples", "complete", "error",
         "trailing_bytes", "start", "word_timestamps", "phoneme_timestamps", "path",
+        "sample_count",
     )
 
     def __init__(
@@ -47,6 +51,7 @@ class Segment:
         start: float = 0.0,
         word_timestamps: tuple[TimedText, ...] = (),
         phoneme_timestamps: tuple[TimedText, ...] = (),
+        sample_count: Optional[int] = None,
     ) -> None:
         self.context_id = context_id
         self.flush_id = flush_id
@@ -59,16 +64,20 @@ class Segment:
         self.word_timestamps = word_timestamps
         self.phoneme_timestamps = phoneme_timestamps
         self.path: Optional[str] = None
+        self.sample_count: int = len(samples) if sample_count is None else sample_count
 
     @property
     def duration(self) -> float:
         """Length in seconds (whole samples only)."""
-        return len(self.samples) / self.format.sample_rate
+        return self.sample_count / self.format.sample_rate
 
     @property
     def nbytes(self) -> int:
-        """Bytes of whole samples (``trailing_bytes`` not included)."""
-        return int(self.samples.nbytes)
+        """Bytes of whole samples (``trailing_bytes`` not included), received ones for a
+        segment whose audio was not kept."""
+        if self.sample_count == len(self.samples):
+            return int(self.samples.nbytes)
+        return self.sample_count * self.format.sample_width
 
     def to_int16(self) -> np.ndarray:
         """The samples as int16: G.711 codes expanded, float clipped to [-1, 1] and scaled."""
@@ -88,7 +97,7 @@ class Segment:
         state = "complete" if self.complete else f"incomplete: {self.error}"
         return (
             f"<Segment context_id={self.context_id!r} flush_id={self.flush_id} "
-            f"{self.format.encoding}/{self.format.sample_rate} {len(self.samples)} samples "
+            f"{self.format.encoding}/{self.format.sample_rate} {self.sample_count} samples "
             f"{self.duration:.3f}s {state}>"
         )
 
