@@ -192,6 +192,7 @@ class _ReadableBuffer:
 
 
 _NAMESPACE = {**vars(typing), **vars(segments), "AudioFormat": AudioFormat,
+              "AudioChunk": _fallback.AudioChunk,
               "SinkStats": SinkStats, "ReadableBuffer": _ReadableBuffer}
 
 

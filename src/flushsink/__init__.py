@@ -6,7 +6,7 @@ twin of identical behaviour; ``flushsink.BACKEND`` says which one runs.
 
 from __future__ import annotations
 
-from ._accel import BACKEND, SIMD, Sink, SinkStats
+from ._accel import BACKEND, SIMD, AudioChunk, Sink, SinkStats
 from .errors import (
     CapacityError,
     ConnectionLost,
@@ -43,7 +43,7 @@ from . import sync
 from ._version import __version__
 
 __all__ = [
-    "BACKEND", "SIMD", "Sink", "SinkStats", "AudioFormat", "DEFAULT_FORMAT",
+    "BACKEND", "SIMD", "Sink", "SinkStats", "AudioChunk", "AudioFormat", "DEFAULT_FORMAT",
     "Segment", "SegmentReady", "ContextDone", "ContextError", "ServerError",
     "Timestamps", "Unknown", "TimedText", "Event",
     "FileWriter", "connect", "sync",

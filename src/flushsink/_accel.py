@@ -43,6 +43,7 @@ else:
         BACKEND = "pure"
 
 Sink = core.Sink
+AudioChunk = core.AudioChunk
 SinkStats = core.SinkStats
 b64decode = core.b64decode
 SIMD = core.simd_path()

@@ -29,14 +29,14 @@ from ._common import (
     load_payload,
     str_frame_error,
 )
-from ._store import REENTRANT, TYPE_CODES, TYPE_NONE, TYPE_UNKNOWN, Store, _Segment
+from ._store import REENTRANT, TYPE_CODES, TYPE_NONE, TYPE_UNKNOWN, AudioChunk, Store, _Segment
 from .errors import FrameError
 from .segments import Event
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-__all__ = ["Sink", "SinkStats", "b64decode", "simd_path", "_set_simd_path"]
+__all__ = ["AudioChunk", "Sink", "SinkStats", "b64decode", "simd_path", "_set_simd_path"]
 
 MAX_DEPTH = 64
 _get_ident = threading.get_ident
@@ -732,6 +732,11 @@ class _PySegment(_Segment):
         # a bytearray grows geometrically by itself and allocates nothing up front,
         # which is the twin's way of not paying resident memory for a reservation
         self.data = bytearray()
+        # stream mode instead: each chunk's whole samples as bytes (immutable, so the
+        # AudioChunk views of them are read-only for free; none kept with keep_audio=False),
+        # and the bytes of a sample split across frames, waiting for the rest of it
+        self.pieces: list[bytes] = []
+        self.tail = b""
 
 
 class Sink(Store):
@@ -752,10 +757,11 @@ class Sink(Store):
         self._audio: Optional[bytes] = None
         self._value: Optional[_Value] = None
         self._text: Any = b""
+        self._piece = b""  # stream mode: the whole samples the chunk being stored completed
 
     # ---- intake -------------------------------------------------------------------
 
-    def feed(self, frame: ReadableBuffer | str) -> tuple[Event, ...]:
+    def feed(self, frame: ReadableBuffer | str) -> tuple[Event | AudioChunk, ...]:
         """Feed one websocket message; returns a tuple of events (``()`` for audio).
 
         Raises FrameError (a ValueError) for a malformed frame and CapacityError when
@@ -807,7 +813,7 @@ class Sink(Store):
                 self._buf = buf
                 code = TYPE_NONE if ftype is None else TYPE_CODES.get(ftype, TYPE_UNKNOWN)
                 return self._other(ctx, cid, code, label is not None, label or 0)
-            if ctx is not None and type(data) is bytes:
+            if ctx is not None and type(data) is bytes and not self._stream:
                 # The steady state, a decoded chunk for an open segment that the caps let
                 # grow: what Store._chunk does for it, in a few steps (an open label is
                 # never in ctx.finished; an unlabelled segment found by its label is
@@ -868,13 +874,31 @@ class Sink(Store):
                     return FrameError(exc.code, exc.offset)
                 assert value is not None  # an absent data decodes to b"" without error
                 return FrameError(exc.code, value.start + exc.offset)
-        seg.data += decoded
+        if not self._stream:
+            seg.data += decoded
+            return None
+        joined = seg.tail + decoded if seg.tail else decoded
+        whole = len(joined) // seg.fmt.width * seg.fmt.width
+        piece = joined[:whole] if whole < len(joined) else joined
+        seg.tail = joined[whole:]
+        if piece and self._keep_audio:
+            seg.pieces.append(piece)
+        self._piece = piece
         return None
+
+    def _chunk_event(self, ctx: Any, seg: Any, first: int, end: int) -> AudioChunk:
+        piece, self._piece = self._piece, b""
+        return self._new_chunk(ctx, seg, first, end, piece, 0)
 
     def _new_blank_segment(self) -> _PySegment:
         return _PySegment()
 
     def _hand_over(self, seg: Any) -> Any:
+        if self._stream:  # read-only, as the compiled core's (the chunks' views share it)
+            self._trailing = seg.tail
+            joined = b"".join(seg.pieces) if self._keep_audio else b""
+            seg.pieces = []
+            return np.frombuffer(joined, dtype=seg.fmt.dtype)
         data = seg.data
         width = seg.fmt.width
         whole = len(data) // width * width

@@ -28,6 +28,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
+import numpy as np
+
 from ._common import (SinkStats, cap_reason, check_sink_args, lost_error,
                       open_segments_cap_error, prealloc_bytes, segment_cap_error,
                       timestamps_cap_error, total_cap_error)
@@ -68,6 +70,7 @@ class _Format:
         self.format = format
         self.dtype = format.dtype
         self.width = format.sample_width
+        self.shift = self.width.bit_length() - 1  # widths are 1, 2, 4: log2 of it
         self.bytes_per_second = format.bytes_per_second
         self.prealloc = prealloc_bytes(format, prealloc_seconds, max_segment_bytes)
 
@@ -88,6 +91,71 @@ class _Segment:
         self.lost_chunks = 0                  # chunks rejected (Store._lose)
         self.lost_bytes = 0
         self.lost_reason: Any = None
+
+
+class AudioChunk:
+    """The whole samples one chunk frame completed, as a streaming Sink returns them
+    (``Sink(..., stream=True)``; docs/sink.md "Streaming").
+
+    ``samples`` (numpy, read-only) and ``data`` (a read-only memoryview of the same bytes)
+    are views, made on first use, of the memory the audio was decoded into: no copy. They
+    stay valid and unchanged for as long as they (or the chunk) are held, whatever the
+    Sink does next (grow, finish or drop the segment). ``start`` is the index of the first
+    sample in its segment; a sample split across frames belongs to the chunk that
+    completes it.
+
+    Made by a Sink (Store._new_chunk sets its fields; the compiled core's is a C type
+    made without a Python-level call), never by users.
+    """
+
+    context_id: Optional[str]
+    flush_id: int
+    start: int                         # first sample's index in the segment
+    _fmt: _Format
+    _owner: Any                        # what exports the bytes (the core's storage)
+    _offset: int                       # where they start in it
+    _nbytes: int
+    _samples: Any                      # the views, made on first use
+    _data: Any
+
+    @property
+    def format(self) -> AudioFormat:
+        return self._fmt.format
+
+    @property
+    def samples(self) -> Any:
+        """The chunk's samples: a read-only numpy array over its bytes (no copy)."""
+        if self._samples is None:
+            self._samples = np.frombuffer(self._owner, self._fmt.dtype,
+                                          self._nbytes // self._fmt.width, self._offset)
+        return self._samples
+
+    @property
+    def data(self) -> memoryview:
+        """The chunk's bytes (whole samples, little-endian): a read-only memoryview."""
+        if self._data is None:
+            view = memoryview(self._owner)
+            self._data = view[self._offset:self._offset + self._nbytes].toreadonly()
+            view.release()
+        return self._data  # type: ignore[no-any-return]
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return float(self._nbytes) / self._fmt.bytes_per_second  # (float: C would divide ints)
+
+    def __len__(self) -> int:
+        return self._nbytes // self._fmt.width
+
+    def __repr__(self) -> str:
+        fmt = self._fmt.format
+        return (f"<AudioChunk context_id={self.context_id!r} flush_id={self.flush_id} "
+                f"{fmt.encoding}/{fmt.sample_rate} samples {self.start}.."
+                f"{self.start + len(self)}>")
 
 
 class _Context:
@@ -121,10 +189,15 @@ class Store:
                  prealloc_seconds: float = 10.0, max_segment_bytes: int = 256 * 2**20,
                  max_total_bytes: int = 1024 * 2**20, max_ended_contexts: int = 10_000,
                  max_open_segments: int = 100_000, max_timestamps: int = 1_000_000,
-                 max_finished_labels: int = 10_000, drop_unannounced: bool = False) -> None:
+                 max_finished_labels: int = 10_000, drop_unannounced: bool = False,
+                 stream: bool = False, keep_audio: bool = True) -> None:
         check_sink_args(format, prealloc_seconds, max_segment_bytes, max_total_bytes,
                         max_ended_contexts, max_open_segments, max_timestamps,
                         max_finished_labels)
+        if not keep_audio and not stream:
+            raise ValueError("keep_audio=False needs stream=True: the audio would be lost")
+        self._stream = bool(stream)
+        self._keep_audio = bool(keep_audio)
         self._format = format
         self._prealloc_seconds = float(prealloc_seconds)
         self._max_segment_bytes = max_segment_bytes
@@ -181,6 +254,14 @@ class Store:
     @property
     def max_finished_labels(self) -> int:
         return self._max_finished_labels
+
+    @property
+    def stream(self) -> bool:
+        return self._stream
+
+    @property
+    def keep_audio(self) -> bool:
+        return self._keep_audio
 
     @property
     def drop_unannounced(self) -> bool:
@@ -245,8 +326,32 @@ class Store:
     def _hand_over(self, seg: Any) -> Any:
         """The finished segment's samples (a numpy array over its whole samples, no copy
         where the core can avoid one); the core keeps nothing of its audio after this.
-        Sets self._trailing to the bytes past the last whole sample."""
+        Sets self._trailing to the bytes past the last whole sample. In stream mode the
+        array is read-only (it shares the AudioChunks' memory where the core can), and
+        with keep_audio=False it is empty (nothing was kept)."""
         raise NotImplementedError
+
+    def _chunk_event(self, ctx: _Context, seg: Any, first: int, end: int) -> AudioChunk:
+        """Stream mode: the AudioChunk of the segment's bytes [first, end), which the chunk
+        just stored completed (whole samples; _new_chunk makes it). With keep_audio=False
+        the core keeps nothing of them after this."""
+        raise NotImplementedError
+
+    def _new_chunk(self, ctx: _Context, seg: Any, first: int, end: int, owner: Any,
+                   offset: int) -> AudioChunk:
+        """An AudioChunk of the segment's bytes [first, end), which are ``owner``'s
+        buffer from ``offset`` on (made without __init__: the compiled core sets C fields)."""
+        chunk = AudioChunk.__new__(AudioChunk)
+        chunk.context_id = ctx.context_id
+        chunk.flush_id = seg.label
+        chunk.start = first // seg.fmt.width
+        chunk._fmt = seg.fmt
+        chunk._owner = owner
+        chunk._offset = offset
+        chunk._nbytes = end - first
+        chunk._samples = None
+        chunk._data = None
+        return chunk
 
     def _ready(self, segment: Segment) -> SegmentReady:
         """SegmentReady(segment), made as its dataclass __init__ would, not through it (a
@@ -422,11 +527,14 @@ class Store:
 
     def _stored(self, ctx: _Context, seg: Any, size: int) -> None:
         """Commit a decoded chunk: where the counters of stored audio move (the compiled
-        core's steady-state append moves the same ones)."""
+        core's steady-state append moves the same ones). ``seg.length`` counts every byte
+        received; ``_open_bytes``, what the byte caps bound, only the audio held (none
+        with keep_audio=False)."""
         seg.length += size
         ctx.stored += size
         ctx.frames += 1
-        self._open_bytes += size
+        if self._keep_audio:  # (the byte caps count the audio held)
+            self._open_bytes += size
         self._audio_bytes += size
         self._chunks += 1
         self._frames += 1
@@ -466,14 +574,16 @@ class Store:
             if self._check_data():
                 return self._put(ctx, new_context, found, new_segment, adopt, has_flush, label)
             raise open_segments_cap_error(ctx.context_id, seg_label, self._max_open_segments)
-        if current + size > self._max_segment_bytes:
+        if not self._keep_audio:
+            pass  # the byte caps bound audio held, and none is (docs/sink.md "Streaming")
+        elif current + size > self._max_segment_bytes:
             if self._check_data():
                 return self._put(ctx, new_context, found, new_segment, adopt, has_flush, label)
             self._lose(ctx, new_context, found, None, new_segment, adopt, has_flush, label,
                        size, cap_reason("max_segment_bytes", self._max_segment_bytes))
             raise segment_cap_error(ctx.context_id, seg_label, current + size,
                                     self._max_segment_bytes)
-        if self._open_bytes + size > self._max_total_bytes:
+        elif self._open_bytes + size > self._max_total_bytes:
             if self._check_data():
                 return self._put(ctx, new_context, found, new_segment, adopt, has_flush, label)
             self._lose(ctx, new_context, found, None, new_segment, adopt, has_flush, label,
@@ -491,7 +601,17 @@ class Store:
                        adopt, has_flush, label, size, FRAME_ERROR_REASONS[error.code])
             raise error
         self._register(ctx, new_context, seg, new_segment, adopt, label)
+        before = seg.length
         self._stored(ctx, seg, size)
+        if self._stream:
+            # the whole samples this chunk completed: from the last whole-sample boundary
+            # before it to the one after it; none (a chunk that only adds to a sample split
+            # across frames) returns ()
+            width = seg.fmt.width
+            first = before // width * width
+            end = seg.length // width * width
+            if end > first:
+                return (self._chunk_event(ctx, seg, first, end),)
         return _EMPTY
 
     def _lose(self, ctx: _Context, new_context: bool, found: Any, opened: Any,
@@ -609,7 +729,8 @@ class Store:
         if seg.label in ctx.open:
             del ctx.open[seg.label]
             self._open_segments -= 1
-            self._open_bytes -= seg.length
+            if self._keep_audio:
+                self._open_bytes -= seg.length
             self._open_timestamps -= (len(seg.words) if seg.words else 0) + \
                 (len(seg.phonemes) if seg.phonemes else 0)
         self._remember_finished(ctx, seg.label)
@@ -620,7 +741,8 @@ class Store:
         segment = Segment(ctx.context_id, seg.label, seg.fmt.format, samples, complete, error,
                           self._trailing, seg.start,
                           shift(tuple(seg.words), seg.start) if seg.words else _EMPTY,
-                          shift(tuple(seg.phonemes), seg.start) if seg.phonemes else _EMPTY)
+                          shift(tuple(seg.phonemes), seg.start) if seg.phonemes else _EMPTY,
+                          seg.length // seg.fmt.width)
         return self._ready(segment)
 
     def _remember_finished(self, ctx: _Context, label: int) -> None:

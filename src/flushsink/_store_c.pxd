@@ -14,7 +14,7 @@ cdef tuple _EMPTY
 
 cdef class _Format:
     cdef object format, dtype
-    cdef size_t width, bytes_per_second, prealloc
+    cdef size_t width, bytes_per_second, prealloc, shift
 
 
 cdef class _Segment:
@@ -26,6 +26,16 @@ cdef class _Segment:
     cdef list words, phonemes
     cdef unsigned long long lost_chunks, lost_bytes
     cdef object lost_reason
+
+
+cdef class AudioChunk:
+    cdef readonly object context_id
+    cdef readonly int64_t flush_id
+    cdef readonly size_t start
+    cdef _Format _fmt
+    cdef object _owner
+    cdef size_t _offset, _nbytes
+    cdef object _samples, _data
 
 
 cdef class _Context:
@@ -50,6 +60,7 @@ cdef class Store:
     cdef size_t _max_segment_bytes, _max_total_bytes, _max_ended_contexts
     cdef size_t _max_open_segments, _max_timestamps, _max_finished_labels
     cdef bint _drop_unannounced
+    cdef bint _stream, _keep_audio
     cdef dict _contexts, _ended, _formats
     cdef _Format _default
     cdef size_t _open_bytes, _open_timestamps
@@ -74,6 +85,10 @@ cdef class Store:
     cdef _Segment _new_blank_segment(self)
     cdef object _hand_over(self, _Segment seg)
     cdef object _ready(self, object segment)
+    cdef object _chunk_event(self, _Context ctx, _Segment seg, size_t first, size_t end)
+    @cython.locals(chunk=AudioChunk)
+    cdef AudioChunk _new_chunk(self, _Context ctx, _Segment seg, size_t first, size_t end,
+                               object owner, size_t offset)
     cdef object _payload(self)
     cdef Py_ssize_t _field_offset(self, object name) except -1
     cdef void _touch(self, _Context ctx)
@@ -94,7 +109,8 @@ cdef class Store:
     cdef void _stored(self, _Context ctx, _Segment seg, size_t size)
     @cython.locals(new_context=bint, new_segment=bint)
     cdef object _chunk(self, _Context ctx, object cid, bint has_flush, int64_t label)
-    @cython.locals(size=size_t, current=size_t, seg_label=int64_t, seg=_Segment)
+    @cython.locals(size=size_t, current=size_t, seg_label=int64_t, seg=_Segment,
+                   before=size_t, width=size_t, first=size_t, end=size_t)
     cdef object _put(self, _Context ctx, bint new_context, _Segment found, bint new_segment,
                      bint adopt, bint has_flush, int64_t label)
     @cython.locals(seg=_Segment)
