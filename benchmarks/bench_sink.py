@@ -19,6 +19,13 @@ The axes of issue 12 (flushsink's best kernel next to orjson+pybase64; --axis ru
                interleaved one by one; orjson routes by (context_id, flush_id) alike
   cold         each run the next of enough distinct segments to make 96 MiB of frames
                (several times the last-level cache), next to one segment run hot
+The axis of issue 14:
+  stream       the main table's segments through the compiled Sink (AVX2 kernel) with
+               stream=True, next to the same Sink without it, and with keep_audio=False;
+               each consumer drops every chunk's events at once (target: a streaming
+               chunk costs at most 1.3x a non-streaming one), and one that iterates
+               them (`for event in sink.feed(frame)`, which keeps the last one until
+               the next frame's), next to the same loop without stream
 Each prints its own table, targets marked; benchmarks/README.md says what each measures.
 
 Reported: ns per chunk message = time of the whole run (its chunks, the flush_done and
@@ -48,7 +55,7 @@ Pipelines:
   floor, one C loop     the same for the whole segment in one C call (no Python call per
                         message): shown for reference only
 
-Usage: python benchmarks/bench_sink.py [--axis main,order,short,interleaved,cold|all]
+Usage: python benchmarks/bench_sink.py [--axis main,order,short,interleaved,cold,stream|all]
            [--rounds N] [--quick] [--json] [--only NAME,...] [--cold-mib N] [--clock cpu|wall]
 Missing baseline packages are skipped with a note (pip install flushsink[bench]).
 """
@@ -260,6 +267,53 @@ class FlushsinkCompiled(Pipeline):
         for frame in self.frames:
             events = feed(frame)
         return events[0].segment.pcm()
+
+
+class FlushsinkStreaming(FlushsinkCompiled):
+    """The compiled Sink fed by a consumer that drops each chunk's events at once, with
+    or without stream=True (the same loop both ways, so that only the Sink differs)."""
+
+    def __init__(self, speedups, kernel, stream: bool, keep_audio: bool = True,
+                 keep_last: bool = False):
+        super().__init__(speedups, kernel)
+        self.stream, self.keep_audio, self.keep_last = stream, keep_audio, keep_last
+        self.name = f"flushsink[{kernel}]" + (
+            ", stream" if stream else ", not streaming") + (
+            "" if keep_audio else ", keep_audio=False") + (
+            ", for-loop consumer" if keep_last else "")
+
+    def setup(self, work):
+        from flushsink import AudioFormat
+        self.speedups._set_simd_path(self.kernel)
+        self.chunks = work["frames"][:-1]
+        self.last = work["frames"][-1]  # flush_done
+        self.sink = self.speedups.Sink(AudioFormat("pcm_s16le", work["rate"]),
+                                       stream=self.stream, keep_audio=self.keep_audio)
+
+    def run(self):
+        feed = self.sink.feed
+        if self.keep_last:  # the loop variable holds the last chunk while the next comes
+            event = None
+            for frame in self.chunks:
+                for event in feed(frame):
+                    pass
+            del event
+        else:
+            for frame in self.chunks:
+                feed(frame)
+        return feed(self.last)[0].segment
+
+    def check(self, work):
+        self.setup(work)
+        pieces = []
+        for frame in self.chunks:
+            pieces += [bytes(e.data) for e in self.sink.feed(frame)]
+        segment = self.sink.feed(self.last)[0].segment
+        if self.stream:
+            assert b"".join(pieces) == work["pcm"], f"{self.name}: the chunks are wrong"
+        if self.keep_audio:
+            assert segment.pcm() == work["pcm"], f"{self.name} gave wrong PCM"
+        assert segment.sample_count * 2 == len(work["pcm"])
 
 
 class FlushsinkPure(FlushsinkCompiled):
@@ -1220,8 +1274,56 @@ def axis_cold(pipelines, rounds, quick, log, args):
         "segments": count, "frame_bytes": size} for ms, (count, size) in sizes.items()}})
 
 
+# --- streaming (issue 14) -------------------------------------------------------------------
+
+TARGET_STREAM_VS_PLAIN = 1.3     # a streaming chunk / a non-streaming one
+
+
+def axis_stream(pipelines, rounds, quick, log, args):
+    """The main table's segments through one compiled Sink kernel (AVX2 where the CPU has
+    it), streaming and not, in the same process and rounds."""
+    from flushsink import _speedups
+    fs = named(pipelines, "flushsink[avx2]") or best_flushsink(pipelines)
+    if fs is None:
+        notes.append("stream axis skipped: no compiled core")
+        return {"targets": []}
+    plain = FlushsinkStreaming(_speedups, fs.kernel, stream=False)
+    stream = FlushsinkStreaming(_speedups, fs.kernel, stream=True)
+    bare = FlushsinkStreaming(_speedups, fs.kernel, stream=True, keep_audio=False)
+    plain_looping = FlushsinkStreaming(_speedups, fs.kernel, stream=False, keep_last=True)
+    looping = FlushsinkStreaming(_speedups, fs.kernel, stream=True, keep_last=True)
+    runners = [plain, stream, plain_looping, looping, bare]
+    configs = [(r, ms) for r in ((44100,) if quick else RATES) for ms in CHUNK_MS]
+    works = {key: segment_work(*key) for key in configs}
+    gc.collect()
+    measured = measure(runners, works, rounds, log)
+    columns = [config_label(k) for k in configs]
+
+    def cells(name, ref=None):
+        return {col: measured[(name, key)][0] / (measured[(ref, key)][0] if ref else 1)
+                for key, col in zip(configs, columns)}
+
+    table = Table("stream", f"streaming: a 10 s pcm_s16le segment per run (the main table's), "
+                  f"each chunk's events dropped at once; median ns per chunk message over "
+                  f"{rounds} interleaved rounds", columns)
+    table.section("ns/message")
+    for p in runners:
+        table.row(p.name, cells(p.name))
+    table.section("ratios")
+    table.row(f"stream / not streaming", cells(stream.name, plain.name), fmt_ratio,
+              ("<=", TARGET_STREAM_VS_PLAIN))
+    table.row(f"stream / not streaming, for-loop consumers", cells(looping.name, plain_looping.name),
+              fmt_ratio)
+    table.row(f"keep_audio=False / not streaming", cells(bare.name, plain.name), fmt_ratio)
+    table.section("page faults/message")
+    for p in runners:
+        table.row(p.name, {col: measured[(p.name, key)][1]
+                           for key, col in zip(configs, columns)}, fmt_faults)
+    return emit(table, args)
+
+
 AXES = {"main": axis_main, "order": axis_order, "short": axis_short,
-        "interleaved": axis_interleaved, "cold": axis_cold}
+        "interleaved": axis_interleaved, "cold": axis_cold, "stream": axis_stream}
 
 
 # --- one process per axis ------------------------------------------------------------------------
