@@ -28,6 +28,7 @@ try:
 except ImportError:  # pragma: no cover - only when the extension is not built
     _speedups = None
 
+EMPTY = ()  # the shared empty tuple a chunk without a whole sample returns
 #: either core's AudioChunk (the differential tests meet both)
 CHUNK_TYPES = (_fallback.AudioChunk,) + ((_speedups.AudioChunk,) if _speedups else ())
 WIDTHS = {"pcm_s16le": 2, "pcm_f32le": 4, "pcm_mulaw": 1}
@@ -148,9 +149,9 @@ def test_a_chunk_event_covers_the_samples_that_chunk_completes(encoding):
 
 def test_a_chunk_that_completes_no_sample_returns_the_empty_tuple():
     sink = stream_sink("pcm_f32le")
-    assert sink.feed(chunk(b"\x01")) is ()
-    assert sink.feed(chunk(b"\x02\x03")) is ()
-    assert sink.feed(chunk(b"")) is ()
+    assert sink.feed(chunk(b"\x01")) is EMPTY
+    assert sink.feed(chunk(b"\x02\x03")) is EMPTY
+    assert sink.feed(chunk(b"")) is EMPTY
     (c,) = sink.feed(chunk(b"\x04\x05"))
     assert (c.start, len(c), c.data.tobytes()) == (0, 1, b"\x01\x02\x03\x04")
     assert sink.stats.chunks == 4
@@ -195,7 +196,7 @@ def test_stream_options_are_checked_and_read_only():
         sink.stream = False
     with pytest.raises(AttributeError):
         sink.keep_audio = True
-    assert flushsink.Sink(fmt).feed(chunk(b"\x01\x02")) is ()  # not streaming: as before
+    assert flushsink.Sink(fmt).feed(chunk(b"\x01\x02")) is EMPTY  # not streaming: as before
 
 
 # --- lifetime of the views ---------------------------------------------------------------
@@ -436,7 +437,19 @@ def test_stream_agrees_with_a_plain_sink_on_any_chunking(encoding, keep, data):
 # --- the compiled core's buffers -----------------------------------------------------------
 
 
-def test_growth_reallocates_unless_a_view_holds_the_buffer(compiled_core):
+@pytest.fixture
+def no_pool(compiled_core):
+    """No released buffers kept: a segment starts in a buffer of its first chunk's size
+    (a warm pooled one could be large enough never to grow)."""
+    compiled_core._pool_limit("0")
+    try:
+        yield compiled_core
+    finally:
+        compiled_core._pool_limit(os.environ.get("FLUSHSINK_POOL_BYTES", "64M") or "64M")
+
+
+def test_growth_reallocates_unless_a_view_holds_the_buffer(no_pool):
+    compiled_core = no_pool
     sink = compiled_core.Sink(AudioFormat("pcm_s16le", 16000), stream=True, prealloc_seconds=0)
     copies = compiled_core._stream_copies()
     for _ in range(200):  # the chunks are dropped at once: the buffer grows in place
@@ -510,3 +523,18 @@ def test_the_sink_keeps_no_finished_audio(compiled_core):
     count, _ = compiled_core._pool_state()
     sink.feed(flush_done())  # and the SegmentReady too
     assert compiled_core._pool_state()[0] == count + 1
+
+
+def test_a_file_writer_refuses_a_segment_whose_audio_was_not_kept(tmp_path):
+    sink = stream_sink("pcm_s16le", keep_audio=False)
+    sink.feed(chunk(bytes(100)))
+    (ready,) = sink.feed(flush_done())
+    writer = flushsink.FileWriter(tmp_path)
+    with pytest.raises(flushsink.WriteError, match="keep_audio=False") as caught:
+        writer(ready)
+    assert caught.value.segment is ready.segment and ready.segment.path is None
+    assert not list(tmp_path.iterdir())
+    kept = stream_sink("pcm_s16le")  # keeping its audio, a streaming sink's segments write
+    kept.feed(chunk(bytes(100)))
+    (ready,) = kept.feed(flush_done())
+    assert writer(ready) == ready.segment.path

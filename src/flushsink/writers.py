@@ -355,6 +355,11 @@ class FileWriter:
         was there before is untouched), no temporary file is left, and ``segment``
         is unchanged, ready to be written by another writer.
         """
+        if segment.sample_count != len(segment.samples):
+            # from a Sink with keep_audio=False: its audio went out as AudioChunks
+            cause = FormatError(f"its {segment.sample_count} samples were not kept "
+                                f"(keep_audio=False): write the AudioChunks instead")
+            raise self._error(segment, None, cause)
         if not self.write_empty and len(segment.samples) == 0 and not segment.trailing_bytes:
             return None
         try:
