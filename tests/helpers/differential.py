@@ -57,6 +57,8 @@ SEGMENT_CAPS = [256 * 2**20, 0, 1, 3, 7, 64, 1000, 4096]
 TOTAL_CAPS = [1024 * 2**20, 0, 2, 9, 100, 2000, 8192]
 PREALLOC = [10.0, 0.0, 0.0001, 0.5]
 ENDED = [10_000, 0, 1, 2, 5]
+#: (stream, keep_audio): not streaming, streaming, streaming and keeping nothing
+STREAM_MODES = [(False, True), (True, True), (True, False)]
 AS_TYPES = ["bytes", "bytearray", "memoryview", "str", "str_lossy", "strided"]
 CONTEXT_POOL = ["a", "b", "turn-17", None, "é😀/\"x", "../../etc/passwd", "a" * 300, ""]
 
@@ -74,6 +76,7 @@ def config_from_bytes(raw: bytes) -> dict[str, Any]:
         "max_segment_bytes": SEGMENT_CAPS[raw[1] % len(SEGMENT_CAPS)],
         "max_total_bytes": TOTAL_CAPS[(raw[1] >> 4) % len(TOTAL_CAPS)],
         "prealloc_seconds": PREALLOC[raw[2] % len(PREALLOC)],
+        "stream": STREAM_MODES[(raw[2] >> 4) % len(STREAM_MODES)],
         "max_ended_contexts": ENDED[(raw[3] & 0x7F) % len(ENDED)],
         # what the clients run with: only contexts announced by set_format may store audio
         "drop_unannounced": bool(raw[3] & 0x80),
@@ -85,7 +88,8 @@ def config_to_bytes(config: dict[str, Any]) -> bytes:
         config["format"],
         SEGMENT_CAPS.index(config["max_segment_bytes"])
         | TOTAL_CAPS.index(config["max_total_bytes"]) << 4,
-        PREALLOC.index(config["prealloc_seconds"]),
+        PREALLOC.index(config["prealloc_seconds"])
+        | STREAM_MODES.index(config.get("stream", STREAM_MODES[0])) << 4,
         ENDED.index(config["max_ended_contexts"]) | (0x80 if config["drop_unannounced"] else 0),
     ])
 
@@ -98,7 +102,9 @@ def make_sink(core: Any, config: dict[str, Any]) -> Any:
                      max_segment_bytes=config["max_segment_bytes"],
                      max_total_bytes=config["max_total_bytes"],
                      max_ended_contexts=config["max_ended_contexts"],
-                     drop_unannounced=config["drop_unannounced"])
+                     drop_unannounced=config["drop_unannounced"],
+                     stream=config.get("stream", STREAM_MODES[0])[0],
+                     keep_audio=config.get("stream", STREAM_MODES[0])[1])
 
 
 # --- the raw program format ------------------------------------------------------------------
@@ -234,10 +240,19 @@ def norm_segment(seg: Any) -> tuple:
         raise Finding(f"complete={seg.complete} but error={seg.error!r}")
     return (seg.context_id, seg.flush_id, fmt.encoding, fmt.sample_rate, samples.dtype.str,
             samples.tobytes(), seg.trailing_bytes, seg.complete, seg.error, _norm(seg.start),
-            _norm_items(seg.word_timestamps), _norm_items(seg.phoneme_timestamps), seg.path)
+            _norm_items(seg.word_timestamps), _norm_items(seg.phoneme_timestamps), seg.path,
+            seg.sample_count, bool(samples.flags.writeable))
 
 
 def norm_event(ev: Any) -> tuple:
+    if type(ev).__name__ == "AudioChunk":  # (either core's)
+        samples, data = ev.samples, ev.data
+        if samples.flags.writeable or not data.readonly:
+            raise Finding(f"a writable view of {ev!r}")
+        if samples.tobytes() != data.tobytes() or len(samples) != len(ev) or not len(ev):
+            raise Finding(f"{ev!r}: samples and data differ, or it has no sample")
+        return ("chunk", ev.context_id, ev.flush_id, ev.start, samples.dtype.str,
+                data.tobytes())
     if isinstance(ev, SegmentReady):
         return ("ready",) + norm_segment(ev.segment)
     if isinstance(ev, ContextDone):
@@ -294,7 +309,8 @@ def _check_invariants(sink: Any, config: dict[str, Any], op: tuple, result: tupl
         raise Finding(f"open_segments {stats.open_segments} with open_bytes {stats.open_bytes}")
     if op[0] == "close" and (stats.open_segments or stats.open_bytes):
         raise Finding(f"close() left {stats.open_segments} segments / {stats.open_bytes} bytes open")
-    for ev in result[1] if result[0] == "ok" else ():
+    keep_audio = config.get("stream", STREAM_MODES[0])[1]  # (else the byte caps do not apply)
+    for ev in result[1] if result[0] == "ok" and keep_audio else ():
         if ev[0] == "ready":
             nbytes = len(ev[6]) + len(ev[7])
             if nbytes > config["max_segment_bytes"]:
