@@ -383,9 +383,14 @@ cdef class Sink(Store):
     cdef size_t _appended         # the size of the chunk _append stored (stream mode)
     cdef _AudioBuffer _pending    # keep_audio=False: the chunk _decode decoded, for its event
     cdef tuple _out               # stream mode: the last (AudioChunk,) _streamed returned
+    cdef uint8_t *_raw            # keep_audio=False: the chunk _append_apart decoded
+    cdef size_t _raw_size
 
     def __cinit__(self, *args, **kwargs):
         self._recent = [None] * RECENT_SLOTS
+
+    def __dealloc__(self):
+        free(self._raw)  # (always NULL between calls: _streamed_apart takes it)
 
     # ---- intake -------------------------------------------------------------------
 
@@ -534,7 +539,7 @@ cdef class Sink(Store):
         seg = <_CSegment>ctx.current
         if seg is None:
             return False
-        if seg.data == NULL or data.kind != FS_STRING or data.has_escape:
+        if data.kind != FS_STRING or data.has_escape or (seg.data == NULL and self._keep_audio):
             return False
         if v.kind != FS_STRING or v.has_escape or v.end - v.start != 5 \
                 or memcmp(buf + v.start, b"chunk", 5) != 0:
@@ -547,6 +552,8 @@ cdef class Sink(Store):
         if length >= GIL_RELEASE_BYTES:
             return False
         size = b64_decoded_size(buf + data.start, length)
+        if seg.data == NULL:  # keep_audio=False: no segment buffer, no byte caps
+            return self._append_apart(ctx, seg, buf + data.start, length, size, switched)
         if seg.length + size > seg.capacity or seg.length + size > self._max_segment_bytes \
                 or self._open_bytes + size > self._max_total_bytes:
             return False
@@ -569,6 +576,68 @@ cdef class Sink(Store):
         return True
 
     @cython.final
+    cdef bint _append_apart(self, _Context ctx, _CSegment seg, const uint8_t *src,
+                            size_t length, size_t size, bint switched) noexcept:
+        """_append's step with keep_audio=False (Sink._decode_apart's work): the chunk
+        into a buffer of its own, after the carried bytes of a split sample; _streamed
+        hands that buffer to the chunk's AudioChunk (self._raw until then)."""
+        cdef size_t shift = seg.fmt.shift
+        cdef size_t carried = seg.length & ((<size_t>1 << shift) - 1)
+        cdef size_t total = carried + size
+        cdef size_t whole = total >> shift << shift
+        cdef size_t written, pos
+        cdef uint8_t *raw = <uint8_t *>malloc(total if total else 1)
+        if raw == NULL:
+            return False
+        memcpy(raw, seg.tail, carried)
+        if b64_decode(src, length, raw + carried, size, &written, &pos) != B64_OK:
+            free(raw)
+            return False
+        memcpy(seg.tail, raw + whole, total - whole)
+        # Store._stored's commit (no audio held: _open_bytes does not move)
+        seg.length += size
+        ctx.stored += size
+        ctx.frames += 1
+        self._audio_bytes += size
+        self._chunks += 1
+        self._frames += 1
+        self._appended = size
+        free(self._raw)  # (NULL: _streamed took the last one)
+        self._raw = raw
+        self._raw_size = total
+        if switched:
+            self._last = ctx
+        return True
+
+    @cython.final
+    cdef object _streamed_apart(self):
+        """_streamed for _append_apart's chunk: its buffer becomes its AudioChunk's alone
+        (no event is reused here: the sink must hold nothing once a chunk is returned)."""
+        cdef _CSegment seg = <_CSegment>self._last.current
+        cdef size_t shift = seg.fmt.shift
+        cdef size_t first = (seg.length - self._appended) >> shift << shift
+        cdef size_t end = seg.length >> shift << shift
+        cdef uint8_t *raw = self._raw
+        cdef _AudioBuffer audio
+        cdef AudioChunk chunk
+        self._raw = NULL
+        if end == first:
+            free(raw)
+            return _EMPTY
+        try:
+            audio = _AudioBuffer.__new__(_AudioBuffer)
+        except BaseException:
+            free(raw)
+            raise
+        audio.data = raw
+        audio.capacity = self._raw_size
+        audio.length = <Py_ssize_t>(end - first)
+        audio.readonly = True
+        chunk = AudioChunk.__new__(AudioChunk)
+        self._fill(chunk, self._last, seg, first, end, audio, 0)
+        return (chunk,)
+
+    @cython.final
     cdef object _streamed(self):
         """Stream mode, after _append stored a chunk: its event, as Store._put makes it
         (whole-sample boundaries by shifts: the widths are powers of two).
@@ -587,6 +656,8 @@ cdef class Sink(Store):
         cdef size_t end = seg.length >> shift << shift
         cdef AudioChunk chunk
         cdef PyObject *previous
+        if not self._keep_audio:
+            return self._streamed_apart()
         if end == first:
             return _EMPTY
         if self._out is not None and _refcount(<PyObject *>self._out) == 1:
