@@ -817,20 +817,14 @@ class Sink(Store):
                 # The steady state, a decoded chunk for an open segment that the caps let
                 # grow: what Store._chunk does for it, in a few steps (an open label is
                 # never in ctx.finished; an unlabelled segment found by its label is
-                # adopted, so it takes the long way), Store._stored's commit inlined.
+                # adopted, so it takes the long way), then Store._stored's commit.
                 seg = ctx.open.get(label) if label is not None else ctx.current
                 size = len(data)
                 if (seg is not None and (label is None or not seg.unlabelled)
                         and seg.length + size <= self._max_segment_bytes
                         and self._open_bytes + size <= self._max_total_bytes):
                     seg.data += data
-                    seg.length += size
-                    ctx.stored += size
-                    ctx.frames += 1
-                    self._open_bytes += size
-                    self._audio_bytes += size
-                    self._chunks += 1
-                    self._frames += 1
+                    self._stored(ctx, seg, size)
                     return ()
             self._buf = buf
             if type(data) is bytes:
