@@ -799,15 +799,33 @@ cdef class Sink(Store):
             return True
         return False
 
-    cdef object _decode(self, _Segment segment, size_t size):
-        global _open_everywhere
-        cdef _CSegment seg = <_CSegment>segment
+    cdef object _decode_into(self, uint8_t *target, size_t size):
+        """Decode the chunk's base64 (self._src) into target, which has room for size
+        bytes, without the GIL for a large one: None when done, True when the data
+        turned out to hold escapes (_check_data), or the FrameError of invalid base64
+        with its offset in the frame."""
         cdef size_t written = 0, pos = 0
-        cdef uint8_t no_output = 0
-        cdef uint8_t *target
         cdef b64_status st
         cdef const uint8_t *src = self._src
         cdef size_t length = self._src_len
+        if length >= GIL_RELEASE_BYTES:
+            with nogil:
+                st = b64_decode(src, length, target, size, &written, &pos)
+        else:
+            st = b64_decode(src, length, target, size, &written, &pos)
+        if st == B64_OK:
+            return None
+        if self._offsets == NULL:
+            if self._check_data():
+                return True
+            return FrameError(BASE64_CODES[st], self._fr.keys[FS_KEY_DATA].start + pos)
+        return FrameError(BASE64_CODES[st], self._offsets[pos])
+
+    cdef object _decode(self, _Segment segment, size_t size):
+        global _open_everywhere
+        cdef _CSegment seg = <_CSegment>segment
+        cdef uint8_t no_output = 0
+        cdef uint8_t *target
         if not self._keep_audio:
             return self._decode_apart(seg, size)
         if size == 0:
@@ -816,19 +834,10 @@ cdef class Sink(Store):
             if seg.length + size > seg.capacity or seg.data == NULL:
                 self._reserve(seg, seg.length + size)
             target = seg.data + seg.length
-        if length >= GIL_RELEASE_BYTES:
-            with nogil:
-                st = b64_decode(src, length, target, size, &written, &pos)
-        else:
-            st = b64_decode(src, length, target, size, &written, &pos)
-        if st != B64_OK:
-            if self._offsets == NULL:
-                if self._check_data():
-                    return True
-                return FrameError(BASE64_CODES[st], self._fr.keys[FS_KEY_DATA].start + pos)
-            return FrameError(BASE64_CODES[st], self._offsets[pos])
-        _open_everywhere += size
-        return None
+        error = self._decode_into(target, size)
+        if error is None:
+            _open_everywhere += size
+        return error
 
     cdef object _decode_apart(self, _CSegment seg, size_t size):
         """keep_audio=False: decode the chunk into a buffer of its own, after the bytes of
@@ -839,8 +848,6 @@ cdef class Sink(Store):
         cdef size_t carried = seg.length % width
         cdef size_t total = carried + size
         cdef size_t whole = total // width * width
-        cdef size_t written = 0, pos = 0
-        cdef b64_status st
         cdef _AudioBuffer audio = _AudioBuffer.__new__(_AudioBuffer)
         audio.data = <uint8_t *>malloc(total if total else 1)
         if audio.data == NULL:
@@ -848,19 +855,9 @@ cdef class Sink(Store):
         audio.capacity = total
         audio.readonly = True
         memcpy(audio.data, seg.tail, carried)
-        if self._src_len >= GIL_RELEASE_BYTES:
-            with nogil:
-                st = b64_decode(self._src, self._src_len, audio.data + carried, size,
-                                &written, &pos)
-        else:
-            st = b64_decode(self._src, self._src_len, audio.data + carried, size,
-                            &written, &pos)
-        if st != B64_OK:
-            if self._offsets == NULL:
-                if self._check_data():
-                    return True
-                return FrameError(BASE64_CODES[st], self._fr.keys[FS_KEY_DATA].start + pos)
-            return FrameError(BASE64_CODES[st], self._offsets[pos])
+        error = self._decode_into(audio.data + carried, size)
+        if error is not None:
+            return error
         memcpy(seg.tail, audio.data + whole, total - whole)
         audio.length = <Py_ssize_t>whole
         if whole:
