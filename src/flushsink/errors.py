@@ -65,6 +65,14 @@ class CapacityError(FlushsinkError):
         self.flush_id = flush_id
 
 
+class AudioOverflow(CapacityError):
+    """A streaming client's context had more audio waiting for ``audio()`` than the
+    client's ``audio_buffer_bytes``: at once with ``on_audio_overflow="fail"``, or for
+    longer than ``receive_timeout`` with ``"wait"`` (the consumer did not read). The
+    context fails with it: ``audio()``, ``segments()`` and ``events()`` raise it, its
+    open segments finish as incomplete and its later frames are dropped."""
+
+
 class FormatError(FlushsinkError, ValueError):
     """An audio format that flushsink does not know or cannot write."""
 

@@ -209,6 +209,17 @@ class Session:
                    if state.started else None)
         return events, message
 
+    def fail(self, state: ContextState, failure: BaseException) -> list[Any]:
+        """End the context here with ``failure`` (the shell's own reason, e.g. an
+        AudioOverflow): as :meth:`cancel`, its late audio is dropped and its open
+        segments finish as incomplete, but its stream ends by raising ``failure``.
+        Returns the events to deliver; nothing is sent (as for a CapacityError)."""
+        if state.ended:
+            return []
+        events = self._route(self.sink.cancel(state.context_id))
+        self._end(state, failure, events)
+        return events
+
     # ---- incoming -----------------------------------------------------------------
 
     def receive(self, frame: Any) -> Sequence[Any]:
