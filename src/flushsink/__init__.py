@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._accel import BACKEND, SIMD, AudioChunk, Sink, SinkStats
 from .errors import (
+    AudioOverflow,
     CapacityError,
     ConnectionLost,
     ContextClosed,
@@ -37,6 +38,7 @@ from .segments import (
 )
 
 from .writers import FileWriter
+from ._shell import AudioStats
 from .client import connect
 from . import sync
 
@@ -50,5 +52,6 @@ __all__ = [
     "FlushsinkError", "FrameError", "CapacityError", "FormatError", "WriteError",
     "ContextFailed", "ConnectionLost", "ContextClosed", "ReceiveTimeout", "SendTimeout",
     "HandshakeError", "AuthenticationError", "RateLimited", "ConfigError",
+    "AudioOverflow", "AudioStats",
     "__version__",
 ]

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import weakref
-from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterable, NamedTuple, Optional, TypeVar
 
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
-from ._accel import Sink
+from ._accel import AudioChunk, Sink
 from ._connection import check_url, resolve_key
 from .errors import (
+    AudioOverflow,
     ConfigError,
     ConnectionLost,
     FlushsinkError,
@@ -41,7 +43,22 @@ from .session import (
     normalize_url,
 )
 
-__all__ = ["ClientBase", "ContextBase"]
+__all__ = ["AudioStats", "ClientBase", "ContextBase"]
+
+#: The policies of a streaming client for a context whose unread audio passes
+#: ``audio_buffer_bytes``.
+OVERFLOW_POLICIES = ("wait", "fail")
+
+
+class AudioStats(NamedTuple):
+    """A streaming context's counters (``ctx.stats``): the AudioChunks it received
+    (``chunks``), their audio ``bytes``, and ``stalls``, the times the reader stopped
+    reading the socket because this context's unread audio passed
+    ``audio_buffer_bytes`` (``on_audio_overflow="wait"``)."""
+
+    chunks: int
+    bytes: int
+    stalls: int
 
 
 # Which client uses each Sink: Session.connection_lost closes the sink, which ends every
@@ -63,15 +80,55 @@ class ContextBase:
         self._client = client
         self._state = state
         self._queue = self._queue_class()
+        # streaming clients: the context's AudioChunks (then its StreamEnd), apart from
+        # its events, so that audio() and segments() can be read side by side
+        self._audio = self._queue_class() if client.stream else None
+        # bytes of audio queued and taken: each written by one side only (the reader,
+        # the consumer), so the sync client's threads need no lock to count them
+        self._queued = 0
+        self._taken = 0
+        self._chunks = 0
+        self._stalls = 0
+        self._sent_at: Optional[float] = None
+        #: Seconds from this context's first request to its first AudioChunk (streaming
+        #: clients; None until then).
+        self.first_audio_s: Optional[float] = None
 
     @property
     def context_id(self) -> str:
         return self._state.context_id
 
+    @property
+    def stats(self) -> AudioStats:
+        """This context's counters: AudioChunks received, their bytes, reader stalls."""
+        return AudioStats(self._chunks, self._queued, self._stalls)
+
+    def _audio_queue(self) -> Any:
+        """The queue audio() reads; ConfigError for a client made without stream=True."""
+        if self._audio is None:
+            raise ConfigError(
+                "audio() needs a streaming client: connect(..., stream=True) (this one "
+                "was made with stream=False, so its Sink returns no AudioChunks)")
+        return self._audio
+
+    def _unread(self) -> int:
+        """Bytes of audio queued for audio() and not taken yet."""
+        return self._queued - self._taken
+
+    def _took(self, chunk: Any) -> None:
+        """audio() hands ``chunk`` to its consumer: a reader waiting on this context
+        goes on once its unread audio is down to half the bound."""
+        self._taken += chunk.nbytes
+        client = self._client
+        if client._stalled is self and self._unread() <= client._resume_bytes:
+            client._space_freed(self)
+
     def _request(self, transcript: str, *, continue_: bool = True, flush: bool = False,
                  **extra: Any) -> str:
         """The message of one request of this context, for the shell to send."""
         client = self._client
+        if self._sent_at is None:
+            self._sent_at = time.monotonic()
         with client._state_lock:
             return client._session.request(self._state, transcript, continue_=continue_,
                                            flush=flush, **extra)
@@ -129,6 +186,15 @@ class ClientBase(Generic[C]):
     (longest wait to hand a message to the socket), ``close_timeout`` (``close()``;
     default ``open_timeout``), ``max_size``, ``compression``, ``additional_headers``.
     A ``sink`` may serve one open client at a time (ConfigError otherwise).
+
+    Streaming: ``stream=True`` (default: the ``sink``'s own ``stream``, else False)
+    gives each context ``audio()``, its AudioChunks in order. ``audio_buffer_bytes``
+    (default 16 MiB) bounds each context's audio not yet read from ``audio()``;
+    ``on_audio_overflow`` says what happens past it: ``"wait"`` (default) stops reading
+    the socket until the consumer has read the context's unread audio down to half the
+    bound (every context of the connection waits with it), and fails the context with
+    AudioOverflow if that takes longer than ``receive_timeout``; ``"fail"`` fails the
+    context with AudioOverflow at once.
     """
 
     _context_class: "type[C]"
@@ -143,7 +209,9 @@ class ClientBase(Generic[C]):
                  receive_timeout: float = 60.0, open_timeout: float = 10.0,
                  send_timeout: Optional[float] = 10.0, close_timeout: Optional[float] = None,
                  max_size: Optional[int] = 16 * 2**20, compression: Optional[str] = None,
-                 additional_headers: Optional[dict[str, str]] = None) -> None:
+                 additional_headers: Optional[dict[str, str]] = None,
+                 stream: Optional[bool] = None, audio_buffer_bytes: int = 16 * 2**20,
+                 on_audio_overflow: str = "wait") -> None:
         self.api_key = resolve_key(url, api_key)
         self.url = normalize_url(url)
         check_url(self.url)
@@ -158,7 +226,32 @@ class ClientBase(Generic[C]):
         # permessage-deflate costs 3-14x client CPU for ~23% fewer bytes: off by default
         self.compression = compression
         self.headers = {**auth_headers(self.api_key, version), **(additional_headers or {})}
-        sink = sink if sink is not None else Sink(DEFAULT_FORMAT)
+        if on_audio_overflow not in OVERFLOW_POLICIES:
+            raise ConfigError(f"on_audio_overflow must be 'wait' or 'fail', "
+                              f"not {on_audio_overflow!r}")
+        if (isinstance(audio_buffer_bytes, bool) or not isinstance(audio_buffer_bytes, int)
+                or audio_buffer_bytes < 1):
+            raise ConfigError(f"audio_buffer_bytes must be an int >= 1, "
+                              f"not {audio_buffer_bytes!r}")
+        if sink is None:
+            stream = bool(stream)
+            sink = Sink(DEFAULT_FORMAT, stream=True) if stream else Sink(DEFAULT_FORMAT)
+        elif stream is None:
+            stream = bool(sink.stream)
+        elif bool(stream) != bool(sink.stream):
+            raise ConfigError(f"stream={stream!r} but the sink given was made with "
+                              f"stream={sink.stream!r}: they must agree")
+        #: Whether contexts have audio() (their Sink returns AudioChunks).
+        self.stream: bool = bool(stream)
+        self.audio_buffer_bytes = audio_buffer_bytes
+        self.on_audio_overflow = on_audio_overflow
+        # a reader waiting for a consumer goes on once the unread audio is down to this
+        self._resume_bytes = audio_buffer_bytes // 2
+        # contexts whose unread audio passed the bound while events were delivered (the
+        # shell waits for them once it is done delivering), and the one it waits for
+        self._full: list[Any] = []
+        self._stalled: Optional[Any] = None
+        self._stopping = False  # closing: the reader no longer waits for consumers
         self._claim(sink)
         # only the contexts this client opens may store audio: a server sending frames
         # for others cannot fill the caps or make files with them
@@ -252,9 +345,64 @@ class ClientBase(Generic[C]):
         context_id = event.context_id
         ctx = self._contexts.get(context_id)
         if ctx is not None:
+            if isinstance(event, AudioChunk):
+                self._put_audio(ctx, event)
+                return
             ctx._queue.put_nowait(event)
             if isinstance(event, StreamEnd):
                 del self._contexts[context_id]
+                if ctx._audio is not None:
+                    ctx._audio.put_nowait(event)
+                if self._stalled is ctx:  # no more audio comes for it: read on
+                    self._space_freed(ctx)
+
+    def _put_audio(self, ctx: Any, chunk: Any) -> None:
+        """Queue ``chunk`` for the context's audio(), within its bound (see
+        ``on_audio_overflow``): "fail" ends the context instead of queueing past it,
+        "wait" queues it and leaves the context in ``_full`` for the shell to wait on."""
+        nbytes = chunk.nbytes
+        if ctx.first_audio_s is None and ctx._sent_at is not None:
+            ctx.first_audio_s = time.monotonic() - ctx._sent_at
+        unread = ctx._unread()
+        if (unread and unread + nbytes > self.audio_buffer_bytes
+                and self.on_audio_overflow == "fail"):
+            self._deliver(self._session.fail(ctx._state, AudioOverflow(
+                f"context {ctx.context_id!r}: {unread + nbytes} bytes of audio not read "
+                f"from audio(), over audio_buffer_bytes={self.audio_buffer_bytes}",
+                ctx.context_id, chunk.flush_id)))
+            return
+        ctx._chunks += 1
+        ctx._queued += nbytes
+        ctx._audio.put_nowait(chunk)
+        if (unread + nbytes > self.audio_buffer_bytes and not self._stopping
+                and ctx not in self._full):
+            self._full.append(ctx)
+
+    def _next_stall(self) -> Optional[Any]:
+        """The next context in ``_full`` the reader must wait for (unread audio still
+        over half the bound, not ended), counted as a stall of it; None if none."""
+        full = self._full
+        while full:
+            ctx = full.pop(0)
+            if (not self._stopping and not ctx._state.closed
+                    and ctx._unread() > self._resume_bytes):
+                ctx._stalls += 1
+                return ctx
+        return None
+
+    def _overflowed(self, ctx: Any) -> None:
+        """The reader waited ``receive_timeout`` for ``ctx``'s consumer in vain: the
+        context fails with AudioOverflow (the shell holds the state lock)."""
+        self._deliver(self._session.fail(ctx._state, AudioOverflow(
+            f"context {ctx.context_id!r}: {ctx._unread()} bytes of audio not read from "
+            f"audio() within receive_timeout={self.receive_timeout} s (over "
+            f"audio_buffer_bytes={self.audio_buffer_bytes}: the reader waited)",
+            ctx.context_id)))
+
+    def _space_freed(self, ctx: Any) -> None:
+        """The consumer of the context the reader waits for read enough (or the context
+        ended): the shell's reader goes on."""
+        raise NotImplementedError
 
     def _lost(self, reason: str) -> None:
         """The connection ended: deliver what the Session finishes and fails."""

@@ -27,13 +27,14 @@ try:  # websockets 16+: recv() refuses messages of more frames than this
 except ImportError:  # pragma: no cover - older websockets have no such limit
     MAX_FRAGMENTS = sys.maxsize
 
+from ._accel import AudioChunk
 from ._connection import HANDSHAKE_FAILURES, DirectMessages, drop_message, handshake_error
-from ._shell import ClientBase, ContextBase
+from ._shell import AudioStats, ClientBase, ContextBase
 from .errors import ConfigError, ReceiveTimeout, SendTimeout
 from .segments import Segment, SegmentReady
 from .session import ConnectionLost, log
 
-__all__ = ["connect", "Client", "ClientBase", "Context", "ReceiveTimeout"]
+__all__ = ["connect", "AudioStats", "Client", "ClientBase", "Context", "ReceiveTimeout"]
 
 
 # Who parses the frames of a _Connection: websockets until the handshake's end, then
@@ -113,6 +114,7 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
     _resumed = -math.inf  # when reading last resumed after a pause
     _messages = 0  # messages delivered since the last read began
     _resume: Optional[asyncio.TimerHandle] = None
+    _held = False  # paused for a streaming context's consumer: only the client resumes
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -219,7 +221,7 @@ class _Connection(DirectMessages, ClientConnection, asyncio.BufferedProtocol):
 
     def _resume_reading(self) -> None:
         self._resume = None
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self._held:
             self._resumed = self.loop.time()
             self.transport.resume_reading()
 
@@ -477,6 +479,28 @@ class Context(ContextBase):
             except asyncio.TimeoutError:
                 seen = self._waited(seen, wait)  # (ReceiveTimeout if the context is silent)
 
+    async def audio(self, timeout: Optional[float] = None) -> AsyncIterator[AudioChunk]:
+        """The context's AudioChunks, in order, as they arrive (a client made with
+        ``stream=True``; ConfigError otherwise), until its ``done``; raises what
+        :meth:`events` raises (ContextFailed, ConnectionLost, ReceiveTimeout,
+        AudioOverflow). Read alongside :meth:`segments` as you like: the two have
+        queues of their own. Unread audio is bounded by the client's
+        ``audio_buffer_bytes`` (see ``on_audio_overflow``), so read it."""
+        queue = self._audio_queue()
+        wait = self._client.receive_timeout if timeout is None else timeout
+        while True:
+            if queue._items:
+                item = queue._items.popleft()
+            else:
+                item = await self._wait(queue, wait)
+            if not isinstance(item, AudioChunk):
+                if not self._goes_on(item):
+                    return
+                continue
+            self._took(item)
+            yield item
+            del item  # the consumer holds the chunk's audio, not this generator
+
     async def segments(self, timeout: Optional[float] = None) -> AsyncIterator[Segment]:
         """The finished segments of this context, in order, until it ends."""
         async for event in self.events(timeout):
@@ -520,6 +544,8 @@ class Client(ClientBase[Context]):
         self._reader: Optional[asyncio.Task[None]] = None
         self._closing: set[asyncio.Future[None]] = set()
         self._lock = asyncio.Lock()
+        self._held_connection: Optional[_Connection] = None  # paused for _stalled's consumer
+        self._stall_timer: Optional[asyncio.TimerHandle] = None
 
     # ---- connection ---------------------------------------------------------------
 
@@ -533,6 +559,7 @@ class Client(ClientBase[Context]):
             if self._connected():
                 return
             self._claim(self._session.sink)  # released if this client was closed
+            self._stopping = False
             try:
                 self._ws = await ws_connect(
                     self.url, additional_headers=self.headers, open_timeout=self.open_timeout,
@@ -558,6 +585,8 @@ class Client(ClientBase[Context]):
             events = self._session.receive(message)
             if events:  # (an audio frame has none: this is all it costs here)
                 self._deliver(events)
+                if self._full:
+                    self._hold(connection)
         except Exception as exc:  # a bug (or a writer's own error) must not go unseen
             connection.on_message = drop_message  # the rest of what this connection brings
             self._reader_failed(exc)
@@ -565,6 +594,52 @@ class Client(ClientBase[Context]):
                 connection.close(CloseCode.INTERNAL_ERROR, "client failed"))
             self._closing.add(closing)  # a strong reference until it is done
             closing.add_done_callback(self._closed_after_failure)
+
+    # ---- a streaming context's consumer is behind: on_audio_overflow="wait" ----------
+
+    def _hold(self, connection: Any) -> None:
+        """A context's unread audio passed audio_buffer_bytes: stop reading
+        ``connection`` (the rest of the current read is still delivered) until its
+        consumer has read it down to half, the context ends, or receive_timeout passes
+        (the context then fails with AudioOverflow)."""
+        if self._stalled is not None or connection.transport is None:
+            return
+        ctx = self._next_stall()
+        if ctx is None:
+            return
+        self._stalled, self._held_connection = ctx, connection
+        connection._held = True
+        connection.transport.pause_reading()
+        if self.receive_timeout is not None:
+            self._stall_timer = connection.loop.call_later(
+                self.receive_timeout, self._stall_expired, ctx)
+
+    def _space_freed(self, ctx: Any) -> None:
+        if self._stalled is not ctx:
+            return
+        connection = self._release_hold()
+        if connection is not None and self._full:
+            self._hold(connection)  # another context over its bound meanwhile
+
+    def _release_hold(self) -> Optional[_Connection]:
+        connection, timer = self._held_connection, self._stall_timer
+        self._stalled = self._held_connection = self._stall_timer = None
+        if timer is not None:
+            timer.cancel()
+        if connection is None:
+            return None
+        connection._held = False
+        transport = connection.transport
+        if connection._resume is None and not transport.is_closing():
+            transport.resume_reading()  # (else the coalescing timer resumes it)
+        return connection
+
+    def _stall_expired(self, ctx: Any) -> None:
+        self._stall_timer = None
+        if self._stalled is ctx:
+            self._overflowed(ctx)  # its StreamEnd frees the reader (_space_freed)
+            if self._stalled is ctx:  # pragma: no cover - it had ended already
+                self._release_hold()
 
     def _closed_after_failure(self, closing: "asyncio.Future[None]") -> None:
         self._closing.discard(closing)
@@ -587,6 +662,8 @@ class Client(ClientBase[Context]):
         try:
             while True:
                 self._receive(await ws.recv(decode=False))
+                if self._full:
+                    self._hold(ws)
         except ConnectionClosed as exc:
             self._lost(self._closed(exc, ws))
         except asyncio.CancelledError:
@@ -603,6 +680,10 @@ class Client(ClientBase[Context]):
         ws, reader = self._ws, self._reader
         self._ws = self._reader = None
         self._release()
+        self._stopping = True  # the closing handshake must be read: no more holds
+        self._full.clear()
+        if self._stalled is not None:
+            self._release_hold()
         loop = asyncio.get_running_loop()
         timeout = self.close_timeout
         deadline = None if timeout is None else loop.time() + timeout

@@ -21,13 +21,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
+from ._accel import AudioChunk
 from ._connection import HANDSHAKE_FAILURES, DirectMessages, drop_message, handshake_error
-from ._shell import ClientBase, ContextBase
+from ._shell import AudioStats, ClientBase, ContextBase
 from .errors import ReceiveTimeout, SendTimeout
 from .segments import Segment, SegmentReady
 from .session import ConnectionLost
 
-__all__ = ["connect", "Client", "Context", "ReceiveTimeout"]
+__all__ = ["connect", "AudioStats", "Client", "Context", "ReceiveTimeout"]
 
 # websockets 17 wants connect() used as a context manager unless legacy=True is passed,
 # which older versions (the official SDK pins < 16) do not accept: ask only where known.
@@ -107,17 +108,38 @@ class Context(ContextBase):
         seconds, noticed within twice that."""
         wait = self._client.receive_timeout if timeout is None else timeout
         while True:
-            seen = self._activity()
-            while True:
-                try:
-                    event = self._queue.get(timeout=wait)
-                    break
-                except queue.Empty:
-                    seen = self._waited(seen, wait)  # (ReceiveTimeout if the context is silent)
+            event = self._get(self._queue, wait)
             if not self._goes_on(event):
                 return
             yield event
             del event  # do not pin the last event (and its audio) while waiting for the next
+
+    def _get(self, items: "queue.Queue[Any]", wait: Optional[float]) -> Any:
+        seen = self._activity()
+        while True:
+            try:
+                return items.get(timeout=wait)
+            except queue.Empty:
+                seen = self._waited(seen, wait)  # (ReceiveTimeout if the context is silent)
+
+    def audio(self, timeout: Optional[float] = None) -> Iterator[AudioChunk]:
+        """The context's AudioChunks, in order, as they arrive (a client made with
+        ``stream=True``; ConfigError otherwise), until its ``done``; raises what
+        :meth:`events` raises (ContextFailed, ConnectionLost, ReceiveTimeout,
+        AudioOverflow). Read it alongside :meth:`segments` (another thread) as you
+        like. Unread audio is bounded by the client's ``audio_buffer_bytes`` (see
+        ``on_audio_overflow``), so read it."""
+        items = self._audio_queue()
+        wait = self._client.receive_timeout if timeout is None else timeout
+        while True:
+            item = self._get(items, wait)
+            if not isinstance(item, AudioChunk):
+                if not self._goes_on(item):
+                    return
+                continue
+            self._took(item)
+            yield item
+            del item  # the consumer holds the chunk's audio, not this generator
 
     def segments(self, timeout: Optional[float] = None) -> Iterator[Segment]:
         """The finished segments of this context, in order, until it ends."""
@@ -144,6 +166,7 @@ class Client(ClientBase[Context]):
     def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__(*args, **options)
         self._connect_lock = threading.Lock()
+        self._space = threading.Condition(threading.Lock())  # see _hold
         self._ws: Optional[ClientConnection] = None
         self._reader: Optional[threading.Thread] = None
 
@@ -157,6 +180,7 @@ class Client(ClientBase[Context]):
             if self._connected():
                 return
             self._claim(self._session.sink)  # released if this client was closed
+            self._stopping = False
             try:
                 ws = ws_connect(self.url, additional_headers=self.headers,
                                 open_timeout=self.open_timeout, max_size=self.max_size,
@@ -197,12 +221,49 @@ class Client(ClientBase[Context]):
                 events = self._session.receive(message)
                 if events:  # (an audio frame has none: this is all it costs here)
                     self._deliver(events)
+            if self._full:
+                self._hold()
         except Exception as exc:  # a bug (or a writer's own error) must not go unseen
             connection.on_message = drop_message  # the rest of what this connection brings
             self._reader_failed(exc)
             # close() waits for this very thread to end: another one must call it
             threading.Thread(target=connection.close, args=(1011, "client failed"),
                              daemon=True).start()
+
+    # ---- a streaming context's consumer is behind: on_audio_overflow="wait" ----------
+
+    def _hold(self) -> None:
+        """In the receiving thread, without the state lock: a context's unread audio
+        passed audio_buffer_bytes, so this thread (and so the reading of the socket)
+        waits until its consumer has read it down to half, the context ends, or
+        receive_timeout passes (the context then fails with AudioOverflow)."""
+        while True:
+            with self._space:
+                ctx = self._next_stall()
+                if ctx is None:
+                    return
+                self._stalled = ctx
+                timeout = self.receive_timeout
+                deadline = None if timeout is None else time.monotonic() + timeout
+                # (the consumer may have read between _next_stall and here: look again)
+                while (self._stalled is ctx and ctx._unread() > self._resume_bytes
+                       and not ctx._state.closed and not self._stopping):
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    self._space.wait(remaining)
+                expired = (self._stalled is ctx and ctx._unread() > self._resume_bytes
+                           and not ctx._state.closed and not self._stopping)
+                self._stalled = None
+            if expired:
+                with self._state_lock:
+                    self._overflowed(ctx)
+
+    def _space_freed(self, ctx: Any) -> None:
+        with self._space:
+            if self._stalled is ctx:
+                self._stalled = None
+                self._space.notify_all()
 
     def _read(self, ws: ClientConnection) -> None:
         # Messages go to _on_message in websockets' own thread; this one waits for the
@@ -212,6 +273,8 @@ class Client(ClientBase[Context]):
                 frame = ws.recv(decode=False)
                 with self._state_lock:
                     self._receive(frame)
+                if self._full:
+                    self._hold()
         except ConnectionClosed as exc:
             with self._state_lock:
                 self._lost(self._closed(exc, ws))
@@ -227,6 +290,9 @@ class Client(ClientBase[Context]):
         ws, reader = self._ws, self._reader
         self._ws = self._reader = None
         self._release()
+        self._stopping = True  # a reader waiting for a consumer goes on, to see the end
+        with self._space:
+            self._space.notify_all()
         timeout = self.close_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         if ws is not None:
