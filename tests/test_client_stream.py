@@ -314,3 +314,48 @@ def test_audio_needs_a_streaming_client_and_options_are_checked():
     tts = sync.connect("ws://127.0.0.1:9", sink=flushsink.Sink(stream=True))
     assert tts.stream is True  # taken from the Sink
     tts.close()
+
+
+@pytest.mark.parametrize("client", ["asyncio", "sync"])
+def test_close_does_not_wait_for_a_stalled_reader(client):
+    """The reader waits for a consumer that never reads (receive_timeout far off):
+    close() still returns at once (the reader goes on, to read the closing handshake),
+    and the context ends: complete if its last frames were already on their way, else
+    with ConnectionLost."""
+    options = dict(stream=True, audio_buffer_bytes=4096, receive_timeout=20)
+    if client == "asyncio":
+        async def main():
+            async with Emulator(chunk_ms=20) as emu:
+                tts = flushsink.connect(emu.url, **options)
+                ctx = tts.context(voice=VOICE, output_format=S16)
+                await ctx.push(LONG)
+                await ctx.no_more_inputs()
+                await asyncio.sleep(0.3)
+                stalls = ctx.stats.stalls
+                started = time.monotonic()
+                await tts.close()
+                took = time.monotonic() - started
+                try:
+                    await ctx.collect(timeout=5)
+                except ConnectionLost:
+                    pass
+                return stalls, took
+
+        stalls, took = run(main())
+    else:
+        with Emulator(chunk_ms=20).running_in_thread() as emu:
+            tts = sync.connect(emu.url, **options)
+            ctx = tts.context(voice=VOICE, output_format=S16)
+            ctx.push(LONG)
+            ctx.no_more_inputs()
+            time.sleep(0.3)
+            stalls = ctx.stats.stalls
+            started = time.monotonic()
+            tts.close()
+            took = time.monotonic() - started
+            try:
+                ctx.collect(timeout=5)
+            except ConnectionLost:
+                pass
+    assert stalls == 1
+    assert took < 2
