@@ -602,14 +602,15 @@ class Client(ClientBase[Context]):
         ``connection`` (the rest of the current read is still delivered) until its
         consumer has read it down to half, the context ends, or receive_timeout passes
         (the context then fails with AudioOverflow)."""
-        if self._stalled is not None or connection.transport is None:
+        transport = connection.transport
+        if self._stalled is not None or transport is None or transport.is_closing():
             return
         ctx = self._next_stall()
         if ctx is None:
             return
         self._stalled, self._held_connection = ctx, connection
         connection._held = True
-        connection.transport.pause_reading()
+        transport.pause_reading()
         if self.receive_timeout is not None:
             self._stall_timer = connection.loop.call_later(
                 self.receive_timeout, self._stall_expired, ctx)
