@@ -249,6 +249,42 @@ def test_overflow_wait_is_bounded_by_receive_timeout(client):
 
 
 @pytest.mark.parametrize("client", ["asyncio", "sync"])
+def test_overflow_wait_is_bounded_by_the_keepalive_limit_too(client):
+    """A long receive_timeout does not let the reader wait past hold_limit (15 s by
+    default, so that websockets' keepalive sees the server's pong in time): here 0.5 s
+    against a receive_timeout of 30 s."""
+    options = dict(stream=True, audio_buffer_bytes=4096, receive_timeout=30)
+    if client == "asyncio":
+        async def main():
+            async with Emulator(chunk_ms=20) as emu:
+                async with flushsink.connect(emu.url, **options) as tts:
+                    assert tts.hold_limit == 15.0
+                    tts.hold_limit = 0.5
+                    stuck = tts.context(voice=VOICE, output_format=S16)
+                    await stuck.push(LONG)
+                    await stuck.no_more_inputs()
+                    started = time.monotonic()
+                    with pytest.raises(AudioOverflow, match="within 0.5 s"):
+                        await stuck.collect(timeout=10)
+                    return time.monotonic() - started
+
+        took = run(main())
+    else:
+        with Emulator(chunk_ms=20).running_in_thread() as emu:
+            with sync.connect(emu.url, **options) as tts:
+                assert tts.hold_limit == 15.0
+                tts.hold_limit = 0.5
+                stuck = tts.context(voice=VOICE, output_format=S16)
+                stuck.push(LONG)
+                stuck.no_more_inputs()
+                started = time.monotonic()
+                with pytest.raises(AudioOverflow, match="within 0.5 s"):
+                    stuck.collect(timeout=10)
+                took = time.monotonic() - started
+    assert 0.4 < took < 5
+
+
+@pytest.mark.parametrize("client", ["asyncio", "sync"])
 def test_context_failures_raise_from_audio(client):
     """A context error from the server raises ContextFailed from audio(); a dropped
     connection raises ConnectionLost after the chunks that came."""

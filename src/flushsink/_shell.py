@@ -193,7 +193,8 @@ class ClientBase(Generic[C]):
     ``on_audio_overflow`` says what happens past it: ``"wait"`` (default) stops reading
     the socket until the consumer has read the context's unread audio down to half the
     bound (every context of the connection waits with it), and fails the context with
-    AudioOverflow if that takes longer than ``receive_timeout``; ``"fail"`` fails the
+    AudioOverflow if that takes longer than ``receive_timeout`` or ``hold_limit`` (15 s,
+    for websockets' keepalive), whichever is shorter; ``"fail"`` fails the
     context with AudioOverflow at once.
     """
 
@@ -390,12 +391,24 @@ class ClientBase(Generic[C]):
                 return ctx
         return None
 
+    #: The longest the reader waits for a consumer (on_audio_overflow="wait") before the
+    #: context fails, whatever receive_timeout says: while reading is stopped, websockets'
+    #: keepalive cannot read the server's pong, and with its defaults (a ping every 20 s,
+    #: 20 s for the pong) a wait of 20 s may close the connection, ending every context.
+    hold_limit: float = 15.0
+
+    def _hold_seconds(self) -> float:
+        """How long the reader waits for one consumer: receive_timeout, at most
+        hold_limit."""
+        timeout = self.receive_timeout
+        return self.hold_limit if timeout is None else min(timeout, self.hold_limit)
+
     def _overflowed(self, ctx: Any) -> None:
-        """The reader waited ``receive_timeout`` for ``ctx``'s consumer in vain: the
+        """The reader waited _hold_seconds() for ``ctx``'s consumer in vain: the
         context fails with AudioOverflow (the shell holds the state lock)."""
         self._deliver(self._session.fail(ctx._state, AudioOverflow(
             f"context {ctx.context_id!r}: {ctx._unread()} bytes of audio not read from "
-            f"audio() within receive_timeout={self.receive_timeout} s (over "
+            f"audio() within {self._hold_seconds():g} s (over "
             f"audio_buffer_bytes={self.audio_buffer_bytes}: the reader waited)",
             ctx.context_id)))
 

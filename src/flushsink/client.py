@@ -600,7 +600,7 @@ class Client(ClientBase[Context]):
     def _hold(self, connection: Any) -> None:
         """A context's unread audio passed audio_buffer_bytes: stop reading
         ``connection`` (the rest of the current read is still delivered) until its
-        consumer has read it down to half, the context ends, or receive_timeout passes
+        consumer has read it down to half, the context ends, or _hold_seconds() pass
         (the context then fails with AudioOverflow)."""
         transport = connection.transport
         if self._stalled is not None or transport is None or transport.is_closing():
@@ -611,9 +611,8 @@ class Client(ClientBase[Context]):
         self._stalled, self._held_connection = ctx, connection
         connection._held = True
         transport.pause_reading()
-        if self.receive_timeout is not None:
-            self._stall_timer = connection.loop.call_later(
-                self.receive_timeout, self._stall_expired, ctx)
+        self._stall_timer = connection.loop.call_later(
+            self._hold_seconds(), self._stall_expired, ctx)
 
     def _space_freed(self, ctx: Any) -> None:
         if self._stalled is not ctx:

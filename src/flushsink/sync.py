@@ -236,20 +236,19 @@ class Client(ClientBase[Context]):
         """In the receiving thread, without the state lock: a context's unread audio
         passed audio_buffer_bytes, so this thread (and so the reading of the socket)
         waits until its consumer has read it down to half, the context ends, or
-        receive_timeout passes (the context then fails with AudioOverflow)."""
+        _hold_seconds() pass (the context then fails with AudioOverflow)."""
         while True:
             with self._space:
                 ctx = self._next_stall()
                 if ctx is None:
                     return
                 self._stalled = ctx
-                timeout = self.receive_timeout
-                deadline = None if timeout is None else time.monotonic() + timeout
+                deadline = time.monotonic() + self._hold_seconds()
                 # (the consumer may have read between _next_stall and here: look again)
                 while (self._stalled is ctx and ctx._unread() > self._resume_bytes
                        and not ctx._state.closed and not self._stopping):
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
                         break
                     self._space.wait(remaining)
                 expired = (self._stalled is ctx and ctx._unread() > self._resume_bytes
