@@ -1,0 +1,8 @@
+"""Drop-in receive paths for voice-agent frameworks.
+
+Each submodule imports its framework when it is imported, never before: ``import
+flushsink`` (and this package) imports none of them.
+
+- :mod:`flushsink.integrations.pipecat`: ``CartesiaTTSService`` for pipecat-ai
+  (``pip install flushsink[pipecat]``); docs/integrations.md.
+"""
