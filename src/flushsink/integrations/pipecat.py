@@ -41,8 +41,6 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "pip install flushsink[pipecat]"
     ) from exc
 
-from loguru import logger
-
 from .. import (
     AudioChunk,
     AudioFormat,
