@@ -9,12 +9,15 @@ and the drop-in the same frames as the stock service.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 pytest.importorskip("pipecat")
 
 from pipecat.frames.frames import (  # noqa: E402
+    ErrorFrame,
+    InterruptionFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
     TTSStartedFrame,
@@ -22,7 +25,7 @@ from pipecat.frames.frames import (  # noqa: E402
     TTSTextFrame,
 )
 from pipecat.services.cartesia.tts import CartesiaTTSService as StockService  # noqa: E402
-from pipecat.tests.utils import run_test  # noqa: E402
+from pipecat.tests.utils import SleepFrame, run_test  # noqa: E402
 
 from flushsink import AudioFormat  # noqa: E402
 from flushsink.emulator import Emulator, render  # noqa: E402
@@ -34,20 +37,28 @@ RATE = 24000
 SERVICES = {"stock": StockService, "flushsink": DropIn}
 
 
-async def speak(service_class, text):
-    """The frames the service pushes downstream for one TTSSpeakFrame, and the
-    emulator's connection logs."""
-    async with Emulator() as emu:
+FULL = render(TEXT, VOICE, AudioFormat("pcm_s16le", RATE))
+
+
+async def speak(service_class, text, *, after=(), emulator=None, upstream=False):
+    """The frames the service pushes downstream for one TTSSpeakFrame (then the frames
+    in ``after``), and the emulator's connection logs; with ``upstream``, the frames it
+    pushed upstream too."""
+    async with Emulator(**(emulator or {})) as emu:
         tts = service_class(
             api_key="test-key",
             url=emu.ws_url,
             sample_rate=RATE,
             settings=service_class.Settings(voice=VOICE),
         )
-        down, _ = await asyncio.wait_for(
-            run_test(tts, frames_to_send=[TTSSpeakFrame(text)]), 30
+        down, up = await asyncio.wait_for(
+            run_test(tts, frames_to_send=[TTSSpeakFrame(text), *after]), 30
         )
-        return down, emu.connections
+        return (down, up, emu.connections) if upstream else (down, emu.connections)
+
+
+def audio_of(frames):
+    return b"".join(f.audio for f in frames if isinstance(f, TTSAudioRawFrame))
 
 
 def summary(frames):
@@ -71,7 +82,7 @@ def test_audio_is_the_emulators(which):
     audio = [f for f in down if isinstance(f, TTSAudioRawFrame)]
     assert audio, [type(f).__name__ for f in down]
     assert {(f.sample_rate, f.num_channels) for f in audio} == {(RATE, 1)}
-    assert b"".join(f.audio for f in audio) == render(TEXT, VOICE, AudioFormat("pcm_s16le", RATE))
+    assert audio_of(audio) == FULL
     # one context, opened and closed once; all its audio tagged with it
     started = [f for f in down if isinstance(f, TTSStartedFrame)]
     stopped = [f for f in down if isinstance(f, TTSStoppedFrame)]
@@ -87,3 +98,71 @@ def test_dropin_pushes_the_stock_frames():
     stock, _ = asyncio.run(speak(StockService, TEXT))
     ours, _ = asyncio.run(speak(DropIn, TEXT))
     assert summary(ours) == summary(stock)
+
+
+def sending_an_error_without_context_id(service_class):
+    """The service, made to send a request without ``context_id`` before each text: the
+    emulator answers it with an error that has no ``context_id`` (as Cartesia does for
+    some errors about the connection), before the text's audio."""
+
+    class Provoking(service_class):
+        async def run_tts(self, text, context_id):
+            await self._get_websocket().send(json.dumps({"transcript": "no context"}))
+            async for frame in super().run_tts(text, context_id):
+                yield frame
+
+    return Provoking
+
+
+def test_dropin_survives_an_error_without_context_id():
+    down, up, connections = asyncio.run(
+        speak(sending_an_error_without_context_id(DropIn), TEXT, upstream=True))
+    assert audio_of(down) == FULL
+    assert sum(isinstance(f, TTSStoppedFrame) for f in down) == 1
+    errors = [f for f in up if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1 and "context_id" in errors[0].error
+    assert len(connections) == 1
+
+
+def test_stock_loses_the_audio_on_an_error_without_context_id():
+    """Why the drop-in handles it: pipecat 1.14's loop reads msg["context_id"], raises
+    KeyError, drops the socket and the context's audio with it (docs/integrations.md).
+    If a pipecat upgrade fixes this, this test says so."""
+    down, _ = asyncio.run(speak(sending_an_error_without_context_id(StockService), TEXT))
+    assert audio_of(down) == b""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", sorted(SERVICES))
+def test_interruption_cancels_the_context_and_drops_its_late_audio(which):
+    sinks = []
+
+    class Service(SERVICES[which]):
+        def _new_sink(self):  # the drop-in's Sink, to read its stats
+            sink = super()._new_sink()
+            sinks.append(sink)
+            return sink
+
+    # real time: half a second of audio has come when the interruption does
+    down, connections = asyncio.run(speak(
+        Service if which == "flushsink" else SERVICES[which], TEXT,
+        after=[SleepFrame(0.5), InterruptionFrame(), SleepFrame(0.5)],
+        emulator={"pace": "realtime"}))
+    audio = audio_of(down)
+    assert 0 < len(audio) < len(FULL) and FULL.startswith(audio)
+    cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+    assert not any(isinstance(f, TTSAudioRawFrame) for f in down[cut:])
+    cancels = [m for m in connections[0].received if m.get("cancel")]
+    contexts = {f.context_id for f in down if isinstance(f, TTSAudioRawFrame)}
+    assert [m["context_id"] for m in cancels] == list(contexts)
+    if which == "flushsink":
+        # the late frames of the cancelled context were dropped by the Sink, undecoded
+        assert len(sinks) == 1 and sinks[0].stats.dropped_frames > 0
+
+
+def test_import_flushsink_leaves_pipecat_alone():
+    import subprocess
+    import sys
+
+    code = "import sys, flushsink, flushsink.integrations; assert 'pipecat' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
