@@ -166,3 +166,18 @@ def test_import_flushsink_leaves_pipecat_alone():
 
     code = "import sys, flushsink, flushsink.integrations; assert 'pipecat' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", sorted(SERVICES))
+def test_the_idle_close_is_survived(which):
+    """The emulator closes a socket idle for ``idle_timeout`` as Cartesia does after 5
+    minutes (1000, "connection idle timeout"); pipecat's loop reconnects, and the drop-in
+    starts a new Sink on the new socket."""
+    second = "Here again. Still here."
+    down, connections = asyncio.run(speak(
+        SERVICES[which], TEXT, after=[SleepFrame(1.0), TTSSpeakFrame(second), SleepFrame(0.2)],
+        emulator={"idle_timeout": 0.4}))
+    assert audio_of(down) == FULL + render(second, VOICE, AudioFormat("pcm_s16le", RATE))
+    assert sum(isinstance(f, TTSStoppedFrame) for f in down) == 2
+    assert len(connections) >= 2
