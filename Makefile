@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 SDK_VENV ?= .venv-sdk
+FRAMEWORK_VENV ?= .venv-frameworks
 TYPE_VENV ?= .venv-type
 
 # an interpreter of that version that really runs (pyenv's shims exist for every version)
@@ -17,7 +18,7 @@ PY312 ?= $(call find_python,3.12)
 PY313 ?= $(call find_python,3.13)
 DIST ?= dist
 
-.PHONY: demo check test test-compiled test-pure test-kernels test-sdk build clean sanitize wheels test-wheels typecheck
+.PHONY: demo check test test-compiled test-pure test-kernels test-sdk test-frameworks build clean sanitize wheels test-wheels typecheck
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +38,7 @@ demo: build
 
 # The whole suite twice: on the compiled core, then on the pure-Python twin. Tests import
 # the installed package (the src layout keeps the checkout off sys.path).
-test: build test-compiled test-pure test-kernels test-sdk typecheck
+test: build test-compiled test-pure test-kernels test-sdk test-frameworks typecheck
 
 test-compiled: $(STAMP)
 	FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 $(BIN)/python -m pytest -q tests
@@ -92,6 +93,21 @@ $(SDK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src
 	test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
 	$(SDK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
 	FLUSHSINK_BUILD_EXT=required $(SDK_VENV)/bin/python -m pip install -q --no-build-isolation ".[test,sdk]"
+	touch $@
+
+# The frameworks' own services against the emulator, in a venv of their own with the
+# pinned framework (the extras): pipecat's stock CartesiaTTSService and flushsink's drop-in
+# (flushsink.integrations.pipecat, docs/integrations.md), on both cores. pipecat needs
+# Python >= 3.11, so this runs on a 3.11 or later even when PYTHON is a 3.10.
+test-frameworks: $(FRAMEWORK_VENV)/.installed
+	$(FRAMEWORK_VENV)/bin/python -c "import pipecat, flushsink; assert flushsink.BACKEND == 'compiled'"
+	FLUSHSINK_EXPECT=compiled $(FRAMEWORK_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/framework
+	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(FRAMEWORK_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/framework
+
+$(FRAMEWORK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*.pxd src/flushsink/*/*.py)
+	test -x $(FRAMEWORK_VENV)/bin/python || $(TYPE_PYTHON) -m venv $(FRAMEWORK_VENV)
+	$(FRAMEWORK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
+	FLUSHSINK_BUILD_EXT=required $(FRAMEWORK_VENV)/bin/python -m pip install -q --no-build-isolation ".[test,pipecat]"
 	touch $@
 
 # mypy --strict on the package and the examples (settings in pyproject.toml). Nothing is
@@ -192,7 +208,7 @@ test-wheels: wheels
 	cd $(WHEEL_TEST)/sdist && FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 ../fromsdist/bin/python -m pytest -q -p no:cacheprovider tests
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html src/flushsink/_store_c.c src/flushsink/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV) $(WHEEL_VENV) $(CHECK_VENV)
+	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html src/flushsink/_store_c.c src/flushsink/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV) $(WHEEL_VENV) $(CHECK_VENV) $(FRAMEWORK_VENV)
 
 # --- fuzzing: the compiled Sink against the pure twin (fuzz/fuzz_sink.py) --------------------
 # `make fuzz` builds the extension with ASan + UBSan and gcc's coverage hooks (fuzz/covshim.c
