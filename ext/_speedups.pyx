@@ -610,13 +610,10 @@ cdef class Sink(Store):
         return True
 
     @cython.final
-    cdef object _streamed_apart(self):
-        """_streamed for _append_apart's chunk: its buffer becomes its AudioChunk's alone
-        (no event is reused here: the sink must hold nothing once a chunk is returned)."""
-        cdef _CSegment seg = <_CSegment>self._last.current
-        cdef size_t shift = seg.fmt.shift
-        cdef size_t first = (seg.length - self._appended) >> shift << shift
-        cdef size_t end = seg.length >> shift << shift
+    cdef object _streamed_apart(self, _CSegment seg, size_t first, size_t end):
+        """_streamed for _append_apart's chunk, the segment's bytes [first, end): its
+        buffer becomes its AudioChunk's alone (no event is reused here: the sink must
+        hold nothing once a chunk is returned)."""
         cdef uint8_t *raw = self._raw
         cdef _AudioBuffer audio
         cdef AudioChunk chunk
@@ -657,7 +654,7 @@ cdef class Sink(Store):
         cdef AudioChunk chunk
         cdef PyObject *previous
         if not self._keep_audio:
-            return self._streamed_apart()
+            return self._streamed_apart(seg, first, end)
         if end == first:
             return _EMPTY
         if self._out is not None and _refcount(<PyObject *>self._out) == 1:
