@@ -160,6 +160,29 @@ def test_interruption_cancels_the_context_and_drops_its_late_audio(which):
         assert len(sinks) == 1 and sinks[0].stats.dropped_frames > 0
 
 
+@pytest.mark.parametrize("which", sorted(SERVICES))
+def test_a_dropped_connection_is_survived(which):
+    """The connection drops (TCP abort, no close frame) after ten chunks of the first text:
+    the service keeps the audio that came, reconnects, and speaks the next text whole on
+    the new socket (it is too short to reach the emulator's fault again)."""
+    second = "Hi."
+    down, connections = asyncio.run(speak(
+        SERVICES[which], TEXT, after=[SleepFrame(0.5), TTSSpeakFrame(second), SleepFrame(0.5)],
+        emulator={"faults": ["drop@chunk:10"]}))
+    ten_chunks = 10 * (RATE // 10) * 2
+    assert audio_of(down) == FULL[:ten_chunks] + render(second, VOICE, AudioFormat("pcm_s16le", RATE))
+    assert [c.fired for c in connections][0] and len(connections) >= 2
+    assert connections[-1].sent["done"] == 1
+
+
+def test_dropin_survives_a_drop_as_the_stock_service_does():
+    after = [SleepFrame(0.5), TTSSpeakFrame("Hi."), SleepFrame(0.5)]
+    faults = {"faults": ["drop@chunk:10"]}
+    stock, _ = asyncio.run(speak(StockService, TEXT, after=after, emulator=faults))
+    ours, _ = asyncio.run(speak(DropIn, TEXT, after=after, emulator=faults))
+    assert summary(ours) == summary(stock)
+
+
 def test_import_flushsink_leaves_pipecat_alone():
     import subprocess
     import sys
