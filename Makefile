@@ -96,18 +96,20 @@ $(SDK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src
 	touch $@
 
 # The frameworks' own services against the emulator, in a venv of their own with the
-# pinned framework (the extras): pipecat's stock CartesiaTTSService and flushsink's drop-in
-# (flushsink.integrations.pipecat, docs/integrations.md), on both cores. pipecat needs
-# Python >= 3.11, so this runs on a 3.11 or later even when PYTHON is a 3.10.
+# pinned frameworks (the extras): pipecat's stock CartesiaTTSService and LiveKit's stock
+# Cartesia TTS, each beside flushsink's drop-in (flushsink.integrations, docs/integrations.md),
+# and the README's framework quickstarts, on both cores. pipecat needs Python >= 3.11, so
+# this runs on a 3.11 or later even when PYTHON is a 3.10.
+FRAMEWORK_README = tests/test_readme.py -k "pipecat or livekit"
 test-frameworks: $(FRAMEWORK_VENV)/.installed
-	$(FRAMEWORK_VENV)/bin/python -c "import pipecat, flushsink; assert flushsink.BACKEND == 'compiled'"
-	FLUSHSINK_EXPECT=compiled $(FRAMEWORK_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/framework
-	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(FRAMEWORK_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/framework
+	$(FRAMEWORK_VENV)/bin/python -c "import pipecat, livekit.plugins.cartesia, flushsink; assert flushsink.BACKEND == 'compiled'"
+	FLUSHSINK_EXPECT=compiled $(FRAMEWORK_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/framework $(FRAMEWORK_README)
+	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(FRAMEWORK_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/framework $(FRAMEWORK_README)
 
 $(FRAMEWORK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*.pxd src/flushsink/*/*.py)
 	test -x $(FRAMEWORK_VENV)/bin/python || $(TYPE_PYTHON) -m venv $(FRAMEWORK_VENV)
 	$(FRAMEWORK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
-	FLUSHSINK_BUILD_EXT=required $(FRAMEWORK_VENV)/bin/python -m pip install -q --no-build-isolation ".[test,pipecat]"
+	FLUSHSINK_BUILD_EXT=required $(FRAMEWORK_VENV)/bin/python -m pip install -q --no-build-isolation ".[test,pipecat,livekit]"
 	touch $@
 
 # mypy --strict on the package and the examples (settings in pyproject.toml). Nothing is
