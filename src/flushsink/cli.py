@@ -12,7 +12,11 @@ Whatever goes wrong is told in one line on stderr, ``flushsink: ...``, never a t
   lost, the server's error, a port in use...;
 - 2: an argument that makes no sense (nothing was started);
 - 128 + N: ``say`` or ``demo`` stopped by signal N (130: Ctrl-C, 143: SIGTERM), after
-  writing the audio received so far (``NAME.partial.wav``) and listing the files.
+  writing the audio received so far (``NAME.partial.wav``) and listing the files;
+  141 (SIGPIPE's) when ``say --stdout``'s reader closed standard output.
+
+``say --stdout`` writes the raw audio to standard output as each chunk arrives, and
+everything else (progress, the table, the summary) to stderr.
 """
 
 from __future__ import annotations
@@ -25,19 +29,22 @@ import logging
 import math
 import os
 import platform
+import queue
 import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from typing import (Any, AsyncIterator, Callable, Iterator, NamedTuple, NoReturn, Optional,
                     Sequence)
 
 from . import __version__
 from ._accel import BACKEND, SIMD
+from ._accel import Sink
 from .client import Context, connect
 from .errors import AuthenticationError, ConfigError, FlushsinkError, HandshakeError, WriteError
-from .formats import ENCODINGS, SAMPLE_RATES
+from .formats import DEFAULT_FORMAT, ENCODINGS, SAMPLE_RATES
 from .session import normalize_url
 from .writers import FileWriter
 
@@ -149,6 +156,9 @@ def _library_warnings(console: _Console) -> Iterator[None]:
 
 # --- what became of each segment -----------------------------------------------------------
 
+STDOUT = "-"  # a row's path when its audio went to standard output (say --stdout)
+
+
 class _Row(NamedTuple):
     """One segment in the table: what it was and where it went (its audio is not kept)."""
 
@@ -157,7 +167,7 @@ class _Row(NamedTuple):
     samples: int
     complete: bool
     error: Optional[str]  # why it is incomplete
-    path: Optional[str]  # None: not written
+    path: Optional[str]  # None: not written; STDOUT: sent to standard output
     write_failed: bool
 
     @property
@@ -178,9 +188,10 @@ class _Recorder:
     """The writer ``say`` gives the client: it writes each segment with a FileWriter, notes
     what became of it, reports a failed write in one line at once (with the client, the
     WriteError then comes out of ``ctx.segments()``, where ``say`` goes on), and shows
-    the progress of long runs."""
+    the progress of long runs. Without a FileWriter (``say --stdout``, whose audio went
+    out chunk by chunk) it only notes the segments."""
 
-    def __init__(self, writer: FileWriter, console: _Console, expected: int,
+    def __init__(self, writer: Optional[FileWriter], console: _Console, expected: int,
                  show_progress: bool) -> None:
         self.writer = writer
         self.console = console
@@ -188,12 +199,18 @@ class _Recorder:
         self.show_progress = show_progress
         self.rows: list[_Row] = []
         self.connected = False  # the server accepted the connection
-        self.stopped_by: Optional[int] = None  # the signal that ended the run
+        #: Why the run stopped early, for its open segments (the client's own reason would
+        #: be that it closed the connection): a signal, or standard output.
+        self.stop_reason: Optional[str] = None
+        self.first_audio_s: Optional[float] = None  # say --stdout's, when it finished
         self.started = time.perf_counter()
 
     def __call__(self, event: Any) -> Optional[str]:
         segment = getattr(event, "segment", None)
         if segment is None:
+            return None
+        if self.writer is None:
+            self._note(segment, STDOUT, write_failed=False)
             return None
         try:
             path = self.writer(event)
@@ -207,16 +224,16 @@ class _Recorder:
     def stop(self, signum: int) -> None:
         """Called when a signal stops the run: said at once, as closing can take a while
         (up to the client's close timeout against a server that does not answer)."""
-        self.stopped_by = signum
-        self.console.say(f"stopping on {signal.Signals(signum).name}: the audio received is "
-                         "kept (.partial files); a second signal stops at once")
+        name = signal.Signals(signum).name
+        self.stop_reason = f"stopped by {name}"
+        kept = "" if self.writer is None else ": the audio received is kept (.partial files)"
+        self.console.say(f"stopping on {name}{kept}; a second signal stops at once")
 
     def _note(self, segment: Any, path: Optional[str], write_failed: bool) -> None:
         error = segment.error
-        if self.stopped_by is not None and not segment.complete:
-            # the client's reason would be its own close of the connection
-            error = f"stopped by {signal.Signals(self.stopped_by).name}"
-        self.rows.append(_Row(segment.flush_id, segment.duration, len(segment.samples),
+        if self.stop_reason is not None and not segment.complete:
+            error = self.stop_reason
+        self.rows.append(_Row(segment.flush_id, segment.duration, segment.sample_count,
                               segment.complete, error, path, write_failed))
         if self.show_progress:
             audio = sum(row.duration for row in self.rows)
@@ -225,13 +242,16 @@ class _Recorder:
                 f"{time.perf_counter() - self.started:.1f} s")
 
 
-def print_table(rows: Sequence[_Row], out: Any = None) -> None:
-    """The segments as a table (when there are any), then a one-line summary."""
+def print_table(rows: Sequence[_Row], out: Any = None,
+                first_audio_s: Optional[float] = None) -> None:
+    """The segments as a table (when there are any), then a one-line summary (with the
+    first audio's latency, when given)."""
     out = out if out is not None else sys.stdout
     lines = [("flush_id", "duration", "samples", "state", "path")]
     for row in rows:
+        where = os.path.relpath(row.path) if row.path not in (None, STDOUT) else row.path
         lines.append((str(row.flush_id), f"{row.duration:.3f} s", str(row.samples), row.state,
-                      os.path.relpath(row.path) if row.path else "-"))
+                      where or "-"))
     if rows:
         widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
         for line in lines:
@@ -242,7 +262,11 @@ def print_table(rows: Sequence[_Row], out: Any = None) -> None:
     partial = sum(not row.complete and not row.write_failed for row in rows)
     failed = sum(row.write_failed for row in rows)
     problems = [f"{partial} partial"] * bool(partial) + [f"{failed} not written"] * bool(failed)
-    print(summary + (f" ({', '.join(problems)})" if problems else ""), file=out)
+    if problems:
+        summary += f" ({', '.join(problems)})"
+    if first_audio_s is not None:
+        summary += f", the first after {first_audio_s:.3f} s"
+    print(summary, file=out)
 
 
 # --- signals ---------------------------------------------------------------------------
@@ -329,6 +353,7 @@ class _Run(NamedTuple):
     url: Optional[str]
     api_key: Optional[str]
     timeout: float
+    to_stdout: bool = False
 
 
 async def _receive_all(ctx: Context) -> None:
@@ -366,6 +391,138 @@ async def _synthesize(run: _Run, recorder: _Recorder) -> Optional[int]:
         except asyncio.CancelledError:
             if not signals.stopped_us():
                 raise
+        return signals.received
+
+
+class _ReaderGone(Exception):
+    """Standard output's reader closed it (a player quit, ``| head -c``)."""
+
+
+class _StdoutWriter:
+    """``say --stdout``'s audio, written to standard output by a thread of its own, so
+    that a reader slower than the server (a player reading in real time) never blocks the
+    event loop (and with it the connection's keepalive). At most ``window`` bytes wait for
+    the thread; past that, :meth:`write` waits. The thread is a daemon: a reader that
+    stops reading cannot keep the process from exiting."""
+
+    def __init__(self, stream: Any, window: int = 1 << 20) -> None:
+        self._stream = stream
+        self._window = window
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queued = 0
+        self._moved = asyncio.Event()  # the thread wrote (or failed): set on the loop
+        self._error: Optional[OSError] = None
+        self.bytes_written = 0
+        threading.Thread(target=self._run, name="flushsink-stdout", daemon=True).start()
+
+    async def write(self, data: Any, stall: float) -> None:
+        """Queue ``data`` (bytes-like, held until written); waits while the window is
+        full, for at most ``stall`` seconds without the reader taking anything."""
+        while self._error is None and self._queued >= self._window:
+            await self._wait(stall)
+        self._check()
+        self._queued += len(data)
+        self._queue.put(data)
+
+    async def drain(self, stall: float) -> None:
+        """Wait until everything queued is written, with the same bound on a stall."""
+        while self._error is None and self._queued:
+            await self._wait(stall)
+        self._check()
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    async def _wait(self, stall: float) -> None:
+        self._moved.clear()
+        try:
+            await asyncio.wait_for(self._moved.wait(), stall)
+        except asyncio.TimeoutError:
+            raise _Failure(f"standard output took no audio for {stall:g} s") from None
+
+    def _check(self) -> None:
+        if isinstance(self._error, BrokenPipeError):
+            raise _ReaderGone()
+        if self._error is not None:
+            raise _Failure(f"cannot write to standard output: {_os_reason(self._error)}")
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            error = None
+            if self._error is None:
+                try:
+                    self._stream.write(data)
+                    self._stream.flush()  # each chunk goes out as it came
+                except OSError as exc:
+                    error = exc
+            try:
+                self._loop.call_soon_threadsafe(self._done, len(data), error)
+            except RuntimeError:  # the loop is closed: the run is over
+                return
+
+    def _done(self, size: int, error: Optional[OSError]) -> None:
+        self._queued -= size
+        if error is not None and self._error is None:
+            self._error = error
+        if self._error is None:
+            self.bytes_written += size
+        self._moved.set()
+
+
+async def _synthesize_to_stdout(run: _Run, recorder: _Recorder, out: Any) -> Optional[int]:
+    """Speak the texts as ``_synthesize`` does, writing each chunk's audio to ``out`` (a
+    binary stream) as it arrives. Returns the signal that stopped the run, if any."""
+    output_format = {"container": "raw", "encoding": run.encoding,
+                     "sample_rate": run.sample_rate}
+    console = recorder.console
+    bytes_per_second = run.sample_rate * (4 if run.encoding == "pcm_f32le" else
+                                          2 if run.encoding == "pcm_s16le" else 1)
+    with _StopOnSignals(on_stop=recorder.stop) as signals:
+        writer = _StdoutWriter(out)
+        try:
+            async with _server(run.url, run.api_key) as (server_url, key):
+                # the segments' audio went out as chunks: the Sink keeps none of it
+                sink = Sink(DEFAULT_FORMAT, stream=True, keep_audio=False)
+                async with connect(server_url, key, sink=sink, writer=recorder,
+                                   receive_timeout=run.timeout) as tts:
+                    await tts.connect()
+                    recorder.connected = True
+                    ctx = tts.context(model_id=run.model, voice=run.voice,
+                                      output_format=output_format, language=run.language)
+                    for i, text in enumerate(run.texts):
+                        await ctx.push(text)
+                        if i < len(run.texts) - 1:
+                            await ctx.flush()
+                    await ctx.no_more_inputs()
+
+                    def show() -> None:
+                        audio = writer.bytes_written / bytes_per_second
+                        took = time.perf_counter() - recorder.started
+                        console.progress(f"  {audio:.1f} s of audio to standard output, "
+                                         f"{audio / took:.1f}x real time, {took:.1f} s")
+
+                    shown = 0.0
+                    try:
+                        async for chunk in ctx.audio():
+                            await writer.write(chunk.data, run.timeout)
+                            if time.perf_counter() - shown >= 0.1:
+                                shown = time.perf_counter()
+                                show()
+                        await writer.drain(run.timeout)
+                    except _ReaderGone:
+                        recorder.stop_reason = "standard output closed by its reader"
+                        raise
+                    except _Failure:
+                        recorder.stop_reason = "standard output failed"
+                        raise
+                    show()
+                    recorder.first_audio_s = ctx.first_audio_s
+        except asyncio.CancelledError:
+            if not signals.stopped_us():
+                raise
+        finally:
+            writer.close()
         return signals.received
 
 
@@ -425,16 +582,31 @@ def _run_loop(main: Any) -> Any:
 
 
 def _speak(run: _Run) -> int:
-    """Run ``say`` (or ``demo``): write the files, print the table; the exit status."""
-    _prepare_out_dir(run.out_dir)
+    """Run ``say`` (or ``demo``): write the files (or standard output), print the table;
+    the exit status."""
     console = _Console()
-    recorder = _Recorder(FileWriter(run.out_dir, container=run.container), console,
-                         expected=len(run.texts), show_progress=len(run.texts) > 3)
+    if run.to_stdout:
+        out = sys.stdout.buffer
+        recorder = _Recorder(None, console, expected=len(run.texts), show_progress=False)
+        synthesis = _synthesize_to_stdout(run, recorder, out)
+        console.say(f"raw {run.encoding}, {run.sample_rate} Hz, mono to standard output "
+                    f"(play it: ffplay -f {_FFMPEG_FORMATS[run.encoding]} -ar {run.sample_rate} "
+                    "-nodisp -autoexit -)")
+    else:
+        _prepare_out_dir(run.out_dir)
+        recorder = _Recorder(FileWriter(run.out_dir, container=run.container), console,
+                             expected=len(run.texts), show_progress=len(run.texts) > 3)
+        synthesis = _synthesize(run, recorder)
     failure: Optional[str] = None
     stopped_by: Optional[int] = None
     with _library_warnings(console):
         try:
-            stopped_by = _run_loop(_synthesize(run, recorder))
+            stopped_by = _run_loop(synthesis)
+        except _ReaderGone:
+            failure = "standard output was closed by its reader; stopped"
+            stopped_by = _SIGPIPE
+        except _Failure as exc:
+            failure = str(exc)
         except (FlushsinkError, OSError) as exc:  # OSError: the embedded emulator's port
             failure = _failure_line(exc)
         finally:
@@ -443,16 +615,39 @@ def _speak(run: _Run) -> int:
     if failure is not None:
         console.say(failure)
     if recorder.connected or rows:
-        print_table(rows)
+        # with --stdout, standard output is the audio's: the table goes to stderr
+        print_table(rows, out=sys.stderr if run.to_stdout else None,
+                    first_audio_s=recorder.first_audio_s)
     if stopped_by is not None:
         return 128 + stopped_by
     return 0 if failure is None and all(row.ok for row in rows) else FAILED
 
 
+#: ffmpeg's name (``-f``) of each raw encoding, for the hint ``say --stdout`` prints.
+_FFMPEG_FORMATS = {"pcm_s16le": "s16le", "pcm_f32le": "f32le", "pcm_mulaw": "mulaw",
+                   "pcm_alaw": "alaw"}
+
+
 def _cmd_say(args: argparse.Namespace) -> int:
-    return _speak(_Run(args.text, args.out, args.container, args.encoding, args.sample_rate,
-                       args.model, args.voice, args.language, args.url, args.api_key,
-                       args.timeout))
+    if args.stdout:
+        for option, value in (("--out", args.out), ("--container", args.container)):
+            if value is not None:
+                raise _Failure(f"--stdout writes raw audio to standard output: {option} does "
+                               "not go with it", USAGE)
+        if _is_terminal(sys.stdout):
+            raise _Failure("--stdout writes binary audio: pipe it to a player (| ffplay -f "
+                           f"{_FFMPEG_FORMATS[args.encoding]} -ar {args.sample_rate} -nodisp "
+                           "-autoexit -) or redirect it to a file", USAGE)
+    return _speak(_Run(args.text, args.out or "out", args.container or "wav", args.encoding,
+                       args.sample_rate, args.model, args.voice, args.language, args.url,
+                       args.api_key, args.timeout, to_stdout=args.stdout))
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -583,14 +778,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "the event loop and the Python, and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def server_options(p: argparse.ArgumentParser) -> None:
+    def server_options(p: argparse.ArgumentParser, out: Optional[str] = "out") -> None:
         p.add_argument("--url", type=_url,
                        help="ws:// or wss:// URL (default: Cartesia, or the emulator when no "
                             "key is set; without a path: /tts/websocket)")
         p.add_argument("--api-key", type=_not_blank("must not be empty (an unset variable?)"),
                        help="API key (default: $CARTESIA_API_KEY)")
-        p.add_argument("--out", default="out", type=_not_blank(),
-                       help="output directory (default: %(default)s)")
+        # (say's default is None, to tell an --out given with --stdout)
+        p.add_argument("--out", default=out, type=_not_blank(),
+                       help="output directory (default: %s)" % (out or "out"))
         p.add_argument("--timeout", type=_number(float, 0, SECONDS_MAX, above=True),
                        default=60.0, metavar="SECONDS",
                        help="longest wait for the server's next audio (default: %(default)s)")
@@ -602,13 +798,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "per segment\n(OUT/CONTEXT_ID/FLUSH_ID.wav), then print a table of them. "
                     "Audio cut short (a lost\nconnection, Ctrl-C, SIGTERM) is kept as "
                     "FLUSH_ID.partial.wav.",
-        epilog="example:\n  flushsink say 'Stay hungry, ' 'stay foolish.' --out out "
-               "--encoding pcm_f32le --sample-rate 24000")
+        epilog="examples:\n  flushsink say 'Stay hungry, ' 'stay foolish.' --out out "
+               "--encoding pcm_f32le --sample-rate 24000\n"
+               "  flushsink say 'Played as it arrives.' --stdout | ffplay -f s16le -ar 44100 "
+               "-nodisp -autoexit -")
     say.add_argument("text", nargs="+", metavar="TEXT", type=_not_blank("must not be blank"),
                      help="text of one segment")
-    server_options(say)
-    say.add_argument("--container", choices=("wav", "raw"), default="wav",
-                     help="file format (default: %(default)s)")
+    server_options(say, out=None)
+    say.add_argument("--container", choices=("wav", "raw"), default=None,
+                     help="file format (default: wav)")
+    say.add_argument("--stdout", action="store_true",
+                     help="write the raw audio to standard output as it arrives, no files "
+                          "(progress, table and summary on stderr)")
     say.add_argument("--encoding", choices=tuple(ENCODINGS), default="pcm_s16le",
                      metavar="ENCODING", help=f"one of {', '.join(ENCODINGS)} "
                                               "(default: %(default)s)")
