@@ -47,7 +47,8 @@ def test_the_cli_runs_on_uvloop_when_installed(tmp_path, loop):
     env = {"FLUSHSINK_LOOP": "asyncio"} if loop == "asyncio" else {"FLUSHSINK_LOOP": ""}
     version = flushsink("--version", cwd=tmp_path, env=env)
     assert f"loop: {loop}," in version.stdout, version.stdout
-    result = flushsink("say", "On this loop.", "--out", "o", cwd=tmp_path, env=env)
+    result = flushsink("say", "On this loop.", "--emulator", "--out", "o", cwd=tmp_path,
+                       env=env)
     assert result.returncode == 0, result.stderr
     (path,) = wav_files(tmp_path / "o")
     data, _ = soundfile.read(path, dtype="int16")
@@ -55,7 +56,8 @@ def test_the_cli_runs_on_uvloop_when_installed(tmp_path, loop):
 
 
 def test_demo_writes_the_seed_scenario(tmp_path):
-    result = flushsink("demo", cwd=tmp_path)
+    # a key in the environment does not take the demo to Cartesia (nor past loopback)
+    result = flushsink("demo", cwd=tmp_path, env={"CARTESIA_API_KEY": "sk-not-used"})
     assert result.returncode == 0, result.stderr
     assert "embedded emulator" in result.stderr
     assert "2 segments" in result.stdout
@@ -70,7 +72,7 @@ def test_demo_writes_the_seed_scenario(tmp_path):
 
 def test_say_in_another_format_with_progress(tmp_path):
     texts = [f"Sentence number {i}." for i in range(5)]
-    result = flushsink("say", *texts, "--out", "o", "--encoding", "pcm_f32le",
+    result = flushsink("say", *texts, "--emulator", "--out", "o", "--encoding", "pcm_f32le",
                        "--sample-rate", "24000", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     # the progress line: redrawn in place on a terminal, printed once in a pipe or a log
@@ -92,7 +94,8 @@ def test_progress_on_a_terminal_is_redrawn_in_place(tmp_path):
     controller, terminal = os.openpty()
     try:
         say = subprocess.Popen(
-            [sys.executable, "-m", "flushsink", "say", *[f"Text {i}." for i in range(5)]],
+            [sys.executable, "-m", "flushsink", "say", "--emulator",
+             *[f"Text {i}." for i in range(5)]],
             cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "CARTESIA_API_KEY"},
             stdout=subprocess.PIPE, stderr=terminal)
         os.close(terminal)
@@ -116,13 +119,30 @@ def test_progress_on_a_terminal_is_redrawn_in_place(tmp_path):
 
 
 def test_say_raw_container(tmp_path):
-    result = flushsink("say", "Raw bytes.", "--container", "raw", "--encoding", "pcm_mulaw",
+    result = flushsink("say", "Raw bytes.", "--emulator", "--container", "raw", "--encoding",
+                       "pcm_mulaw",
                        "--sample-rate", "8000", "--out", "o", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (path,) = wav_files(tmp_path / "o")
     assert path.endswith("1.raw")
     with open(path, "rb") as f:
         assert f.read() == render("Raw bytes.", DEMO_VOICE, AudioFormat("pcm_mulaw", 8000))
+
+
+def test_say_without_a_key_refuses_and_names_the_ways_out(tmp_path):
+    """No silent stand-in: without a key, a URL or --emulator, say starts nothing."""
+    result = flushsink("say", "Hello.", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert "CARTESIA_API_KEY" in result.stderr and "--emulator" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("other", [["--url", "ws://127.0.0.1:1"], ["--api-key", "k"]])
+def test_emulator_does_not_go_with_a_server(tmp_path, other):
+    result = flushsink("say", "Hello.", "--emulator", *other, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and f"{other[0]} does not go with it" in result.stderr
 
 
 def test_say_against_a_served_emulator(tmp_path):

@@ -22,14 +22,20 @@ def environment():
     return {k: v for k, v in os.environ.items() if k != "CARTESIA_API_KEY"}
 
 
+def command(args):
+    """say ARGS --stdout, on the embedded emulator unless ARGS name a --url."""
+    where = [] if "--url" in args else ["--emulator"]
+    return [sys.executable, "-m", "flushsink", "say", *args, *where, "--stdout"]
+
+
 def say(*args, cwd, **kw):
-    return subprocess.run([sys.executable, "-m", "flushsink", "say", *args, "--stdout"],
-                          cwd=cwd, env=environment(), capture_output=True, timeout=60, **kw)
+    return subprocess.run(command(args), cwd=cwd, env=environment(), capture_output=True,
+                          timeout=60, **kw)
 
 
 def popen_say(*args, cwd, **kw):
-    return subprocess.Popen([sys.executable, "-m", "flushsink", "say", *args, "--stdout"],
-                            cwd=cwd, env=environment(), stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(command(args), cwd=cwd, env=environment(), stderr=subprocess.PIPE,
+                            **kw)
 
 
 @pytest.fixture
@@ -100,8 +106,8 @@ def test_options_for_files_do_not_go_with_stdout(tmp_path, option):
 def test_a_terminal_is_not_written_binary_audio(tmp_path):
     controller, terminal = os.openpty()
     try:
-        result = subprocess.run([sys.executable, "-m", "flushsink", "say", "Hello.", "--stdout"],
-                                cwd=tmp_path, env=environment(), stdout=terminal,
+        result = subprocess.run(command(["Hello."]), cwd=tmp_path, env=environment(),
+                                stdout=terminal,
                                 stderr=subprocess.PIPE, timeout=60)
     finally:
         os.close(terminal)
@@ -130,8 +136,7 @@ def test_a_reader_that_goes_away_stops_the_run(tmp_path):
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
 def test_a_failing_stdout_fails_the_run_in_one_line(tmp_path):
     with open("/dev/full", "wb") as full:
-        result = subprocess.run([sys.executable, "-m", "flushsink", "say", LONG, "--stdout"],
-                                cwd=tmp_path, env=environment(), stdout=full,
+        result = subprocess.run(command([LONG]), cwd=tmp_path, env=environment(), stdout=full,
                                 stderr=subprocess.PIPE, timeout=60)
     err = result.stderr.decode()
     assert result.returncode == 1, err

@@ -1,7 +1,10 @@
 """The ``flushsink`` command: say, serve, demo, bench.
 
-Without an API key (``--api-key`` or ``CARTESIA_API_KEY``) and without ``--url``,
-``say`` and ``demo`` start the embedded emulator on 127.0.0.1 and say so.
+``say`` speaks with Cartesia (``--api-key`` or ``CARTESIA_API_KEY``), with a server at
+``--url``, or with the embedded emulator on 127.0.0.1 when asked (``--emulator``); never with
+the emulator silently: without a key, a URL or ``--emulator`` it refuses, in one line that
+names the ways out. ``demo`` runs on the embedded emulator (a key in the environment does
+not change that; ``--url`` or ``--api-key`` does) and says so.
 
 Whatever goes wrong is told in one line on stderr, ``flushsink: ...``, never a traceback
 (a failed write: one line per segment, and the run goes on). The exit status:
@@ -326,18 +329,18 @@ class _StopOnSignals:
 # --- say and demo ----------------------------------------------------------------------
 
 @contextlib.asynccontextmanager
-async def _server(url: Optional[str], api_key: Optional[str],
+async def _server(run: "_Run",
                   out: Any = None) -> AsyncIterator[tuple[Optional[str], Optional[str]]]:
-    """The url and key to use: Cartesia or --url as given, else the embedded emulator."""
-    api_key = api_key or os.environ.get("CARTESIA_API_KEY") or None
-    if url is not None or api_key is not None:
-        yield url, api_key
+    """The url and key to use: the embedded emulator (``run.emulator``), else Cartesia or
+    --url, with --api-key or CARTESIA_API_KEY."""
+    if not run.emulator:
+        yield run.url, run.api_key or os.environ.get("CARTESIA_API_KEY") or None
         return
     from .emulator import Emulator
 
     async with Emulator() as emu:
-        print(f"no API key (--api-key or CARTESIA_API_KEY): using the embedded emulator at "
-              f"{emu.ws_url}", file=out if out is not None else sys.stderr)
+        print(f"using the embedded emulator at {emu.ws_url}: its audio is a synthetic "
+              "stand-in, not speech", file=out if out is not None else sys.stderr)
         yield emu.url, None
 
 
@@ -354,6 +357,7 @@ class _Run(NamedTuple):
     api_key: Optional[str]
     timeout: float
     to_stdout: bool = False
+    emulator: bool = False  # the embedded emulator, not url / Cartesia
 
 
 async def _receive_all(ctx: Context) -> None:
@@ -375,7 +379,7 @@ async def _synthesize(run: _Run, recorder: _Recorder) -> Optional[int]:
                      "sample_rate": run.sample_rate}
     with _StopOnSignals(on_stop=recorder.stop) as signals:
         try:
-            async with _server(run.url, run.api_key) as (server_url, key):
+            async with _server(run) as (server_url, key):
                 async with connect(server_url, key, writer=recorder,
                                    receive_timeout=run.timeout) as tts:
                     await tts.connect()
@@ -481,7 +485,7 @@ async def _synthesize_to_stdout(run: _Run, recorder: _Recorder, out: Any) -> Opt
     with _StopOnSignals(on_stop=recorder.stop) as signals:
         writer = _StdoutWriter(out)
         try:
-            async with _server(run.url, run.api_key) as (server_url, key):
+            async with _server(run) as (server_url, key):
                 # the segments' audio went out as chunks: the Sink keeps none of it
                 sink = Sink(DEFAULT_FORMAT, stream=True, keep_audio=False)
                 async with connect(server_url, key, sink=sink, writer=recorder,
@@ -629,6 +633,14 @@ _FFMPEG_FORMATS = {"pcm_s16le": "s16le", "pcm_f32le": "f32le", "pcm_mulaw": "mul
 
 
 def _cmd_say(args: argparse.Namespace) -> int:
+    if args.emulator:
+        for option, value in (("--url", args.url), ("--api-key", args.api_key)):
+            if value is not None:
+                raise _Failure(f"--emulator is the embedded emulator: {option} does not go "
+                               "with it", USAGE)
+    elif args.url is None and not (args.api_key or os.environ.get("CARTESIA_API_KEY")):
+        raise _Failure("no API key: set CARTESIA_API_KEY (or --api-key) to speak with "
+                       "Cartesia, or add --emulator for the embedded emulator", USAGE)
     if args.stdout:
         for option, value in (("--out", args.out), ("--container", args.container)):
             if value is not None:
@@ -640,7 +652,8 @@ def _cmd_say(args: argparse.Namespace) -> int:
                            "-autoexit -) or redirect it to a file", USAGE)
     return _speak(_Run(args.text, args.out or "out", args.container or "wav", args.encoding,
                        args.sample_rate, args.model, args.voice, args.language, args.url,
-                       args.api_key, args.timeout, to_stdout=args.stdout))
+                       args.api_key, args.timeout, to_stdout=args.stdout,
+                       emulator=args.emulator))
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -655,7 +668,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           "Seed scenario: 'Stay hungry, ' then a flush, then 'stay foolish.' -> two WAV files",
           flush=True)
     return _speak(_Run(["Stay hungry, ", "stay foolish."], args.out, "wav", "pcm_s16le", 44100,
-                       "sonic-latest", DEMO_VOICE, "en", args.url, args.api_key, args.timeout))
+                       "sonic-latest", DEMO_VOICE, "en", args.url, args.api_key, args.timeout,
+                       # (a CARTESIA_API_KEY in the environment does not send it to Cartesia)
+                       emulator=args.url is None and args.api_key is None))
 
 
 # --- serve and bench -------------------------------------------------------------------
@@ -770,8 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="flushsink",
         description="Receive Cartesia-style TTS websocket audio fast: one file per flush.",
-        epilog="Without --url and without an API key, 'say' and 'demo' run against the "
-               "embedded emulator on 127.0.0.1. Exit status: 0 done, 1 failed, 2 bad "
+        epilog="'say' needs an API key (--api-key or CARTESIA_API_KEY), --url, or --emulator; "
+               "'demo' runs against the embedded emulator unless given --url or --api-key. "
+               "Exit status: 0 done, 1 failed, 2 bad "
                "arguments, 128+N stopped by signal N (the audio received is kept).")
     parser.add_argument("--version", action=_VersionAction, nargs=0,
                         help="print the version, the core (compiled or pure), the SIMD path, "
@@ -807,6 +823,9 @@ def build_parser() -> argparse.ArgumentParser:
     server_options(say, out=None)
     say.add_argument("--container", choices=("wav", "raw"), default=None,
                      help="file format (default: wav)")
+    say.add_argument("--emulator", action="store_true",
+                     help="speak with the embedded emulator (synthetic audio, no key): for "
+                          "trying the command out")
     say.add_argument("--stdout", action="store_true",
                      help="write the raw audio to standard output as it arrives, no files "
                           "(progress, table and summary on stderr)")
