@@ -699,6 +699,7 @@ def test_timestamps_are_in_context_time_and_interleaved() -> None:
         ("query", "2026-08-14", None, True),
         ("query", "2026-08-14", "legacy", False),
         ("none", None, "structured", True),
+        ("both", "2026-08-14", None, True),  # the query's, over the header's 2025-04-16
     ],
 )
 def test_error_shape_follows_version(
@@ -710,6 +711,9 @@ def test_error_shape_follows_version(
             if where == "header":
                 headers["Cartesia-Version"] = version
             elif where == "query":
+                url += f"?cartesia_version={version}"
+            elif where == "both":
+                headers["Cartesia-Version"] = "2025-04-16"
                 url += f"?cartesia_version={version}"
             frames = await exchange(url, [request("c", "", flush=True)], additional_headers=headers)
             return frames, emu
@@ -773,6 +777,8 @@ def test_later_punctuation_only_transcript_is_fine() -> None:
         {"output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 12345}},
         {"output_format": {"container": "raw", "encoding": "pcm_s16le"}},
         {"voice": {"mode": "embedding", "embedding": [0.1]}},
+        {"voice": {"mode": "id"}},
+        {"voice": ""},
         {"max_buffer_delay_ms": -1},
         {"generation_config": {"speed": 3}},
         {"continue": "yes"},
@@ -793,6 +799,21 @@ def test_invalid_request_is_an_error_for_its_context(change: dict[str, Any]) -> 
     error = next(f for f in frames if f["context_id"] == "c")
     assert (error["type"], error["status_code"], error["done"]) == ("error", 400, True)
     assert audio_by_flush(frames, "d") == {1: render("Fine.", VOICE_ID, S16)}
+
+
+@pytest.mark.parametrize("voice", [VOICE_ID, {"id": VOICE_ID}, {"mode": "id", "id": VOICE_ID},
+                                   {"id": VOICE_ID, "__experimental_controls": {"speed": 1}}])
+def test_every_form_of_a_voice_id_is_taken(voice: Any) -> None:
+    """A bare id (SDK 4.x's type), {"id": ...} (its migration guide), {"mode": "id", ...}
+    (SDK 3.x): the same voice, the same audio. Extra keys of the object are ignored."""
+    message = json.loads(request("c", "Hello.", end=True))
+    message["voice"] = voice
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with Emulator() as emu:
+            return await exchange(emu.ws_url, [json.dumps(message)])
+
+    assert audio_by_flush(run(scenario())) == {1: render("Hello.", VOICE_ID, S16)}
 
 
 @pytest.mark.parametrize("field", ["model_id", "transcript", "voice", "output_format"])

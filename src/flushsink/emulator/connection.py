@@ -130,7 +130,8 @@ def _problem_with(message: dict[str, Any]) -> _Problem | None:
         if name in message and not isinstance(message[name], bool):
             return _Problem(f"field {name!r} must be a boolean")
     if _voice_id(message["voice"]) is None:
-        return _Problem("voice must be {'mode': 'id', 'id': '<voice id>'}")
+        return _Problem("voice must be a voice id: '<id>', {'id': '<id>'} or "
+                        "{'mode': 'id', 'id': '<id>'}")
     delay = message.get("max_buffer_delay_ms")
     if delay is not None and (
         isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= 5000
@@ -153,9 +154,12 @@ def _problem_with(message: dict[str, Any]) -> _Problem | None:
 
 
 def _voice_id(voice: Any) -> str | None:
-    if isinstance(voice, dict) and voice.get("mode") == "id":
+    """The voice id of a request's ``voice``: a bare id (API 2026-08-14, SDK 4.x's typed
+    form), ``{"id": ...}`` (what SDK 4.x's migration guide tells users to write; extra keys
+    ignored) or ``{"mode": "id", "id": ...}`` (older versions, SDK 3.x). None otherwise (an
+    embedding, another mode)."""
+    if isinstance(voice, dict) and voice.get("mode", "id") == "id":
         voice = voice.get("id")
-    # API 2026-08-14 also accepts the id as a bare string.
     return voice if isinstance(voice, str) and voice else None
 
 

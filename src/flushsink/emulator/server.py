@@ -321,9 +321,9 @@ class Emulator:
         request = ws.request
         assert request is not None  # the handler only runs after a handshake
         query = parse_qs(urlsplit(request.path).query)
-        version = (
-            _first(request.headers.get_all("Cartesia-Version"))
-            or _first(query.get("cartesia_version"))
+        version = (  # the query wins over the header (docs/protocol.md 1.3)
+            _first(query.get("cartesia_version"))
+            or _first(request.headers.get_all("Cartesia-Version"))
             or DEFAULT_VERSION
         )
         structured = (
