@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 SDK_VENV ?= .venv-sdk
+SDK4_VENV ?= .venv-sdk4
 FRAMEWORK_VENV ?= .venv-frameworks
 TYPE_VENV ?= .venv-type
 
@@ -82,17 +83,30 @@ check: $(CHECK_VENV)/.installed
 	FLUSHSINK_FUZZ_SCALE=0.1 FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 \
 	  $(CHECK_VENV)/bin/python -m pytest -q -p no:cacheprovider -n auto -m "not slow" tests
 
-# The official SDK 3.2.0 against the emulator, and flushsink's clients on the older
-# websockets it pins, on both cores.
-test-sdk: $(SDK_VENV)/.installed
-	$(SDK_VENV)/bin/python -c "import cartesia, flushsink; assert flushsink.BACKEND == 'compiled'"
-	FLUSHSINK_EXPECT=compiled $(SDK_VENV)/bin/python -m pytest -q tests/test_sdk_interop.py tests/test_client.py
-	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(SDK_VENV)/bin/python -m pytest -q tests/test_sdk_interop.py tests/test_client.py
+# The official SDKs against the emulator, 3.2.0 and 4.2.0 (the extras sdk and sdk4: one
+# package, so a venv each), and flushsink's clients on the older websockets they pin, on
+# both cores. What differs between the SDKs (the API version each sends, so the error shape
+# it gets; the voice forms it types) the tests read from the SDK installed.
+# (Both SDKs resolve the same websockets, so the clients' own tests run in the first only.)
+SDK_TESTS = tests/test_sdk_interop.py
 
-$(SDK_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*.pxd src/flushsink/*/*.py)
-	test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
-	$(SDK_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
-	FLUSHSINK_BUILD_EXT=required $(SDK_VENV)/bin/python -m pip install -q --no-build-isolation ".[test,sdk]"
+# $(call sdk_suite,VENV,MAJOR,TESTS): TESTS in VENV, whose SDK must be MAJOR.x, both cores
+define sdk_suite
+	$(1)/bin/python -c "import cartesia, flushsink; assert cartesia.__version__.startswith('$(2).'), cartesia.__version__; assert flushsink.BACKEND == 'compiled'"
+	FLUSHSINK_EXPECT=compiled $(1)/bin/python -m pytest -q $(3)
+	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(1)/bin/python -m pytest -q $(3)
+endef
+
+test-sdk: $(SDK_VENV)/.installed $(SDK4_VENV)/.installed
+	$(call sdk_suite,$(SDK_VENV),3,$(SDK_TESTS) tests/test_client.py)
+	$(call sdk_suite,$(SDK4_VENV),4,$(SDK_TESTS))
+
+$(SDK_VENV)/.installed: SDK_EXTRA := sdk
+$(SDK4_VENV)/.installed: SDK_EXTRA := sdk4
+$(SDK_VENV)/.installed $(SDK4_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*.pxd src/flushsink/*/*.py)
+	test -x $(@D)/bin/python || $(PYTHON) -m venv $(@D)
+	$(@D)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
+	FLUSHSINK_BUILD_EXT=required $(@D)/bin/python -m pip install -q --no-build-isolation ".[test,$(SDK_EXTRA)]"
 	touch $@
 
 # The frameworks' own services against the emulator, in a venv of their own with the
@@ -210,7 +224,7 @@ test-wheels: wheels
 	cd $(WHEEL_TEST)/sdist && FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 ../fromsdist/bin/python -m pytest -q -p no:cacheprovider tests
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html src/flushsink/_store_c.c src/flushsink/*.html $(VENV) $(SDK_VENV) $(TYPE_VENV) $(WHEEL_VENV) $(CHECK_VENV) $(FRAMEWORK_VENV)
+	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html src/flushsink/_store_c.c src/flushsink/*.html $(VENV) $(SDK_VENV) $(SDK4_VENV) $(TYPE_VENV) $(WHEEL_VENV) $(CHECK_VENV) $(FRAMEWORK_VENV)
 
 # --- fuzzing: the compiled Sink against the pure twin (fuzz/fuzz_sink.py) --------------------
 # `make fuzz` builds the extension with ASan + UBSan and gcc's coverage hooks (fuzz/covshim.c
