@@ -76,8 +76,8 @@ class Context(ContextBase):
     """One generation context: push text, flush, finish, and read its segments."""
 
     _client: "Client"
-    _queue: "queue.Queue[Any]"
-    _queue_class = queue.Queue
+    _queue: "queue.SimpleQueue[Any]"
+    _queue_class = queue.SimpleQueue  # (C: a get that waits costs no Python-level Condition)
 
     def push(self, transcript: str, *, flush: bool = False, **extra: Any) -> None:
         """Send text (``continue: true``); with ``flush=True`` it ends a segment."""
@@ -114,7 +114,7 @@ class Context(ContextBase):
             yield event
             del event  # do not pin the last event (and its audio) while waiting for the next
 
-    def _get(self, items: "queue.Queue[Any]", wait: Optional[float]) -> Any:
+    def _get(self, items: "queue.SimpleQueue[Any]", wait: Optional[float]) -> Any:
         seen = self._activity()
         while True:
             try:
