@@ -613,23 +613,26 @@ def test_cancel_stops_queued_input_but_finishes_the_running_segment(done_after_c
                 await ws.send(request("c", "", flush=True))
                 await ws.send(request("c", "And this was buffered."))
                 await ws.send(json.dumps({"context_id": "c", "cancel": True}))
-                await ws.send(request("c", "Input after a cancel is ignored.", end=True))
+                await ws.send(request("c", "Input after a cancel is refused.", end=True))
+                # (collect stops at the done, or at the error when no done comes)
+                frames += await collect(ws)
                 if done_after_cancel:
-                    frames += await collect(ws)
-                else:
-                    while frames[-1]["type"] != "flush_done":
-                        frames.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
-                    with pytest.raises(asyncio.TimeoutError):
-                        frames.append(json.loads(await asyncio.wait_for(ws.recv(), 0.2)))
+                    frames.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+                with pytest.raises(asyncio.TimeoutError):
+                    frames.append(json.loads(await asyncio.wait_for(ws.recv(), 0.2)))
             return frames, emu
 
     frames, emu = run(scenario())
-    expected = [("chunk", 1), ("flush_done", 1)] + ([("done", None)] if done_after_cancel else [])
+    # the input after the cancel gets an error, after whatever the context still sends
+    expected = ([("chunk", 1), ("flush_done", 1)] + ([("done", None)] if done_after_cancel else [])
+                + [("error", None)])
     assert kinds(frames) == expected
+    assert (frames[-1]["context_id"], frames[-1]["status_code"]) == ("c", 400)
+    assert "ended" in frames[-1]["error"]
     assert audio_by_flush(frames) == {1: render(first, VOICE_ID, S16)}
     log = emu.connections[0]
     assert log.cancels == ["c"]
-    assert log.received_for("c")[-1]["transcript"] == "Input after a cancel is ignored."
+    assert log.received_for("c")[-1]["transcript"] == "Input after a cancel is refused."
 
 
 def test_cancel_of_unknown_or_finished_context_is_harmless() -> None:
@@ -641,13 +644,17 @@ def test_cancel_of_unknown_or_finished_context_is_harmless() -> None:
                     await ws.send(message)
                 frames = await collect(ws)
                 await ws.send(json.dumps({"context_id": "c", "cancel": True}))
-                await ws.send(request("c", "Late input on a finished context.", end=True))
-                with pytest.raises(asyncio.TimeoutError):
+                with pytest.raises(asyncio.TimeoutError):  # a cancel gets no answer
                     await asyncio.wait_for(ws.recv(), 0.2)
+                await ws.send(request("c", "Late input on a finished context.", end=True))
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
             assert emu.connections[0].cancels == ["nobody", "c"]
             return frames
 
-    assert kinds(run(scenario())) == [("chunk", 1), ("flush_done", 1), ("chunk", 2), ("done", None)]
+    frames = run(scenario())
+    assert kinds(frames) == [("chunk", 1), ("flush_done", 1), ("chunk", 2), ("done", None),
+                             ("error", None)]
+    assert frames[-1]["context_id"] == "c" and "ended" in frames[-1]["error"]
 
 
 def test_timestamps_are_in_context_time_and_interleaved() -> None:
@@ -755,7 +762,10 @@ def test_blank_or_punctuation_first_transcript_is_an_error(first: str) -> None:
             return await exchange(emu.ws_url, messages, context_ids=("c", "d"))
 
     frames = run(scenario())
-    assert [f["type"] for f in frames if f["context_id"] == "c"] == ["error"]  # terminal for its context only
+    # terminal for its context only: the input after it gets an error of its own
+    errors = [f for f in frames if f["context_id"] == "c"]
+    assert [f["type"] for f in errors] == ["error", "error"]
+    assert errors[0]["error"] == LEGACY_EMPTY and "ended" in errors[1]["error"]
     assert audio_by_flush(frames, "d") == {1: render("Fine.", VOICE_ID, S16)}
 
 

@@ -1,6 +1,6 @@
 """Opening the connection fails with a typed error, in both clients: HTTP 401/403 is
-AuthenticationError, 429 RateLimited with the Retry-After it asked for, any other status a
-HandshakeError with that status; a server that does not speak HTTP or websocket, wss:// to a
+AuthenticationError, 429 ConnectionRateLimited (a RateLimited) with the Retry-After it asked
+for, any other status a HandshakeError with that status; a server that does not speak HTTP or websocket, wss:// to a
 plain server, a refused connection and the open timeout a HandshakeError (status None) whose
 message names the URL and whose __cause__ is what websockets or the OS raised. A URL that is
 not ws:// or wss:// is a ConfigError (a ValueError) before anything is sent."""
@@ -23,6 +23,7 @@ from flushsink.errors import (
     AuthenticationError,
     ConfigError,
     FlushsinkError,
+    ConnectionRateLimited,
     HandshakeError,
     RateLimited,
 )
@@ -59,6 +60,7 @@ def fails_with(client: str, url: str, cls=HandshakeError, **options) -> Handshak
     error = info.value
     assert type(error) is cls
     assert isinstance(error, FlushsinkError) and isinstance(error, ConnectionError)
+    assert isinstance(error, RateLimited) == (error.status == 429)
     assert "\n" not in str(error)
     assert error.__cause__ is not None  # what websockets or the OS said is kept
     return error
@@ -97,7 +99,7 @@ def test_429_is_rate_limited_with_retry_after_in_seconds(client):
         respond(conn, 429, "Too Many Requests", {"Retry-After": "7"}, b"slow down")
 
     with RawServer(handler) as server:
-        error = fails_with(client, server.url, RateLimited)
+        error = fails_with(client, server.url, ConnectionRateLimited)
     assert error.status == 429 and error.retry_after == 7.0
     assert "retry after 7 s" in str(error)
 
@@ -106,11 +108,13 @@ def test_429_is_rate_limited_with_retry_after_in_seconds(client):
 def test_429_with_an_http_date_and_without_retry_after(client):
     when = email.utils.formatdate(time.time() + 120, usegmt=True)
     with RawServer(lambda conn: respond(conn, 429, "Slow", {"Retry-After": when})) as server:
-        error = fails_with(client, server.url, RateLimited)
+        error = fails_with(client, server.url, ConnectionRateLimited)
     assert 100 < error.retry_after <= 121
-    with Emulator(reject_429=True).running_in_thread() as emu:
-        error = fails_with(client, emu.url, RateLimited)
+    with Emulator(reject_429=True, retry_after=None).running_in_thread() as emu:
+        error = fails_with(client, emu.url, ConnectionRateLimited)
     assert error.status == 429 and error.retry_after is None
+    with Emulator(reject_429=True).running_in_thread() as emu:  # its default: 1 s
+        assert fails_with(client, emu.url, ConnectionRateLimited).retry_after == 1.0
 
 
 @pytest.mark.parametrize("client", CLIENTS)

@@ -22,6 +22,8 @@ from .errors import (
     HandshakeError,
     AuthenticationError,
     RateLimited,
+    ConnectionRateLimited,
+    ContextRateLimited,
     ConfigError,
 )
 from .formats import DEFAULT_FORMAT, AudioFormat
@@ -40,6 +42,7 @@ from .segments import (
 from .writers import FileWriter
 from ._shell import AudioStats
 from .client import connect
+from ._connection import Retry
 from . import sync
 
 from ._version import __version__
@@ -48,10 +51,11 @@ __all__ = [
     "BACKEND", "SIMD", "Sink", "SinkStats", "AudioChunk", "AudioFormat", "DEFAULT_FORMAT",
     "Segment", "SegmentReady", "ContextDone", "ContextError", "ServerError",
     "Timestamps", "Unknown", "TimedText", "Event",
-    "FileWriter", "connect", "sync",
+    "FileWriter", "connect", "sync", "Retry",
     "FlushsinkError", "FrameError", "CapacityError", "FormatError", "WriteError",
     "ContextFailed", "ConnectionLost", "ContextClosed", "ReceiveTimeout", "SendTimeout",
-    "HandshakeError", "AuthenticationError", "RateLimited", "ConfigError",
+    "HandshakeError", "AuthenticationError", "RateLimited", "ConnectionRateLimited",
+    "ContextRateLimited", "ConfigError",
     "AudioOverflow", "AudioStats",
     "__version__",
 ]

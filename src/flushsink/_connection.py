@@ -12,10 +12,12 @@ import asyncio
 import email.utils
 import math
 import os
+import random
 import ssl
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 from websockets.frames import CloseCode, Opcode
@@ -26,12 +28,12 @@ from .errors import (
     ConfigError,
     FlushsinkError,
     HandshakeError,
-    RateLimited,
+    ConnectionRateLimited,
     SendTimeout,
 )
 
-__all__ = ["DirectMessages", "HANDSHAKE_FAILURES", "check_url", "drop_message", "handshake_error",
-           "resolve_key"]
+__all__ = ["DirectMessages", "HANDSHAKE_FAILURES", "Retry", "as_retry", "check_url",
+           "drop_message", "handshake_error", "resolve_key"]
 
 
 def resolve_key(url: Optional[str], api_key: Optional[str]) -> Optional[str]:
@@ -92,7 +94,7 @@ HANDSHAKE_FAILURES = (WebSocketException, OSError, asyncio.TimeoutError)
 
 def handshake_error(url: str, exc: BaseException, open_timeout: Optional[float]) -> HandshakeError:
     """The typed error for a failed opening handshake (raise it ``from exc``): HTTP 401
-    and 403 are AuthenticationError, 429 RateLimited (with Retry-After), any other
+    and 403 are AuthenticationError, 429 ConnectionRateLimited (with Retry-After), any other
     status, a server that does not speak HTTP or websocket, TLS, a refused connection
     and the open timeout a HandshakeError whose status is None."""
     where = _public(url)
@@ -101,7 +103,7 @@ def handshake_error(url: str, exc: BaseException, open_timeout: Optional[float])
         status = response.status_code
         retry_after = _retry_after(response.headers.get("Retry-After"))
         cls = (AuthenticationError if status in (401, 403)
-               else RateLimited if status == 429 else HandshakeError)
+               else ConnectionRateLimited if status == 429 else HandshakeError)
         detail = _one_line(bytes(response.body or b"").decode("utf-8", "replace")
                            or response.reason_phrase)
         message = f"{where} refused the websocket handshake with HTTP {status}"
@@ -123,6 +125,67 @@ def handshake_error(url: str, exc: BaseException, open_timeout: Optional[float])
         if where.startswith("wss://") and isinstance(exc, (ConnectionResetError, EOFError)):
             message += " (during the TLS handshake: does the server speak TLS?)"
     return HandshakeError(_one_line(message, 300))
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How ``connect()`` retries an opening handshake that failed for a reason that may
+    pass: HTTP 429 (:class:`ConnectionRateLimited`), 408 or 5xx, a refused or reset
+    connection, the open timeout. Never a bad key, a wrong URL or another 4xx.
+
+    ``attempts`` handshakes in all, the first included. Before retry ``k`` (from 0) the
+    client waits a random time between 0 and ``min(max_backoff, backoff * 2**k)`` ("full
+    jitter", so that many clients refused together do not come back together), or,
+    when the server sent ``Retry-After``, that long, unless it is more than
+    ``max_backoff``: then the error is raised at once rather than retried early.
+
+    Contexts are not retried: a context refused by the concurrency limit fails with
+    :class:`ContextRateLimited`, as its input would have to be sent again.
+    """
+
+    attempts: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ConfigError(f"Retry.attempts must be an int >= 1, not {self.attempts!r}")
+        for name in ("backoff", "max_backoff"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not 0 <= value < math.inf):
+                raise ConfigError(f"Retry.{name} must be a number of seconds >= 0, not {value!r}")
+
+    def delay(self, retries: int, error: HandshakeError, cause: BaseException) -> Optional[float]:
+        """Seconds to wait before handshake ``retries + 2`` after ``error`` (raised
+        from ``cause``), or None: raise it."""
+        if retries + 1 >= self.attempts or not _transient(error, cause):
+            return None
+        if error.retry_after is not None:
+            return error.retry_after if error.retry_after <= self.max_backoff else None
+        ceiling = min(self.max_backoff, self.backoff * 2.0 ** retries)
+        return random.uniform(0.0, ceiling) if self.jitter else ceiling
+
+
+def _transient(error: HandshakeError, cause: BaseException) -> bool:
+    if error.status is not None:
+        return error.status in (408, 429) or error.status >= 500
+    return isinstance(cause, (OSError, asyncio.TimeoutError, TimeoutError))
+
+
+def as_retry(retry: Union[Retry, int, bool, None]) -> Optional[Retry]:
+    """The client's ``retry`` option: a Retry, a number of attempts, True (the
+    defaults), or None / False (one handshake, no retry)."""
+    if retry is None or retry is False:
+        return None
+    if retry is True:
+        return Retry()
+    if isinstance(retry, Retry):
+        return retry
+    if isinstance(retry, int):
+        return Retry(attempts=retry)
+    raise ConfigError(f"retry must be a Retry, a number of attempts, True or None, not {retry!r}")
 
 
 class DirectMessages:

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
 from ._accel import AudioChunk, Sink
-from ._connection import check_url, resolve_key
+from ._connection import Retry, as_retry, check_url, handshake_error, resolve_key
 from .errors import (
     AudioOverflow,
     ConfigError,
@@ -196,6 +196,11 @@ class ClientBase(Generic[C]):
     AudioOverflow if that takes longer than ``receive_timeout`` or ``hold_limit`` (15 s,
     for websockets' keepalive), whichever is shorter; ``"fail"`` fails the
     context with AudioOverflow at once.
+
+    Retries: ``retry`` (default None: none) retries a handshake that failed for a
+    reason that may pass (HTTP 429 honouring Retry-After, 408, 5xx, network errors) with
+    capped exponential backoff and jitter: a :class:`Retry`, a number of attempts, or
+    True for ``Retry()``. Contexts are never retried (ContextRateLimited says why).
     """
 
     _context_class: "type[C]"
@@ -212,7 +217,8 @@ class ClientBase(Generic[C]):
                  max_size: Optional[int] = 16 * 2**20, compression: Optional[str] = None,
                  additional_headers: Optional[dict[str, str]] = None,
                  stream: Optional[bool] = None, audio_buffer_bytes: int = 16 * 2**20,
-                 on_audio_overflow: str = "wait") -> None:
+                 on_audio_overflow: str = "wait",
+                 retry: "Retry | int | bool | None" = None) -> None:
         self.api_key = resolve_key(url, api_key)
         self.url = normalize_url(url)
         check_url(self.url)
@@ -227,6 +233,9 @@ class ClientBase(Generic[C]):
         # permessage-deflate costs 3-14x client CPU for ~23% fewer bytes: off by default
         self.compression = compression
         self.headers = {**auth_headers(self.api_key, version), **(additional_headers or {})}
+        #: How a failed handshake is retried (None: it is not); see Retry.
+        self.retry: Optional[Retry] = as_retry(retry)
+        self.handshake_retries = 0  # handshakes retried so far
         if on_audio_overflow not in OVERFLOW_POLICIES:
             raise ConfigError(f"on_audio_overflow must be 'wait' or 'fail', "
                               f"not {on_audio_overflow!r}")
@@ -268,6 +277,16 @@ class ClientBase(Generic[C]):
     @property
     def sink(self) -> Sink:
         return self._session.sink
+
+    def _retry_delay(self, retries: int, exc: BaseException) -> float:
+        """A handshake failed with ``exc`` after ``retries`` retries: the seconds to wait
+        before the next try, as ``retry`` says, or the typed error raised."""
+        error = handshake_error(self.url, exc, self.open_timeout)
+        delay = None if self.retry is None else self.retry.delay(retries, error, exc)
+        if delay is None:
+            raise error from exc
+        self.handshake_retries += 1
+        return delay
 
     def _claim(self, sink: Any) -> None:
         """Take ``sink`` for this client, or raise ConfigError if another open client

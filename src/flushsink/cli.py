@@ -46,7 +46,9 @@ from . import __version__
 from ._accel import BACKEND, SIMD
 from ._accel import Sink
 from .client import Context, connect
-from .errors import AuthenticationError, ConfigError, FlushsinkError, HandshakeError, WriteError
+from ._connection import Retry
+from .errors import (AuthenticationError, ConfigError, ContextRateLimited, FlushsinkError,
+                     HandshakeError, RateLimited, WriteError)
 from .formats import DEFAULT_FORMAT, ENCODINGS, SAMPLE_RATES
 from .session import normalize_url
 from .writers import FileWriter
@@ -344,6 +346,11 @@ async def _server(run: "_Run",
         yield emu.url, None
 
 
+#: say's handshake retries: a 429 (Retry-After up to 8 s), a 5xx or a network error is
+#: tried again up to three times before the run fails.
+_RETRY = Retry()
+
+
 class _Run(NamedTuple):
     texts: Sequence[str]
     out_dir: str
@@ -380,7 +387,7 @@ async def _synthesize(run: _Run, recorder: _Recorder) -> Optional[int]:
     with _StopOnSignals(on_stop=recorder.stop) as signals:
         try:
             async with _server(run) as (server_url, key):
-                async with connect(server_url, key, writer=recorder,
+                async with connect(server_url, key, writer=recorder, retry=_RETRY,
                                    receive_timeout=run.timeout) as tts:
                     await tts.connect()
                     recorder.connected = True
@@ -489,7 +496,7 @@ async def _synthesize_to_stdout(run: _Run, recorder: _Recorder, out: Any) -> Opt
                 # the segments' audio went out as chunks: the Sink keeps none of it
                 sink = Sink(DEFAULT_FORMAT, stream=True, keep_audio=False)
                 async with connect(server_url, key, sink=sink, writer=recorder,
-                                   receive_timeout=run.timeout) as tts:
+                                   retry=_RETRY, receive_timeout=run.timeout) as tts:
                     await tts.connect()
                     recorder.connected = True
                     ctx = tts.context(model_id=run.model, voice=run.voice,
@@ -558,6 +565,11 @@ def _failure_line(exc: BaseException) -> str:
         line += f" {type(cause).__name__}"
     if isinstance(exc, AuthenticationError):
         line += " (check --api-key or CARTESIA_API_KEY)"
+    elif isinstance(exc, ContextRateLimited):
+        line += (" (the account's limit of concurrent contexts: wait for other runs to "
+                 "finish, or raise the plan's limit)")
+    elif isinstance(exc, RateLimited):
+        line += " (too many open connections for the account, still after retrying)"
     elif isinstance(exc, HandshakeError) and exc.status == 404:
         line += " (Cartesia's path is /tts/websocket, which a URL without a path gets)"
     elif (isinstance(exc, HandshakeError) and "wss://" in line
@@ -682,6 +694,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                         flush_id_base=args.flush_id_base,
                         flush_id_on_chunks=not args.no_flush_id_on_chunks,
                         pace=args.pace, idle_timeout=args.idle_timeout or None,
+                        concurrency_limit=args.concurrency_limit, voices=args.voices,
                         record_messages=False)
 
     def ready(emu: Any) -> None:
@@ -766,6 +779,13 @@ def _url(text: str) -> str:
     except ValueError as exc:  # a port out of range
         raise argparse.ArgumentTypeError(f"{text!r} is not a usable URL: {exc}") from None
     return text
+
+
+def _voice_list(text: str) -> list[str]:
+    voices = [voice.strip() for voice in text.split(",")]
+    if not all(voices):
+        raise argparse.ArgumentTypeError("must be voice ids separated by commas, none empty")
+    return voices
 
 
 def _pace(text: str) -> Any:
@@ -870,6 +890,14 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="SECONDS",
                        help="close a connection idle this long, 0: never (default: "
                             "%(default)s)")
+    serve.add_argument("--concurrency-limit", type=_number(int, 1, 1_000_000), default=None,
+                       metavar="N",
+                       help="at most N active contexts (the next gets a 429 error event) and "
+                            "10N sockets (the next handshake gets HTTP 429), as Cartesia's "
+                            "plans limit them (default: no limit)")
+    serve.add_argument("--voices", type=_voice_list, default=None, metavar="ID[,ID...]",
+                       help="the voice ids that exist; another gets a 404 error event "
+                            "(default: any id)")
     serve.set_defaults(run=_cmd_serve)
 
     bench = commands.add_parser("bench", help="a quick Sink benchmark against the stdlib loop",

@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - older websockets have no such limit
     MAX_FRAGMENTS = sys.maxsize
 
 from ._accel import AudioChunk
-from ._connection import HANDSHAKE_FAILURES, DirectMessages, drop_message, handshake_error
+from ._connection import HANDSHAKE_FAILURES, DirectMessages, drop_message
 from ._shell import AudioStats, ClientBase, ContextBase
 from .errors import ConfigError, ReceiveTimeout, SendTimeout
 from .segments import Segment, SegmentReady
@@ -553,22 +553,28 @@ class Client(ClientBase[Context]):
         return self._ws is not None and self._reader is not None and not self._reader.done()
 
     async def connect(self) -> None:
-        """Open the connection now (it also opens on the first push). Raises
-        HandshakeError (AuthenticationError, RateLimited) when it cannot."""
+        """Open the connection now (it also opens on the first push), retrying as
+        ``retry`` says. Raises HandshakeError (AuthenticationError,
+        ConnectionRateLimited) when it cannot."""
         async with self._lock:
             if self._connected():
                 return
             self._claim(self._session.sink)  # released if this client was closed
             self._stopping = False
-            try:
-                self._ws = await ws_connect(
-                    self.url, additional_headers=self.headers, open_timeout=self.open_timeout,
-                    close_timeout=self.close_timeout,
-                    max_size=self.max_size, compression=self.compression,
-                    create_connection=cast(Any, self._new_connection),
-                )
-            except HANDSHAKE_FAILURES as exc:
-                raise handshake_error(self.url, exc, self.open_timeout) from exc
+            retries = 0
+            while True:
+                try:
+                    self._ws = await ws_connect(
+                        self.url, additional_headers=self.headers,
+                        open_timeout=self.open_timeout, close_timeout=self.close_timeout,
+                        max_size=self.max_size, compression=self.compression,
+                        create_connection=cast(Any, self._new_connection),
+                    )
+                    break
+                except HANDSHAKE_FAILURES as exc:
+                    delay = self._retry_delay(retries, exc)  # (or raises)
+                retries += 1
+                await asyncio.sleep(delay)
             self.connections += 1
             self._reader = asyncio.create_task(self._read(self._ws))
 

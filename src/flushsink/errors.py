@@ -138,9 +138,32 @@ class AuthenticationError(HandshakeError):
     """The server refused the API key (HTTP 401 or 403)."""
 
 
-class RateLimited(HandshakeError):
-    """The server is rate limiting this client (HTTP 429); ``retry_after`` says how long
-    it asked to wait, when it said."""
+class RateLimited(FlushsinkError):
+    """Cartesia is rate limiting this client (HTTP status 429). Two kinds, both caught by
+    ``except RateLimited``: :class:`ConnectionRateLimited`, a handshake refused (more
+    sockets than ten times the account's concurrency limit), and
+    :class:`ContextRateLimited`, a context refused (more active contexts than the
+    limit). ``retry_after``: the seconds the server asked to wait, when it said."""
+
+    retry_after: "float | None" = None
+
+
+class ConnectionRateLimited(RateLimited, HandshakeError):
+    """The handshake was refused with HTTP 429 (also a :class:`HandshakeError`).
+    ``connect(..., retry=...)`` retries it."""
+
+    def __init__(self, message: str, status: "int | None" = 429,
+                 retry_after: "float | None" = None) -> None:
+        HandshakeError.__init__(self, message, status, retry_after)
+
+
+class ContextRateLimited(RateLimited, ContextFailed):
+    """A context was refused with a 429 error event (``concurrency_limited``): the account
+    has its limit of active contexts (also a :class:`ContextFailed`; ``event`` holds the
+    error). Not retried by the clients: its input would have to be sent again."""
+
+    def __init__(self, event: Any) -> None:
+        ContextFailed.__init__(self, event)
 
 
 class ConfigError(FlushsinkError, ValueError):

@@ -26,6 +26,7 @@ from .errors import (
     ConnectionLost,
     ContextClosed,
     ContextFailed,
+    ContextRateLimited,
     FrameError,
     WriteError,
 )
@@ -291,7 +292,9 @@ class Session:
             if isinstance(event, ContextDone):
                 self._end(state, None, routed)
             elif isinstance(event, ContextError):
-                self._end(state, ContextFailed(event), routed)
+                failure = (ContextRateLimited(event) if event.status_code == 429
+                           else ContextFailed(event))
+                self._end(state, failure, routed)
         return routed
 
     def _fail_context(self, context_id: Any, exc: BaseException) -> list[Any]:

@@ -22,7 +22,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from ._accel import AudioChunk
-from ._connection import HANDSHAKE_FAILURES, DirectMessages, drop_message, handshake_error
+from ._connection import HANDSHAKE_FAILURES, DirectMessages, drop_message
 from ._shell import AudioStats, ClientBase, ContextBase
 from .errors import ReceiveTimeout, SendTimeout
 from .segments import Segment, SegmentReady
@@ -174,21 +174,28 @@ class Client(ClientBase[Context]):
         return self._ws is not None and self._reader is not None and self._reader.is_alive()
 
     def connect(self) -> None:
-        """Open the connection now (it also opens on the first push). Raises
-        HandshakeError (AuthenticationError, RateLimited) when it cannot."""
+        """Open the connection now (it also opens on the first push), retrying as
+        ``retry`` says. Raises HandshakeError (AuthenticationError,
+        ConnectionRateLimited) when it cannot."""
         with self._connect_lock:
             if self._connected():
                 return
             self._claim(self._session.sink)  # released if this client was closed
             self._stopping = False
-            try:
-                ws = ws_connect(self.url, additional_headers=self.headers,
-                                open_timeout=self.open_timeout, max_size=self.max_size,
-                                close_timeout=self.close_timeout,
-                                compression=self.compression,
-                                create_connection=cast(Any, self._new_connection), **_DIRECT)
-            except HANDSHAKE_FAILURES as exc:
-                raise handshake_error(self.url, exc, self.open_timeout) from exc
+            retries = 0
+            while True:
+                try:
+                    ws = ws_connect(self.url, additional_headers=self.headers,
+                                    open_timeout=self.open_timeout, max_size=self.max_size,
+                                    close_timeout=self.close_timeout,
+                                    compression=self.compression,
+                                    create_connection=cast(Any, self._new_connection),
+                                    **_DIRECT)
+                    break
+                except HANDSHAKE_FAILURES as exc:
+                    delay = self._retry_delay(retries, exc)  # (or raises)
+                retries += 1
+                time.sleep(delay)
             if self.send_timeout is not None:
                 ws.socket.settimeout(self.send_timeout)  # see _Connection.send_data
             self._ws = ws

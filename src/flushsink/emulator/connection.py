@@ -196,7 +196,26 @@ class _End(NamedTuple):
 
 _Job = _Segment | _End
 
-_OPEN, _ENDING, _CANCELLED, _FINISHED = "open", "ending", "cancelled", "finished"
+_OPEN, _ENDING, _CANCELLED, _FINISHED, _EXPIRED = "open", "ending", "cancelled", "finished", "expired"
+
+# Input the real server does not take: its answer is unknown (docs/protocol.md 2.5), so
+# these errors are the emulator's own wording. The concurrency error is documented.
+_ENDED = _Problem(
+    "this context has ended (done, error or cancel): use a new context_id",
+    "context_ended",
+    "Context ended",
+)
+_EXPIRED_PROBLEM = _Problem(
+    "this context expired (1 s after its last audio): use a new context_id",
+    "context_expired",
+    "Context expired",
+)
+_CONCURRENCY = _Problem(
+    "too many concurrent contexts for this account: wait for one to end",
+    "concurrency_limited",
+    "Too many concurrent requests",
+    429,
+)
 
 
 class _Mark(NamedTuple):
@@ -229,25 +248,41 @@ class _Context:
         self.max_buffer_delay_ms: int | None = None
         self.samples_streamed = 0  # where the next segment starts, in context time
         self.jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self.late_input = False  # input came after the end: an error follows the done
+        self._expiry: asyncio.TimerHandle | None = None
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     # --- input side
 
-    def on_request(self, message: dict[str, Any]) -> None:
+    def on_request(self, message: dict[str, Any]) -> _Problem | None:
+        """Take one request; returns the error to send now, for input to a context that
+        already finished or expired (one still ending sends it after its ``done``)."""
+        if self.state == _EXPIRED:
+            return _EXPIRED_PROBLEM
+        if self.state == _FINISHED:
+            return _ENDED
         if self.state != _OPEN:
-            return  # input after the end or a cancel is ignored (the log still has it)
+            self.late_input = True
+            return None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        emulator = self.connection.emulator
         problem = _problem_with(message)
         first = self.format is None
         if problem is None and first and not any(ch.isalnum() for ch in message["transcript"]):
             problem = _EMPTY_FIRST_TRANSCRIPT
+        if problem is None and first:
+            problem = self._refusal(_voice_id(message["voice"]) or "")
         if problem is not None:
             # An error is terminal for its context; segments queued before it still stream.
             self.state, self.text = _ENDING, ""
             self.jobs.put_nowait(_End(problem))
-            return
+            return None
         if first:
             self.format = _output_format(message["output_format"])
             self.voice_id = _voice_id(message["voice"]) or ""
+            emulator.active_contexts.add(self)
         speed = _speed_of(message)
         if speed is not None:
             self.speed = speed
@@ -267,6 +302,40 @@ class _Context:
                 self._queue_segment(flush_done=self.connection.emulator.flush_done_before_done)
             self.state = _ENDING
             self.jobs.put_nowait(_End())
+        return None
+
+    def _refusal(self, voice_id: str) -> _Problem | None:
+        """Why the service would not start this context: a voice it does not have, or
+        the account's concurrency limit. None: it starts."""
+        emulator, log = self.connection.emulator, self.connection.log
+        if emulator.voices is not None and voice_id not in emulator.voices:
+            # 404 from the version whose changelog says so; an ambiguous 400 before it
+            status = 404 if log.structured_errors else 400
+            return _Problem(f"voice {voice_id!r} not found", "voice_not_found", "Voice not found", status)
+        limit = emulator.concurrency_limit
+        if limit is not None and len(emulator.active_contexts) >= limit:
+            return _CONCURRENCY
+        return None
+
+    def _ended(self, state: str) -> None:
+        """The context is no longer active (ended, failed, cancelled, expired, gone)."""
+        self.state = state
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self.connection.emulator.active_contexts.discard(self)
+
+    def _idle(self) -> None:
+        """All the audio asked for so far has been sent: an open context expires
+        ``context_expiry`` later unless more input comes."""
+        expiry = self.connection.emulator.context_expiry
+        if expiry is not None and self.state == _OPEN and self.jobs.empty():
+            self._expiry = asyncio.get_running_loop().call_later(expiry, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        if self.state == _OPEN and self.jobs.empty():
+            self._ended(_EXPIRED)
 
     def _queue_segment(self, *, flush_done: bool) -> None:
         self.jobs.put_nowait(
@@ -300,16 +369,22 @@ class _Context:
                 job = await self.jobs.get()
                 if isinstance(job, _Segment):
                     await self._stream(job)
+                    self._idle()
                     continue
                 if job.problem is not None:
                     await connection.send(connection.error_frame(job.problem, self.id))
                 elif not job.silent:
                     await connection.fault_point(self, self.flush_id, "done", 0)
                     await connection.send(connection.done_frame(self.id))
-                self.state = _FINISHED
+                self._ended(_FINISHED)
+                if self.late_input:
+                    await connection.send(connection.error_frame(_ENDED, self.id))
                 return
         except (ConnectionClosed, _Dropped):
             pass  # the client is gone: nothing left to deliver
+        finally:
+            if self.state != _EXPIRED:
+                self._ended(_FINISHED)
 
     async def _stream(self, segment: _Segment) -> None:
         connection, emulator = self.connection, self.connection.emulator
@@ -449,7 +524,9 @@ class Connection:
             return
         if context is None:
             context = self.contexts[context_id] = _Context(self, context_id)
-        context.on_request(message)
+        problem = context.on_request(message)
+        if problem is not None:
+            await self.send(self.error_frame(problem, context_id))
 
     def _record(self, message: Any) -> None:
         if self.emulator.record_messages:

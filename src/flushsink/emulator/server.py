@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -76,10 +76,26 @@ class Emulator:
             ``X-API-Key: K``, ``?api_key=K`` or ``?access_token=K``, else HTTP 401.
             None accepts any key or none.
         reject_429: refuse every connection with HTTP 429 (the parallel-socket limit).
+        concurrency_limit: at most this many active contexts over all connections (a
+            context is active from its first request until it ends or expires); the next
+            one gets an error for that context, status 429, ``concurrency_limited``. More
+            than ten times this many open sockets: the handshake gets HTTP 429, as
+            Cartesia documents. None (default): no limit.
+        retry_after: the ``Retry-After`` (seconds) of the emulator's HTTP 429s; None
+            sends none (whether Cartesia sends one is unknown).
         compression: None (default) or ``"deflate"`` to accept permessage-deflate.
         max_size: largest client message in bytes; a bigger one closes with 1009.
         idle_timeout: seconds without traffic in either direction before the server
             closes with 1000 ``connection idle timeout``; None never closes.
+
+    Contexts:
+        voices: the voice ids that exist; a request naming another gets an error for
+            its context (404 ``voice_not_found`` from API version 2026-03-01, 400
+            before). None (default): any id is a voice.
+        context_expiry: seconds after its last audio at which an open context (one
+            that was not ended) expires, as Cartesia's do after 1 s; None: never.
+            Input to an expired or ended context gets an error for it (after its
+            ``done``, if that is still to come), not silence.
 
     Stream shape:
         error_shape: ``"legacy"`` (``error`` string) or ``"structured"`` (``error_code``,
@@ -113,6 +129,10 @@ class Emulator:
         *,
         api_key: str | None = None,
         reject_429: bool = False,
+        concurrency_limit: int | None = None,
+        retry_after: float | None = 1.0,
+        voices: Iterable[str] | None = None,
+        context_expiry: float | None = 1.0,
         compression: Literal["deflate"] | None = None,
         max_size: int | None = 2**20,
         idle_timeout: float | None = 300.0,
@@ -139,6 +159,16 @@ class Emulator:
             raise ValueError(f"chunk_ms must be above 0 and at most 60000, not {chunk_ms!r}")
         if api_key == "":
             raise ValueError("api_key must be None (accept any key) or a non-empty key")
+        if concurrency_limit is not None and (
+            isinstance(concurrency_limit, bool) or not isinstance(concurrency_limit, int)
+            or concurrency_limit < 1
+        ):
+            raise ValueError(f"concurrency_limit must be a positive integer or None, not {concurrency_limit!r}")
+        for name, value in (("retry_after", retry_after), ("context_expiry", context_expiry)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf")
+            ):
+                raise ValueError(f"{name} must be a number of seconds >= 0 or None, not {value!r}")
         if pace == "fast":
             self._pace_factor: float | None = None
         elif pace == "realtime":
@@ -150,6 +180,12 @@ class Emulator:
         self.host = host
         self.api_key = api_key
         self.reject_429 = reject_429
+        self.concurrency_limit = concurrency_limit
+        self.retry_after = retry_after
+        self.voices: frozenset[str] | None = None if voices is None else frozenset(voices)
+        self.context_expiry = context_expiry
+        self.active_contexts: set[Any] = set()  # every connection's, for concurrency_limit
+        self._open_sockets = 0
         self.compression = compression
         self.max_size = max_size
         self.idle_timeout = idle_timeout
@@ -296,7 +332,10 @@ class Emulator:
 
     def _reject(self, connection: ServerConnection, status: int, path: str, reason: str) -> Response:
         self.rejected.append(Rejection(status, path, reason))
-        return connection.respond(status, reason + "\n")
+        response = connection.respond(status, reason + "\n")
+        if status == 429 and self.retry_after is not None:
+            response.headers["Retry-After"] = f"{self.retry_after:g}"
+        return response
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         target = urlsplit(request.path)
@@ -305,7 +344,9 @@ class Emulator:
             return self._reject(connection, 404, request.path, "Not Found")
         if self.api_key is not None and self.api_key not in _presented_keys(request.headers, query):
             return self._reject(connection, 401, request.path, "Invalid API key")
-        if self.reject_429:
+        if self.reject_429 or (
+            self.concurrency_limit is not None and self._open_sockets >= 10 * self.concurrency_limit
+        ):
             return self._reject(connection, 429, request.path, "Too many concurrent websocket connections")
         try:
             parse_faults(",".join(query.get("fault", [])))
@@ -340,4 +381,8 @@ class Emulator:
             faults=self.faults + parse_faults(",".join(query.get("fault", []))),
         )
         self.connections.append(log)
-        await Connection(self, ws, log).run()
+        self._open_sockets += 1
+        try:
+            await Connection(self, ws, log).run()
+        finally:
+            self._open_sockets -= 1
