@@ -131,6 +131,33 @@ def test_audio_is_the_emulators(which):
     assert run.words.split() == TEXT.split()
 
 
+@pytest.mark.parametrize("which", sorted(SERVICES))
+def test_what_livekit_sends_is_taken_as_it_is(which):
+    """The plugin's own handshake and requests, unchanged: its API version in the query,
+    its key header and user agent, a regional language, timestamps asked for. The
+    emulator answers no error and speaks the text (issue 15 item 4)."""
+    async def go():
+        async with Emulator() as emu, aiohttp.ClientSession() as http:
+            tts = SERVICES[which](api_key="test-key", base_url=emu.url, voice=VOICE,
+                                  sample_rate=RATE, language="en-GB", http_session=http)
+            stream = tts.stream(conn_options=QUICK)
+            stream.push_text(TEXT)
+            stream.end_input()
+            audio = b"".join([bytes(ev.frame.data) async for ev in stream])
+            await stream.aclose()
+            await tts.aclose()
+            return audio, emu.connections
+
+    audio, (log,) = asyncio.run(go())
+    assert audio == full()
+    assert log.version == "2025-04-16" and "cartesia_version=2025-04-16" in log.path
+    assert log.headers["x-api-key"] == "test-key" and "LiveKit" in log.headers["user-agent"]
+    assert log.sent["error"] == 0
+    requests = [m for m in log.received if "transcript" in m]
+    assert requests and {m["language"] for m in requests} <= {"en", "en-GB"}
+    assert all(m["add_timestamps"] is True for m in requests)
+
+
 def test_dropin_gives_the_stock_frames_and_word_timings():
     script = ("Stay hungry, ", "stay foolish. ", None, "The rest ", "is detail. ",
               "Ein Satz, noch einer.")

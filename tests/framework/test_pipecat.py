@@ -40,16 +40,16 @@ SERVICES = {"stock": StockService, "flushsink": DropIn}
 FULL = render(TEXT, VOICE, AudioFormat("pcm_s16le", RATE))
 
 
-async def speak(service_class, text, *, after=(), emulator=None, upstream=False):
+async def speak(service_class, text, *, after=(), emulator=None, upstream=False, settings=None):
     """The frames the service pushes downstream for one TTSSpeakFrame (then the frames
     in ``after``), and the emulator's connection logs; with ``upstream``, the frames it
-    pushed upstream too."""
+    pushed upstream too. ``settings``: more of the service's Settings."""
     async with Emulator(**(emulator or {})) as emu:
         tts = service_class(
             api_key="test-key",
             url=emu.ws_url,
             sample_rate=RATE,
-            settings=service_class.Settings(voice=VOICE),
+            settings=service_class.Settings(voice=VOICE, **(settings or {})),
         )
         down, up = await asyncio.wait_for(
             run_test(tts, frames_to_send=[TTSSpeakFrame(text), *after]), 30
@@ -92,6 +92,26 @@ def test_audio_is_the_emulators(which):
     words = [f.text for f in down if isinstance(f, TTSTextFrame)]
     assert " ".join(words) == TEXT
     assert len(connections) == 1
+
+
+@pytest.mark.parametrize("which", sorted(SERVICES))
+def test_what_pipecat_sends_is_taken_as_it_is(which):
+    """pipecat's own handshake and requests, unchanged: its API version (the header), its
+    key header, a regional language, timestamps asked for, a model id no SDK lists. The
+    emulator answers no error and speaks the text (issue 15 item 4)."""
+    from pipecat.transcriptions.language import Language
+
+    down, connections = asyncio.run(speak(SERVICES[which], TEXT,
+                                          settings={"language": Language.EN_GB}))
+    assert audio_of(down) == FULL
+    (log,) = connections
+    assert log.version == "2026-03-01" and log.headers["x-api-key"] == "test-key"
+    assert log.structured_errors and log.sent["error"] == 0
+    requests = [m for m in log.received if "transcript" in m]
+    assert requests and {m["language"] for m in requests} == {"en-GB"}
+    assert all(m["add_timestamps"] is True for m in requests)
+    # pipecat 1.14's default model, which no SDK enumerates (its own default, not ours)
+    assert {m["model_id"] for m in requests} == {"sonic-3.6"}
 
 
 def test_dropin_pushes_the_stock_frames():
