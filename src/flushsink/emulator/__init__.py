@@ -24,7 +24,9 @@ The package, read from the oracle to the socket:
 - :mod:`.connection`: one accepted websocket: how requests become segments (its
   docstring), the contexts streaming concurrently, the faults performed, the
   ``ConnectionLog``;
-- :mod:`.server`: ``Emulator``: the handshake, the options, the ways to run it, the stats.
+- :mod:`._local`: ``LocalServer``: the address and the ways to run a server (``async
+  with``, a thread, ``serve_forever``), which every provider's emulator shares;
+- :mod:`.server`: ``Emulator``: the handshake, the options, the stats.
 
 Import the names below from here, e.g. ``from flushsink.emulator import Emulator, render``.
 The renderer's come with the package; the server side's (and websockets' server) are

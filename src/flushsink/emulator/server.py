@@ -6,18 +6,17 @@ the ways to run it (``async with``, a thread, ``serve_forever``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from ..formats import AudioFormat
+from ._local import LocalServer
 from .connection import Connection, ConnectionLog
 from .faults import FaultSpec, parse_faults
 
@@ -65,7 +64,7 @@ def _presented_keys(headers: Headers, query: dict[str, list[str]]) -> list[str]:
     return keys + query.get("api_key", []) + query.get("access_token", [])
 
 
-class Emulator:
+class Emulator(LocalServer):
     """A Cartesia-compatible TTS websocket server on ``host:port`` (0 picks a free port).
 
     Use it as ``async with Emulator(...) as emu``, with :meth:`start` / :meth:`stop`, from
@@ -177,7 +176,6 @@ class Emulator:
             self._pace_factor = float(pace)
         else:
             raise ValueError(f"pace must be 'fast', 'realtime' or a positive number, not {pace!r}")
-        self.host = host
         self.api_key = api_key
         self.reject_429 = reject_429
         self.concurrency_limit = concurrency_limit
@@ -201,101 +199,24 @@ class Emulator:
         self.record_messages = record_messages
         self.connections: list[ConnectionLog] = []
         self.rejected: list[Rejection] = []
-        self._requested_port = port
-        self._port: int | None = None
-        self._server: Server | None = None
+        super().__init__(host, port)
 
-    # --- addresses
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the emulator is not running")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """``ws://host:port``: what the SDK takes as ``websocket_base_url``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+    # --- addresses and life cycle: LocalServer's (start, stop, async with, a thread, serve_forever)
 
     @property
     def ws_url(self) -> str:
         """The full endpoint, ``ws://host:port/tts/websocket``."""
         return self.url + WS_PATH
 
-    # --- life cycle
-
-    async def start(self) -> Emulator:
-        """Bind and start accepting connections (on the running event loop)."""
-        if self._server is not None:
-            raise RuntimeError("the emulator is already running")
-        self._server = await serve(
-            self._handle,
-            self.host,
-            self._requested_port,
-            process_request=self._process_request,
-            process_response=self._process_response,
-            compression=self.compression,
-            max_size=self.max_size,
+    def _serve_options(self) -> dict[str, Any]:
+        return {
+            "process_request": self._process_request,
+            "process_response": self._process_response,
+            "compression": self.compression,
+            "max_size": self.max_size,
             # Cartesia has no keepalive of its own; the idle timeout is the only one.
-            ping_interval=None,
-            close_timeout=5,
-            server_header="flushsink-emulator",
-        )
-        self._port = next(iter(self._server.sockets)).getsockname()[1]
-        return self
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Close every connection (1001) and stop listening. Idempotent."""
-        server, self._server, self._port = self._server, None, None
-        if server is None:
-            return
-        server.close()
-        await asyncio.wait_for(server.wait_closed(), timeout)
-
-    async def __aenter__(self) -> Emulator:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def serve_forever(self, ready: Callable[[Emulator], None] | None = None) -> None:
-        """Run until cancelled (e.g. by Ctrl-C under ``asyncio.run``), then stop.
-
-        ``ready`` is called once the port is bound, e.g. to print :attr:`ws_url`.
-        """
-        await self.start()
-        try:
-            if ready is not None:
-                ready(self)
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
-
-    @contextlib.contextmanager
-    def running_in_thread(self, timeout: float = 10.0) -> Iterator[Emulator]:
-        """Run the emulator on its own event loop in a daemon thread, for sync code::
-
-            with Emulator().running_in_thread() as emu:
-                ...  # emu.ws_url is listening
-
-        On exit the server is stopped and the thread joined (each within ``timeout``).
-        """
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name="flushsink-emulator", daemon=True)
-        thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout)
-            yield self
-        finally:
-            try:
-                asyncio.run_coroutine_threadsafe(self.stop(timeout), loop).result(timeout)
-            finally:
-                loop.call_soon_threadsafe(loop.stop)
-                thread.join(timeout)
-                if not thread.is_alive():
-                    loop.close()
+            "ping_interval": None,
+        }
 
     # --- pacing
 
