@@ -890,7 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="SECONDS",
                        help="close a connection idle this long, 0: never (default: "
                             "%(default)s)")
-    serve.add_argument("--concurrency-limit", type=_number(int, 1, 1_000_000), default=None,
+    serve.add_argument("--concurrency-limit", type=_number(int, 1, 100_000), default=None,
                        metavar="N",
                        help="at most N active contexts (the next gets a 429 error event) and "
                             "10N sockets (the next handshake gets HTTP 429), as Cartesia's "
