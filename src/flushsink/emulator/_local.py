@@ -4,7 +4,9 @@ code, :meth:`~LocalServer.serve_forever` for a service) on websockets' asyncio s
 
 A provider's emulator subclasses :class:`LocalServer` and says what the server runs:
 ``_handle`` (one accepted websocket) and ``_serve_options`` (websockets ``serve`` options
-such as ``process_request``).
+such as ``process_request``). It also gets the pace of the audio (``pace``, with
+:meth:`~LocalServer._pace_after`) and the log of refused handshakes (``rejected``, with
+:meth:`~LocalServer._reject`).
 """
 
 from __future__ import annotations
@@ -13,20 +15,62 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, Union
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Response
 
-__all__ = ["LocalServer"]
+__all__ = ["LocalServer", "Pace", "Rejection"]
 
 S = TypeVar("S", bound="LocalServer")
 
+#: ``"fast"`` (only yield between chunks), ``"realtime"``, or seconds of audio per second.
+Pace = Union[Literal["fast", "realtime"], float]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A handshake the emulator refused."""
+
+    status: int
+    path: str
+    reason: str
+
+
+def pace_factor(pace: Pace) -> float | None:
+    """Seconds of audio per second for ``pace`` (None: as fast as it goes); ValueError
+    for anything else."""
+    if pace == "fast":
+        return None
+    if pace == "realtime":
+        return 1.0
+    if isinstance(pace, (int, float)) and not isinstance(pace, bool) and pace > 0:
+        return float(pace)
+    raise ValueError(f"pace must be 'fast', 'realtime' or a positive number, not {pace!r}")
+
 
 class LocalServer:
-    """A websocket server on ``host:port`` (0 picks a free port), run by its owner."""
+    """A websocket server on ``host:port`` (0 picks a free port), run by its owner, sending
+    audio at ``pace``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, pace: Pace = "fast", *,
+                 api_key: str | None = None, chunk_ms: float = 100.0,
+                 record_messages: bool = True) -> None:
+        """``api_key``: the key a client must present (None: any or none);
+        ``chunk_ms``: audio per chunk message; ``record_messages``: keep every client
+        message in the connection logs (turn it off for a long-running server)."""
+        if api_key == "":
+            raise ValueError("api_key must be None (accept any key) or a non-empty key")
+        if not 0 < chunk_ms <= 60_000:  # (nan and inf fail too)
+            raise ValueError(f"chunk_ms must be above 0 and at most 60000, not {chunk_ms!r}")
+        self.pace = pace
+        self.pace_factor = pace_factor(pace)
+        self.api_key = api_key
+        self.chunk_ms = chunk_ms
+        self.record_messages = record_messages
         self.host = host
+        self.rejected: list[Rejection] = []
         self._requested_port = port
         self._port: int | None = None
         self._server: Server | None = None
@@ -39,6 +83,23 @@ class LocalServer:
     def _serve_options(self) -> dict[str, Any]:
         """More options for websockets' ``serve`` (``process_request``, ``max_size``...)."""
         return {}
+
+    # --- pacing and refusals
+
+    async def _pace_after(
+        self, loop: asyncio.AbstractEventLoop, started: float, audio_seconds: float
+    ) -> None:
+        """Wait after a chunk: just yield (so contexts interleave), or keep the pace: the
+        chunk that ends ``audio_seconds`` into audio begun at ``started`` (loop time)."""
+        if self.pace_factor is None:
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(max(0.0, started + audio_seconds / self.pace_factor - loop.time()))
+
+    def _reject(self, connection: ServerConnection, status: int, path: str, reason: str) -> Response:
+        """Refuse a handshake with an HTTP status (logged in ``rejected``)."""
+        self.rejected.append(Rejection(status, path, reason))
+        return connection.respond(status, reason + "\n")
 
     # --- addresses
 

@@ -16,7 +16,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from ..formats import AudioFormat
-from ._local import LocalServer
+from ._local import LocalServer, Rejection
 from .connection import Connection, ConnectionLog
 from .faults import FaultSpec, parse_faults
 
@@ -27,15 +27,6 @@ WS_PATH = "/tts/websocket"
 DEFAULT_VERSION = "2025-11-04"
 #: First API version whose errors carry error_code/title/message instead of ``error``.
 STRUCTURED_ERRORS_SINCE = "2026-03-01"
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A handshake the emulator refused."""
-
-    status: int
-    path: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -154,10 +145,6 @@ class Emulator(LocalServer):
             raise ValueError(f"idle_timeout must be positive or None, not {idle_timeout!r}")
         if isinstance(flush_id_base, bool) or not isinstance(flush_id_base, int):
             raise ValueError(f"flush_id_base must be an integer, not {flush_id_base!r}")
-        if not 0 < chunk_ms <= 60_000:  # (nan and inf fail too: a chunk is whole samples)
-            raise ValueError(f"chunk_ms must be above 0 and at most 60000, not {chunk_ms!r}")
-        if api_key == "":
-            raise ValueError("api_key must be None (accept any key) or a non-empty key")
         if concurrency_limit is not None and (
             isinstance(concurrency_limit, bool) or not isinstance(concurrency_limit, int)
             or concurrency_limit < 1
@@ -168,15 +155,6 @@ class Emulator(LocalServer):
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf")
             ):
                 raise ValueError(f"{name} must be a number of seconds >= 0 or None, not {value!r}")
-        if pace == "fast":
-            self._pace_factor: float | None = None
-        elif pace == "realtime":
-            self._pace_factor = 1.0
-        elif isinstance(pace, (int, float)) and not isinstance(pace, bool) and pace > 0:
-            self._pace_factor = float(pace)
-        else:
-            raise ValueError(f"pace must be 'fast', 'realtime' or a positive number, not {pace!r}")
-        self.api_key = api_key
         self.reject_429 = reject_429
         self.concurrency_limit = concurrency_limit
         self.retry_after = retry_after
@@ -192,14 +170,11 @@ class Emulator(LocalServer):
         self.flush_id_on_chunks = flush_id_on_chunks
         self.flush_done_before_done = flush_done_before_done
         self.done_after_cancel = done_after_cancel
-        self.chunk_ms = chunk_ms
         self.odd_chunks = odd_chunks
-        self.pace = pace
         self.faults = parse_faults(faults)
-        self.record_messages = record_messages
         self.connections: list[ConnectionLog] = []
-        self.rejected: list[Rejection] = []
-        super().__init__(host, port)
+        super().__init__(host, port, pace, api_key=api_key, chunk_ms=chunk_ms,
+                         record_messages=record_messages)
 
     # --- addresses and life cycle: LocalServer's (start, stop, async with, a thread, serve_forever)
 
@@ -225,15 +200,6 @@ class Emulator(LocalServer):
         size = max(1, round(fmt.sample_rate * self.chunk_ms / 1000)) * fmt.sample_width
         return size | 1 if self.odd_chunks else size
 
-    async def _pace_after(
-        self, loop: asyncio.AbstractEventLoop, started: float, audio_seconds: float
-    ) -> None:
-        """Wait after a chunk: just yield (so contexts interleave), or keep the pace."""
-        if self._pace_factor is None:
-            await asyncio.sleep(0)
-        else:
-            await asyncio.sleep(max(0.0, started + audio_seconds / self._pace_factor - loop.time()))
-
     # --- statistics
 
     @property
@@ -252,8 +218,7 @@ class Emulator(LocalServer):
     # --- handshake and connections
 
     def _reject(self, connection: ServerConnection, status: int, path: str, reason: str) -> Response:
-        self.rejected.append(Rejection(status, path, reason))
-        response = connection.respond(status, reason + "\n")
+        response = super()._reject(connection, status, path, reason)
         if status == 429 and self.retry_after is not None:
             response.headers["Retry-After"] = f"{self.retry_after:g}"
         return response
