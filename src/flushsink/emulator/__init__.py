@@ -27,6 +27,10 @@ The package, read from the oracle to the socket:
 - :mod:`._local`: ``LocalServer``: the address and the ways to run a server (``async
   with``, a thread, ``serve_forever``), which every provider's emulator shares;
 - :mod:`.server`: ``Emulator``: the handshake, the options, the stats.
+- :mod:`.openai_realtime`: ``OpenAIRealtimeEmulator``: OpenAI's Realtime websocket (GA and
+  beta event names), speaking each response with the renderer.
+- :mod:`.elevenlabs`: ``ElevenLabsEmulator``: ElevenLabs' ``stream-input`` and
+  ``multi-stream-input`` websockets, with character alignment from the renderer.
 
 Import the names below from here, e.g. ``from flushsink.emulator import Emulator, render``.
 The renderer's come with the package; the server side's (and websockets' server) are
@@ -43,7 +47,9 @@ from .speech import render, render_phoneme_timestamps, render_samples, render_ti
 
 if TYPE_CHECKING:
     from .connection import ConnectionLog
+    from .elevenlabs import ElevenLabsEmulator, ElevenLabsLog
     from .faults import FAULT_ACTIONS, Fault, parse_faults
+    from .openai_realtime import OpenAIRealtimeEmulator
     from .server import (
         DEFAULT_VERSION,
         STRUCTURED_ERRORS_SINCE,
@@ -68,6 +74,9 @@ __all__ = [
     "DEFAULT_VERSION",
     "STRUCTURED_ERRORS_SINCE",
     "FAULT_ACTIONS",
+    "OpenAIRealtimeEmulator",
+    "ElevenLabsEmulator",
+    "ElevenLabsLog",
 ]
 
 # The names the server side defines, by module: imported on first use (PEP 562).
@@ -84,6 +93,9 @@ _SERVER_SIDE = {
     "FaultSpec": "faults",
     "parse_faults": "faults",
     "FAULT_ACTIONS": "faults",
+    "OpenAIRealtimeEmulator": "openai_realtime",
+    "ElevenLabsEmulator": "elevenlabs",
+    "ElevenLabsLog": "elevenlabs",
 }
 
 
