@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 
 SDK_VENV ?= .venv-sdk
 SDK4_VENV ?= .venv-sdk4
+OPENAI_VENV ?= .venv-openai
+ELEVENLABS_VENV ?= .venv-elevenlabs
 FRAMEWORK_VENV ?= .venv-frameworks
 TYPE_VENV ?= .venv-type
 
@@ -19,7 +21,7 @@ PY312 ?= $(call find_python,3.12)
 PY313 ?= $(call find_python,3.13)
 DIST ?= dist
 
-.PHONY: demo check test test-compiled test-pure test-kernels test-sdk test-frameworks build clean sanitize wheels test-wheels typecheck
+.PHONY: demo check test test-compiled test-pure test-kernels test-sdk test-providers test-frameworks build clean sanitize wheels test-wheels typecheck
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +41,7 @@ demo: build
 
 # The whole suite twice: on the compiled core, then on the pure-Python twin. Tests import
 # the installed package (the src layout keeps the checkout off sys.path).
-test: build test-compiled test-pure test-kernels test-sdk test-frameworks typecheck
+test: build test-compiled test-pure test-kernels test-sdk test-providers test-frameworks typecheck
 
 test-compiled: $(STAMP)
 	FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 $(BIN)/python -m pytest -q tests
@@ -101,9 +103,20 @@ test-sdk: $(SDK_VENV)/.installed $(SDK4_VENV)/.installed
 	$(call sdk_suite,$(SDK_VENV),3,$(SDK_TESTS) tests/test_client.py)
 	$(call sdk_suite,$(SDK4_VENV),4,$(SDK_TESTS))
 
+# The other providers' official SDKs against flushsink's emulators of them (issue 16):
+# openai 3.51.0's realtime client (it pins websockets < 16) and elevenlabs 2.78.0, a venv
+# each. The emulators do not use flushsink's core, so one run each.
+test-providers: $(OPENAI_VENV)/.installed $(ELEVENLABS_VENV)/.installed
+	$(OPENAI_VENV)/bin/python -c "import openai; assert openai.__version__ == '3.51.0', openai.__version__"
+	$(OPENAI_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/sdk/test_openai_realtime_interop.py
+	$(ELEVENLABS_VENV)/bin/python -c "import elevenlabs; assert elevenlabs.__version__ == '2.78.0', elevenlabs.__version__"
+	$(ELEVENLABS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/sdk/test_elevenlabs_interop.py
+
 $(SDK_VENV)/.installed: SDK_EXTRA := sdk
 $(SDK4_VENV)/.installed: SDK_EXTRA := sdk4
-$(SDK_VENV)/.installed $(SDK4_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*.pxd src/flushsink/*/*.py)
+$(OPENAI_VENV)/.installed: SDK_EXTRA := openai
+$(ELEVENLABS_VENV)/.installed: SDK_EXTRA := elevenlabs
+$(SDK_VENV)/.installed $(SDK4_VENV)/.installed $(OPENAI_VENV)/.installed $(ELEVENLABS_VENV)/.installed: pyproject.toml setup.py $(wildcard ext/*) $(wildcard src/flushsink/*.py src/flushsink/*.pxd src/flushsink/*/*.py)
 	test -x $(@D)/bin/python || $(PYTHON) -m venv $(@D)
 	$(@D)/bin/python -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
 	FLUSHSINK_BUILD_EXT=required $(@D)/bin/python -m pip install -q --no-build-isolation ".[test,$(SDK_EXTRA)]"
@@ -224,7 +237,7 @@ test-wheels: wheels
 	cd $(WHEEL_TEST)/sdist && FLUSHSINK_EXPECT=compiled FLUSHSINK_REQUIRE_EXT=1 ../fromsdist/bin/python -m pytest -q -p no:cacheprovider tests
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html src/flushsink/_store_c.c src/flushsink/*.html $(VENV) $(SDK_VENV) $(SDK4_VENV) $(TYPE_VENV) $(WHEEL_VENV) $(CHECK_VENV) $(FRAMEWORK_VENV)
+	rm -rf build dist *.egg-info src/*.egg-info src/flushsink/*.so ext/_speedups.c ext/*.html src/flushsink/_store_c.c src/flushsink/*.html $(VENV) $(SDK_VENV) $(SDK4_VENV) $(OPENAI_VENV) $(ELEVENLABS_VENV) $(TYPE_VENV) $(WHEEL_VENV) $(CHECK_VENV) $(FRAMEWORK_VENV)
 
 # --- fuzzing: the compiled Sink against the pure twin (fuzz/fuzz_sink.py) --------------------
 # `make fuzz` builds the extension with ASan + UBSan and gcc's coverage hooks (fuzz/covshim.c

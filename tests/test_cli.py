@@ -177,3 +177,82 @@ def test_bench_runs_and_checks_its_output(tmp_path):
     result = flushsink("bench", "--seconds", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert re.search(r"ratio\s+[\d.]+x", result.stdout)
+
+
+def served_url(*args):
+    """Start ``flushsink serve ARGS --port 0``; the process and the URL its first line names."""
+    server = subprocess.Popen([sys.executable, "-m", "flushsink", "serve", "--port", "0", *args],
+                              stdout=subprocess.PIPE, text=True)
+    return server, re.search(r"ws://\S+", server.stdout.readline()).group(0)
+
+
+def stop(server):
+    server.send_signal(signal.SIGTERM)  # (SIGINT may be ignored under a background job)
+    server.wait(timeout=10)
+    server.stdout.close()
+
+
+def test_serve_speaks_openai_realtime():
+    import asyncio
+    import base64
+    import json
+
+    from websockets.asyncio.client import connect
+
+    async def respond(url):
+        async with connect(url + "?model=gpt-realtime") as ws:
+            first = json.loads(await ws.recv())
+            await ws.send(json.dumps({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "Served."}]}}))
+            await ws.send(json.dumps({"type": "response.create"}))
+            audio = b""
+            while (event := json.loads(await ws.recv()))["type"] != "response.done":
+                if event["type"] == "response.output_audio.delta":
+                    audio += base64.b64decode(event["delta"])
+            return first["type"], audio
+
+    server, url = served_url("--provider", "openai-realtime")
+    try:
+        first, audio = asyncio.run(asyncio.wait_for(respond(url.rstrip(")")), 30))
+    finally:
+        stop(server)
+    assert url.endswith("/v1/realtime")
+    assert first == "session.created"
+    assert audio == render("Served.", "alloy", AudioFormat("pcm_s16le", 24000))
+
+
+def test_serve_speaks_elevenlabs():
+    import asyncio
+    import base64
+    import json
+
+    from websockets.asyncio.client import connect
+
+    async def speak(url):
+        audio, final = b"", None
+        async with connect(url + "?output_format=pcm_16000") as ws:
+            for text in (" ", "Served. ", ""):
+                await ws.send(json.dumps({"text": text}))
+            async for raw in ws:
+                message = json.loads(raw)
+                audio += base64.b64decode(message["audio"]) if message.get("audio") else b""
+                final = message.get("isFinal") or final
+        return audio, final
+
+    server, url = served_url("--provider", "elevenlabs")
+    try:
+        audio, final = asyncio.run(asyncio.wait_for(speak(url.replace("VOICE_ID", "v")), 30))
+    finally:
+        stop(server)
+    assert final is True
+    assert audio == render("Served.", "v", AudioFormat("pcm_s16le", 16000))
+
+
+@pytest.mark.parametrize("option", [["--voices", "a"], ["--concurrency-limit", "2"],
+                                    ["--idle-timeout", "5"], ["--flush-id-base", "0"],
+                                    ["--no-flush-id-on-chunks"]])
+def test_serve_refuses_cartesia_options_for_another_provider(tmp_path, option):
+    result = flushsink("serve", "--provider", "openai-realtime", *option, cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and f"{option[0]} is for --provider cartesia" in result.stderr

@@ -687,18 +687,52 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # --- serve and bench -------------------------------------------------------------------
 
-def _cmd_serve(args: argparse.Namespace) -> int:
+#: serve's options that only Cartesia's emulator has (dest, as the user writes it).
+_CARTESIA_ONLY = (("flush_id_base", "--flush-id-base"),
+                  ("no_flush_id_on_chunks", "--no-flush-id-on-chunks"),
+                  ("idle_timeout", "--idle-timeout"),
+                  ("concurrency_limit", "--concurrency-limit"), ("voices", "--voices"))
+
+
+def _emulator_for(args: argparse.Namespace) -> tuple[Any, Callable[[Any], str]]:
+    """The emulator ``serve`` runs for ``--provider``, and the line that says where."""
+    common = {"api_key": args.api_key, "chunk_ms": args.chunk_ms, "pace": args.pace,
+              "record_messages": False}
+    if args.provider != "cartesia":
+        for dest, option in _CARTESIA_ONLY:
+            value = getattr(args, dest)
+            if value is not None and value is not False:  # (0 is a value given)
+                raise _Failure(f"{option} is for --provider cartesia, not {args.provider}",
+                               USAGE)
+    if args.provider == "openai-realtime":
+        from .emulator import OpenAIRealtimeEmulator
+
+        return (OpenAIRealtimeEmulator(args.host, args.port, **common),
+                lambda emu: f"flushsink OpenAI Realtime emulator listening on {emu.ws_url} "
+                            f"(websocket_base_url={emu.websocket_base_url}; Ctrl-C stops it)")
+    if args.provider == "elevenlabs":
+        from .emulator import ElevenLabsEmulator
+
+        return (ElevenLabsEmulator(args.host, args.port, **common),
+                lambda emu: f"flushsink ElevenLabs emulator listening on "
+                            f"{emu.endpoint('VOICE_ID')} (and multi-stream-input; "
+                            "Ctrl-C stops it)")
     from .emulator import Emulator
 
-    emulator = Emulator(args.host, args.port, api_key=args.api_key, chunk_ms=args.chunk_ms,
-                        flush_id_base=args.flush_id_base,
-                        flush_id_on_chunks=not args.no_flush_id_on_chunks,
-                        pace=args.pace, idle_timeout=args.idle_timeout or None,
-                        concurrency_limit=args.concurrency_limit, voices=args.voices,
-                        record_messages=False)
+    idle = 300.0 if args.idle_timeout is None else args.idle_timeout
+    return (Emulator(args.host, args.port, **common,
+                     flush_id_base=1 if args.flush_id_base is None else args.flush_id_base,
+                     flush_id_on_chunks=not args.no_flush_id_on_chunks,
+                     idle_timeout=idle or None, concurrency_limit=args.concurrency_limit,
+                     voices=args.voices),
+            lambda emu: f"flushsink emulator listening on {emu.ws_url} (Ctrl-C stops it)")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    emulator, where = _emulator_for(args)
 
     def ready(emu: Any) -> None:
-        print(f"flushsink emulator listening on {emu.ws_url} (Ctrl-C stops it)", flush=True)
+        print(where(emu), flush=True)
 
     async def serve() -> None:
         # SIGTERM (a service manager's stop) as Ctrl-C: clients get a close frame (1001)
@@ -867,9 +901,11 @@ def build_parser() -> argparse.ArgumentParser:
     server_options(demo)
     demo.set_defaults(run=_cmd_demo, out=os.path.join("out", "demo"))
 
-    serve = commands.add_parser("serve", help="run the Cartesia emulator",
-                                description="Run the Cartesia emulator until Ctrl-C or "
-                                            "SIGTERM, which close its connections (1001).")
+    serve = commands.add_parser("serve", help="run an emulator (Cartesia's by default)",
+                                description="Run the emulator of a provider's TTS websocket "
+                                            "(Cartesia, OpenAI Realtime, ElevenLabs) until "
+                                            "Ctrl-C or SIGTERM, which close its connections "
+                                            "(1001).")
     serve.add_argument("--host", default="127.0.0.1",
                        type=_not_blank("must not be empty (0.0.0.0 listens on every "
                                        "interface)"),
@@ -880,23 +916,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require this key (default: accept any)")
     serve.add_argument("--chunk-ms", type=_number(float, 1, 10000), default=100.0,
                        metavar="MS", help="audio per chunk, 1 to 10000 (default: %(default)s)")
-    serve.add_argument("--flush-id-base", type=int, choices=(0, 1), default=1,
-                       help="flush id of a context's first segment (default: %(default)s)")
+    serve.add_argument("--provider", choices=("cartesia", "openai-realtime", "elevenlabs"),
+                       default="cartesia",
+                       help="whose protocol to speak (default: %(default)s); the options "
+                            "below marked Cartesia are for cartesia only")
+    serve.add_argument("--flush-id-base", type=int, choices=(0, 1), default=None,
+                       help="Cartesia: flush id of a context's first segment (default: 1)")
     serve.add_argument("--no-flush-id-on-chunks", action="store_true",
-                       help="send chunks without flush_id")
+                       help="Cartesia: send chunks without flush_id")
     serve.add_argument("--pace", default="fast", type=_pace,
                        help="'fast', 'realtime' or a speed factor (default: %(default)s)")
-    serve.add_argument("--idle-timeout", type=_number(float, 0, SECONDS_MAX), default=300.0,
+    serve.add_argument("--idle-timeout", type=_number(float, 0, SECONDS_MAX), default=None,
                        metavar="SECONDS",
-                       help="close a connection idle this long, 0: never (default: "
-                            "%(default)s)")
+                       help="Cartesia: close a connection idle this long, 0: never "
+                            "(default: 300)")
     serve.add_argument("--concurrency-limit", type=_number(int, 1, 100_000), default=None,
                        metavar="N",
-                       help="at most N active contexts (the next gets a 429 error event) and "
-                            "10N sockets (the next handshake gets HTTP 429), as Cartesia's "
-                            "plans limit them (default: no limit)")
+                       help="Cartesia: at most N active contexts (the next gets a 429 error "
+                            "event) and 10N sockets (the next handshake gets HTTP 429), as "
+                            "Cartesia's plans limit them (default: no limit)")
     serve.add_argument("--voices", type=_voice_list, default=None, metavar="ID[,ID...]",
-                       help="the voice ids that exist; another gets a 404 error event "
+                       help="Cartesia: the voice ids that exist; another gets a 404 error event "
                             "(default: any id)")
     serve.set_defaults(run=_cmd_serve)
 
