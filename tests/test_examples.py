@@ -1,9 +1,11 @@
-"""The scripts in examples/ run as a user runs them: a subprocess each, without --url, so
-each starts the embedded emulator itself. Their WAV files are read back with soundfile and
-compared with the emulator's render() of each text, computed here independently."""
+"""The scripts in examples/ run as a user runs them: a subprocess each, without --url (or
+--port), so each starts the embedded emulator (or calls itself with the Twilio sender).
+Their WAV files are read back with soundfile and compared with the emulator's render() of
+each text, computed here independently."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +46,61 @@ def test_example_writes_the_two_seed_segments(tmp_path, name):
         samples, _ = soundfile.read(str(path), dtype="int16")
         assert np.array_equal(samples, np.frombuffer(render(text, VOICE, S16), "<i2"))
         assert str(path) in result.stdout  # the example reports where each file went
+
+
+def test_twilio_receiver_writes_the_calls_inbound_audio(tmp_path):
+    """examples/twilio_receiver.py without --port calls itself once with flushsink's Twilio
+    sender; its WAV file holds the caller's render() in mu-law, whole 20 ms frames."""
+    text = "Hello, I would like to book a table."
+    out = tmp_path / "calls"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "twilio_receiver.py"), "--out", str(out), "--text", text],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "with flushsink's Twilio sender" in result.stderr
+
+    [path] = [p for p in out.rglob("*") if p.is_file()]
+    assert path.parent == out and path.name.startswith("MZ") and path.suffix == ".wav"
+    assert str(path) in result.stdout
+    info = soundfile.info(str(path))
+    assert (info.samplerate, info.channels, info.subtype) == (8000, 1, "ULAW")
+    samples, _ = soundfile.read(str(path), dtype="int16")
+    # the expected mu-law bytes, decoded by libsndfile too (not by flushsink's tables)
+    expected = render(text, "caller", AudioFormat("pcm_mulaw", 8000))
+    expected += b"\xff" * (-len(expected) % 160)  # the last frame filled up with silence
+    reference, _ = soundfile.read(io.BytesIO(expected), format="RAW", subtype="ULAW",
+                                  samplerate=8000, channels=1, dtype="int16")
+    assert np.array_equal(samples, reference)
+
+
+def test_twilio_receiver_keeps_a_hostile_stream_sid_inside_out(tmp_path):
+    """The stream id comes from the network: one that names a path elsewhere still gives a
+    file inside OUT (nothing is written outside it, whatever the id)."""
+    import asyncio
+    import importlib.util
+
+    from websockets.asyncio.server import serve
+
+    from flushsink.emulator import stream_call
+
+    spec = importlib.util.spec_from_file_location("twilio_receiver", EXAMPLES / "twilio_receiver.py")
+    receiver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(receiver)
+    out = tmp_path / "a" / "calls"
+    written = []
+
+    async def main():
+        async def handler(ws):
+            written.append(await receiver.receive_call(ws, out))
+
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            await stream_call(f"ws://127.0.0.1:{port}", "Hi.", stream_sid="../../../escape")
+            while not written:
+                await asyncio.sleep(0.01)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    [path] = written
+    assert path.parent == out and path.name == "_________escape.wav"
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [path]

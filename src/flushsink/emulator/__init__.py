@@ -31,11 +31,14 @@ The package, read from the oracle to the socket:
   beta event names), speaking each response with the renderer.
 - :mod:`.elevenlabs`: ``ElevenLabsEmulator``: ElevenLabs' ``stream-input`` and
   ``multi-stream-input`` websockets, with character alignment from the renderer.
+- :mod:`.twilio`: ``TwilioMediaSender`` and ``stream_call``: the caller's side of a
+  Twilio (or Telnyx) Media Stream, a *client* that streams a call's rendered mu-law audio
+  into the user's server and records what the server sends back.
 
 Import the names below from here, e.g. ``from flushsink.emulator import Emulator, render``.
-The renderer's come with the package; the server side's (and websockets' server) are
-imported the first time one of them is used, so the oracle works where websockets cannot
-be imported.
+The renderer's come with the package; the server side's and the Twilio sender's (and
+websockets) are imported the first time one of them is used, so the oracle works where
+websockets cannot be imported.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
         EmulatorStats,
         Rejection,
     )
+    from .twilio import CallLog, TwilioMediaSender, stream_call, stream_call_sync
 
 __all__ = [
     "Emulator",
@@ -77,9 +81,14 @@ __all__ = [
     "OpenAIRealtimeEmulator",
     "ElevenLabsEmulator",
     "ElevenLabsLog",
+    "TwilioMediaSender",
+    "CallLog",
+    "stream_call",
+    "stream_call_sync",
 ]
 
-# The names the server side defines, by module: imported on first use (PEP 562).
+# The names the server side (and the Twilio sender) define, by module: imported on first
+# use (PEP 562).
 _SERVER_SIDE = {
     "Emulator": "server",
     "EmulatorStats": "server",
@@ -96,6 +105,10 @@ _SERVER_SIDE = {
     "OpenAIRealtimeEmulator": "openai_realtime",
     "ElevenLabsEmulator": "elevenlabs",
     "ElevenLabsLog": "elevenlabs",
+    "TwilioMediaSender": "twilio",
+    "CallLog": "twilio",
+    "stream_call": "twilio",
+    "stream_call_sync": "twilio",
 }
 
 
