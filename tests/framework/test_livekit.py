@@ -305,3 +305,47 @@ def test_import_flushsink_leaves_livekit_alone():
 
     code = "import sys, flushsink, flushsink.integrations; assert 'livekit' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_done_before_the_input_ended_is_ignored_as_stock_does():
+    """A server that sends a context's done after its first sentence, then more audio and
+    another done after continue: false. The stock plugin ignores the early done and keeps
+    receiving; so must the drop-in, whose Sink had ended the context at that done."""
+    from websockets.asyncio.server import serve
+
+    pieces = [bytes([n]) * 4800 for n in range(1, 4)]
+
+    async def handler(ws):
+        sent = 0
+        async for raw in ws:
+            request = json.loads(raw)
+            if not request["transcript"].strip() and request["continue"]:
+                continue
+            chunk = {"type": "chunk", "context_id": request["context_id"], "status_code": 206,
+                     "done": False, "data": __import__("base64").b64encode(pieces[sent]).decode()}
+            sent += 1
+            await ws.send(json.dumps(chunk))
+            if sent == 1 or not request["continue"]:
+                await ws.send(json.dumps({"type": "done", "context_id": request["context_id"],
+                                          "status_code": 206, "done": True}))
+
+    async def go(cls):
+        async with serve(handler, "127.0.0.1", 0) as server, aiohttp.ClientSession() as http:
+            port = next(iter(server.sockets)).getsockname()[1]
+            tts = cls(api_key="k", base_url=f"ws://127.0.0.1:{port}", voice=VOICE,
+                      sample_rate=RATE, http_session=http)
+            stream = tts.stream(conn_options=QUICK)
+            stream.push_text("Stay hungry, stay foolish. ")
+            stream.flush()
+            audio = bytes((await stream.__anext__()).frame.data)  # the input is still open
+            await asyncio.sleep(0.2)  # (the early done has come)
+            stream.push_text("The rest is detail.")
+            stream.end_input()
+            audio += b"".join([bytes(ev.frame.data) async for ev in stream])
+            await stream.aclose()
+            await tts.aclose()
+            return audio
+
+    stock, ours = (asyncio.run(go(cls)) for cls in (StockTTS, DropIn))
+    assert ours == stock, (len(ours), len(stock))
+    assert stock.startswith(b"".join(pieces[:2])), len(stock)  # stock speaks on past it

@@ -17,9 +17,12 @@ its events into the stock plugin's calls on the ``AudioEmitter``:
   plugin's decoded bytes;
 - ``Timestamps`` (words) -> ``push_timed_transcript``, each word given the text it was
   sent as, by the stock plugin's rule;
-- ``ContextDone`` once the input has ended -> ``end_input()``, and the stream is done;
+- ``ContextDone`` once the input has ended -> ``end_input()``, and the stream is done; one
+  before it is ignored, as stock does (a new Sink then takes the context's later frames);
 - ``ContextError`` -> ``APIError`` (retried by LiveKit when no audio went out yet);
-- ``ServerError`` (an error without ``context_id``) -> logged, and the stream goes on;
+- ``ServerError`` (an error without ``context_id``) -> logged, and the stream goes on (if
+  it was about this stream's request, the stream then waits ``conn_options.timeout`` for
+  audio before LiveKit retries it; stock retries at once);
 - a frame the Sink rejects (not JSON, bad base64, over a cap) -> logged, and the stream
   goes on without it (the stock plugin's ``json.loads`` raises and fails the stream; its
   ``b64decode`` skips the characters that are not base64).
@@ -75,6 +78,7 @@ from .. import (
 __all__ = ["TTS", "SynthesizeStream"]
 
 _CLOSING = (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING)
+_DONE, _GOES_ON = object(), object()  # what SynthesizeStream._take says of a done
 
 
 class TTS(_stock.TTS):
@@ -191,6 +195,7 @@ class SynthesizeStream(_stock.SynthesizeStream):
             sentences.end_input()
 
         async def receive(ws: aiohttp.ClientWebSocketResponse) -> None:
+            nonlocal sink
             await input_sent.wait()
             words = _WordAligner(sent)
             started = False
@@ -229,8 +234,13 @@ class SynthesizeStream(_stock.SynthesizeStream):
                     if not started:
                         started = True
                         output_emitter.start_segment(segment_id=context_id)
-                    if self._take(event, output_emitter, words, sentences.closed):
+                    step = self._take(event, output_emitter, words, sentences.closed)
+                    if step is _DONE:
                         return
+                    if step is _GOES_ON:
+                        # a done before the input ended, which stock ignores: the Sink has
+                        # ended the context, so a new one takes what still comes for it
+                        sink = self._new_sink(fmt, context_id)
 
         try:
             async with self._tts._pool.connection(timeout=self._conn_options.timeout) as ws:
@@ -266,8 +276,9 @@ class SynthesizeStream(_stock.SynthesizeStream):
     @staticmethod
     def _take(
         event: Any, emitter: tts.AudioEmitter, words: _WordAligner, input_ended: bool
-    ) -> bool:
-        """One event of the stream's own context; True when the stream is done."""
+    ) -> object:
+        """One event of the stream's own context: _DONE when the stream is done,
+        _GOES_ON for a done that came before the input ended, else None."""
         if isinstance(event, AudioChunk):
             emitter.push(bytes(event.data))
         elif isinstance(event, Timestamps):
@@ -278,9 +289,10 @@ class SynthesizeStream(_stock.SynthesizeStream):
                                     end_time=item.end)
                     )
         elif isinstance(event, ContextDone):
-            if input_ended:  # (a done before the input ended is ignored, as stock does)
-                emitter.end_input()
-                return True
+            if not input_ended:  # ignored, as stock does (its audio may still come)
+                return _GOES_ON
+            emitter.end_input()
+            return _DONE
         elif isinstance(event, ContextError):
             logger.error(
                 "Cartesia returned error. Include the cartesia_context_id to "
@@ -291,4 +303,4 @@ class SynthesizeStream(_stock.SynthesizeStream):
         elif isinstance(event, Unknown):
             logger.warning("unexpected message", extra={"lk.pii.data": event.message})
         # SegmentReady (flush_done): the audio went out as it came; nothing to do.
-        return False
+        return None
