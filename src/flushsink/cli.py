@@ -207,6 +207,7 @@ class _Recorder:
         #: Why the run stopped early, for its open segments (the client's own reason would
         #: be that it closed the connection): a signal, or standard output.
         self.stop_reason: Optional[str] = None
+        self.bytes_out = 0  # say --stdout: the audio bytes standard output took
         self.first_audio_s: Optional[float] = None  # say --stdout's, when it finished
         self.started = time.perf_counter()
 
@@ -487,8 +488,7 @@ async def _synthesize_to_stdout(run: _Run, recorder: _Recorder, out: Any) -> Opt
     output_format = {"container": "raw", "encoding": run.encoding,
                      "sample_rate": run.sample_rate}
     console = recorder.console
-    bytes_per_second = run.sample_rate * (4 if run.encoding == "pcm_f32le" else
-                                          2 if run.encoding == "pcm_s16le" else 1)
+    bytes_per_second = run.sample_rate * _sample_bytes(run.encoding)
     with _StopOnSignals(on_stop=recorder.stop) as signals:
         writer = _StdoutWriter(out)
         try:
@@ -534,6 +534,7 @@ async def _synthesize_to_stdout(run: _Run, recorder: _Recorder, out: Any) -> Opt
                 raise
         finally:
             writer.close()
+            recorder.bytes_out = writer.bytes_written
         return signals.received
 
 
@@ -628,6 +629,9 @@ def _speak(run: _Run) -> int:
         finally:
             console.finish()
     rows = recorder.rows
+    if run.to_stdout and recorder.stop_reason is not None:
+        rows = _unwritten(rows, recorder.bytes_out, _sample_bytes(run.encoding),
+                          recorder.stop_reason)
     if failure is not None:
         console.say(failure)
     if recorder.connected or rows:
@@ -637,6 +641,22 @@ def _speak(run: _Run) -> int:
     if stopped_by is not None:
         return 128 + stopped_by
     return 0 if failure is None and all(row.ok for row in rows) else FAILED
+
+
+def _sample_bytes(encoding: str) -> int:
+    return 4 if encoding == "pcm_f32le" else 2 if encoding == "pcm_s16le" else 1
+
+
+def _unwritten(rows: Sequence[_Row], written: int, width: int, reason: str) -> list[_Row]:
+    """``say --stdout`` stopped early: the rows (in order, as their audio went out) whose
+    audio did not all reach standard output are incomplete, for ``reason``, whatever the
+    server sent (the Sink saw them whole; the reader did not)."""
+    out, end = [], 0
+    for row in rows:
+        end += row.samples * width
+        out.append(row if end <= written or not row.complete
+                   else row._replace(complete=False, error=reason))
+    return out
 
 
 #: ffmpeg's name (``-f``) of each raw encoding, for the hint ``say --stdout`` prints.
@@ -848,10 +868,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "the event loop and the Python, and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def server_options(p: argparse.ArgumentParser, out: Optional[str] = "out") -> None:
+    def server_options(p: argparse.ArgumentParser, *, url_default: str,
+                       out: Optional[str] = "out") -> None:
         p.add_argument("--url", type=_url,
-                       help="ws:// or wss:// URL (default: Cartesia, or the emulator when no "
-                            "key is set; without a path: /tts/websocket)")
+                       help=f"ws:// or wss:// URL (default: {url_default}; without a path: "
+                            "/tts/websocket)")
         p.add_argument("--api-key", type=_not_blank("must not be empty (an unset variable?)"),
                        help="API key (default: $CARTESIA_API_KEY)")
         # (say's default is None, to tell an --out given with --stdout)
@@ -874,7 +895,8 @@ def build_parser() -> argparse.ArgumentParser:
                "-nodisp -autoexit -")
     say.add_argument("text", nargs="+", metavar="TEXT", type=_not_blank("must not be blank"),
                      help="text of one segment")
-    server_options(say, out=None)
+    server_options(say, url_default="Cartesia, with --api-key or $CARTESIA_API_KEY",
+                   out=None)
     say.add_argument("--container", choices=("wav", "raw"), default=None,
                      help="file format (default: wav)")
     say.add_argument("--emulator", action="store_true",
@@ -898,7 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
     say.set_defaults(run=_cmd_say)
 
     demo = commands.add_parser("demo", help="the seed scenario: two flushes, two WAV files")
-    server_options(demo)
+    server_options(demo, url_default="the embedded emulator")
     demo.set_defaults(run=_cmd_demo, out=os.path.join("out", "demo"))
 
     serve = commands.add_parser("serve", help="run an emulator (Cartesia's by default)",
