@@ -787,6 +787,8 @@ def test_later_punctuation_only_transcript_is_fine() -> None:
         {"output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 12345}},
         {"output_format": {"container": "raw", "encoding": "pcm_s16le"}},
         {"voice": {"mode": "embedding", "embedding": [0.1]}},
+        {"output_format": {"container": "raw", "encoding": ["pcm_s16le"], "sample_rate": 44100}},
+        {"output_format": {"container": "raw", "encoding": {"a": 1}, "sample_rate": 44100}},
         {"voice": {"mode": "id"}},
         {"voice": ""},
         {"max_buffer_delay_ms": -1},

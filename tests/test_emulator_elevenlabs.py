@@ -306,10 +306,13 @@ def test_close_context_lets_queued_generations_finish_first():
                                   + render("Then this.", VOICE_ID, PCM24))
 
 
+@pytest.mark.slow
 def test_keep_alives_hold_the_socket_and_the_context_open():
+    # keep-alives 0.4 s apart, four of them (1.6 s in all) against a 1 s timeout: only
+    # they keep the socket open (a margin of 0.6 s each, for a loaded machine)
     async def scenario():
         async with ElevenLabsEmulator() as emu, connect(
-            emu.endpoint(VOICE_ID, multi=True, output_format="pcm_24000", inactivity_timeout=0.4)
+            emu.endpoint(VOICE_ID, multi=True, output_format="pcm_24000", inactivity_timeout=1.0)
         ) as ws:
             await ws.send(json.dumps({"text": " ", "context_id": "c"}))
             await ws.send(json.dumps({"text": "Still here. ", "context_id": "c"}))
@@ -317,7 +320,7 @@ def test_keep_alives_hold_the_socket_and_the_context_open():
                            {"context_id": "ghost", "close_context": True},  # not open: ignored
                            {"text": "", "context_id": "c"}]
             for keep_alive in keep_alives:
-                await asyncio.sleep(0.15)
+                await asyncio.sleep(0.4)
                 await ws.send(json.dumps(keep_alive))
             await ws.send(json.dumps({"context_id": "c", "flush": True, "close_context": True}))
             messages = await read_until_final(ws, ["c"])
@@ -604,3 +607,21 @@ def test_record_messages_off_keeps_the_counts_only():
 def test_bad_options_are_refused(options: dict[str, Any]):
     with pytest.raises(ValueError):
         ElevenLabsEmulator(**options)
+
+
+def test_text_buffered_past_the_bound_is_refused():
+    """The renderer's memory grows with the text: a stream buffers at most
+    MAX_BUFFERED_TEXT characters without a flush (the emulator's own bound)."""
+    from flushsink.emulator.elevenlabs import MAX_BUFFERED_TEXT
+
+    async def scenario():
+        async with ElevenLabsEmulator() as emu, connect(
+            emu.endpoint(VOICE_ID, output_format="pcm_24000")
+        ) as ws:
+            await ws.send(json.dumps({"text": " "}))
+            await ws.send(json.dumps({"text": "a " * (MAX_BUFFERED_TEXT // 2)}))
+            return await read_until_closed(ws)
+
+    messages, closed = run(scenario())
+    assert [m.get("error") for m in messages] == ["input_too_long"]
+    assert closed.rcvd.code == 1008

@@ -66,7 +66,7 @@ def user_message(text: str, **fields: Any) -> dict[str, Any]:
     return {"type": "conversation.item.create", "item": item, **fields}
 
 
-def ga_output(fmt: dict[str, Any] | None = None, **output: Any) -> dict[str, Any]:
+def ga_output(fmt: Any = None, **output: Any) -> dict[str, Any]:
     if fmt is not None:
         output["format"] = fmt
     return {"type": "session.update", "session": {"type": "realtime", "audio": {"output": output}}}
@@ -250,6 +250,19 @@ def test_beta_output_formats(name: str, fmt: AudioFormat) -> None:
     events = run(main())
     assert events[1]["session"]["output_audio_format"] == name
     assert audio_of(events) == render(TEXT, "alloy", fmt)
+
+
+@pytest.mark.parametrize("name", [{"a": 1}, ["pcm16"], 16])
+def test_a_beta_format_of_the_wrong_type_is_an_error(name: Any) -> None:
+    async def main() -> list[dict[str, Any]]:
+        async with OpenAIRealtimeEmulator() as emu:
+            async with connect(emu.ws_url, open_timeout=TIMEOUT, additional_headers=BETA) as ws:
+                await ws.send(json.dumps({"type": "session.update",
+                                          "session": {"output_audio_format": name}}))
+                return await read_until(ws, is_type("error"))
+
+    error = run(main())[-1]["error"]
+    assert (error["code"], error["param"]) == ("invalid_value", "session.output_audio_format")
 
 
 def test_switching_format_replaces_the_format_object_and_keeps_the_rest() -> None:
@@ -545,6 +558,10 @@ def test_one_response_at_a_time() -> None:
         ('{"type": "session.update", "session": {"type": "transcription"}}', "invalid_value", "session.type"),
         (json.dumps(ga_output({"type": "audio/opus"})), "invalid_value", "session.audio.output.format.type"),
         (json.dumps(ga_output({"type": "audio/pcm", "rate": 16000})), "invalid_value", "session.audio.output.format.rate"),
+        # formats of the wrong JSON type: an error, not a crash of the connection (1011)
+        (json.dumps(ga_output("audio/pcm")), "invalid_value", "session.audio.output.format"),
+        (json.dumps(ga_output(["audio/pcm"])), "invalid_value", "session.audio.output.format"),
+        (json.dumps(ga_output({"type": ["audio/pcm"]})), "invalid_value", "session.audio.output.format.type"),
         (json.dumps(ga_output(speed=2.0)), "invalid_value", "session.audio.output.speed"),
         (json.dumps(ga_output(voice="")), "invalid_value", "session.audio.output.voice"),
         ('{"type": "conversation.item.create"}', "missing_required_parameter", "item"),
@@ -552,6 +569,9 @@ def test_one_response_at_a_time() -> None:
         ('{"type": "conversation.item.create", "item": {"type": "message", "role": "bot"}}', "invalid_value", "item.role"),
         (json.dumps(user_message("x", previous_item_id="item_nope")), "invalid_value", "previous_item_id"),
         ('{"type": "response.create", "response": "now"}', "invalid_value", "response"),
+        # the emulator's bound on what it speaks (the renderer's memory grows with the text)
+        (json.dumps({"type": "response.create", "response": {"input": [user_message("a " * 10_001)["item"]]}}),
+         "invalid_value", "input"),
     ],
 )
 def test_errors_leave_the_session_usable(raw: str, code: str, param: str | None) -> None:

@@ -714,3 +714,10 @@ def test_real_efbig_from_a_file_size_limit(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "WriteError ['1.wav']"
     assert (tmp_path / "out" / "c" / "1.wav").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("encoding", [["pcm_s16le"], {"pcm": 1}, None, 16, b"pcm_s16le"])
+def test_an_encoding_that_is_not_a_name_is_a_format_error(encoding):
+    """Not a TypeError from a set lookup: a server's output_format reaches AudioFormat."""
+    with pytest.raises(FormatError):
+        AudioFormat(encoding, 44100)

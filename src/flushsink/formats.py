@@ -40,7 +40,7 @@ class AudioFormat:
     sample_rate: int = 44100
 
     def __post_init__(self) -> None:
-        if self.encoding not in ENCODINGS:
+        if not isinstance(self.encoding, str) or self.encoding not in ENCODINGS:
             raise FormatError(
                 f"unknown encoding {self.encoding!r}; expected one of {', '.join(ENCODINGS)}"
             )

@@ -180,6 +180,13 @@ _VOICE_SETTINGS_CHANGED = _Problem(  # observed (message): pipecat-ai/pipecat#45
     "or not change.",
     "invalid_voice_settings",
 )
+#: The most text a stream buffers for one generation (characters): the renderer's audio
+#: grows with the text, so a client must not be able to make it take unbounded memory.
+MAX_BUFFERED_TEXT = 20_000
+_TEXT_TOO_LONG = _Problem(
+    f"more than {MAX_BUFFERED_TEXT} characters buffered without a flush",
+    "input_too_long",
+)
 _BAD_VOICE_SETTINGS = _Problem(
     f"voice_settings must be an object whose speed, if given, is a number from {_MIN_SPEED} to {_MAX_SPEED}.",
     "invalid_voice_settings",
@@ -372,6 +379,8 @@ class _Stream:
         if not first and "voice_settings" in message and message["voice_settings"] != self.voice_settings:
             return _VOICE_SETTINGS_CHANGED
         self.text += message.get("text") or ""
+        if len(self.text) > MAX_BUFFERED_TEXT:
+            return _TEXT_TOO_LONG
         if message.get("flush") is True:
             self.generate()
         return None
@@ -438,7 +447,7 @@ class _Connection:
         self.format = AudioFormat()  # replaced by the query's before any generation
         self.inactivity_timeout = DEFAULT_INACTIVITY_TIMEOUT
         self.streams: dict[str | None, _Stream] = {}  # open: by context id (None: stream-input)
-        self.tasks: set[asyncio.Task[None]] = set()  # every stream's, closed ones too
+        self.tasks: set[asyncio.Task[None]] = set()  # the streams' running ones
         self.authorized = emulator.api_key is None
         self.failed = False
         self.loop = asyncio.get_running_loop()
@@ -523,6 +532,7 @@ class _Connection:
             return _BAD_VOICE_SETTINGS
         stream = self.streams[context_id] = _Stream(self, context_id, message, speed)
         self.tasks.add(stream.task)
+        stream.task.add_done_callback(self.tasks.discard)  # (a long connection's ended ones)
         return stream.take(message, first=True)
 
     async def _on_single(self, message: dict[str, Any]) -> bool:

@@ -241,8 +241,10 @@ def _ga_output(session: dict[str, Any]) -> _Output:
     if not isinstance(output, dict):
         raise _invalid_value("session.audio.output", output, "Expected an object.")
     fmt = output.get("format") or {"type": "audio/pcm", "rate": 24000}
-    kind = fmt.get("type") if isinstance(fmt, dict) else fmt
-    if kind not in GA_FORMATS:
+    if not isinstance(fmt, dict):
+        raise _invalid_value("session.audio.output.format", fmt, "Expected an object.")
+    kind = fmt.get("type")
+    if not isinstance(kind, str) or kind not in GA_FORMATS:
         raise _invalid_value(
             "session.audio.output.format.type", kind, "Supported values are: " + ", ".join(map(repr, GA_FORMATS)) + "."
         )
@@ -258,7 +260,7 @@ def _ga_output(session: dict[str, Any]) -> _Output:
 
 def _beta_output(session: dict[str, Any]) -> _Output:
     name = session.get("output_audio_format", "pcm16")
-    if name not in BETA_FORMATS:
+    if not isinstance(name, str) or name not in BETA_FORMATS:
         raise _invalid_value(
             "session.output_audio_format", name, "Supported values are: " + ", ".join(map(repr, BETA_FORMATS)) + "."
         )
@@ -268,6 +270,11 @@ def _beta_output(session: dict[str, Any]) -> _Output:
         _voice_name(session.get("voice", DEFAULT_VOICE), "session.voice"),
         _speed(session.get("speed", 1.0), "session.speed"),
     )
+
+
+#: The longest user message a response speaks (characters): the emulator's own bound, so
+#: that a client cannot make the renderer take unbounded memory.
+MAX_REPLY_TEXT = 20_000
 
 
 def _last_user_text(items: list[Any]) -> str:
@@ -477,6 +484,9 @@ class _Session:
             raise _invalid_value("response", params, "Expected an object.")
         inputs = params.get("input")
         text = _last_user_text(inputs if isinstance(inputs, list) else self.conversation)
+        if len(text) > MAX_REPLY_TEXT:  # the renderer's memory grows with the text
+            raise _invalid_value("input", f"{len(text)} characters",
+                                 f"The emulator speaks at most {MAX_REPLY_TEXT} characters.")
         reply = self.emulator.reply
         response = _Response(
             text if reply is None else reply(text),

@@ -83,7 +83,10 @@ class Emulator(LocalServer):
             its context (404 ``voice_not_found`` from API version 2026-03-01, 400
             before). None (default): any id is a voice.
         context_expiry: seconds after its last audio at which an open context (one
-            that was not ended) expires, as Cartesia's do after 1 s; None: never.
+            that was not ended) expires, as Cartesia's do after 1 s; None: never. A
+            context that has had no audio yet (its text waits for a flush: the emulator
+            does not emulate time-based buffering) does not expire, and counts against
+            ``concurrency_limit`` until it ends or its socket closes.
             Input to an expired or ended context gets an error for it (after its
             ``done``, if that is still to come), not silence.
 
