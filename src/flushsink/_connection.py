@@ -13,6 +13,7 @@ import email.utils
 import math
 import os
 import random
+import socket
 import ssl
 import sys
 from dataclasses import dataclass
@@ -131,7 +132,8 @@ def handshake_error(url: str, exc: BaseException, open_timeout: Optional[float])
 class Retry:
     """How ``connect()`` retries an opening handshake that failed for a reason that may
     pass: HTTP 429 (:class:`ConnectionRateLimited`), 408 or 5xx, a refused or reset
-    connection, the open timeout. Never a bad key, a wrong URL or another 4xx.
+    connection, the open timeout. Never a bad key, a wrong URL (a host that does not
+    resolve, a 404), a TLS failure or another 4xx.
 
     ``attempts`` handshakes in all, the first included. Before retry ``k`` (from 0) the
     client waits a random time between 0 and ``min(max_backoff, backoff * 2**k)`` ("full
@@ -171,6 +173,9 @@ class Retry:
 def _transient(error: HandshakeError, cause: BaseException) -> bool:
     if error.status is not None:
         return error.status in (408, 429) or error.status >= 500
+    # a host that does not resolve, or TLS that fails (a certificate), will again
+    if isinstance(cause, (socket.gaierror, ssl.SSLError)):
+        return False
     return isinstance(cause, (OSError, asyncio.TimeoutError, TimeoutError))
 
 

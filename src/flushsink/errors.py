@@ -99,6 +99,9 @@ class ContextFailed(FlushsinkError):
         super().__init__(f"context {event.context_id!r} failed: {event.message}")
         self.event = event
 
+    def __reduce__(self) -> Any:  # pickled with its event (multiprocessing, futures)
+        return (type(self), (self.event,))
+
 
 class ConnectionLost(FlushsinkError, ConnectionError):
     """The connection closed while this context was still receiving. Its open segments
