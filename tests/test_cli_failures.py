@@ -222,8 +222,9 @@ def test_other_values_that_make_no_sense(tmp_path, monkeypatch, capsys, args, op
 # --- the server refuses, or is not what the URL says ---------------------------------------
 
 @contextlib.contextmanager
-def canned_server(answer):
-    """A TCP server on 127.0.0.1 that reads a request head and answers ``answer``."""
+def canned_server(answer, accepted=None):
+    """A TCP server on 127.0.0.1 that reads a request head and answers ``answer``; each
+    connection it accepts is appended to ``accepted`` when given."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.1)
     stop = threading.Event()
@@ -234,6 +235,8 @@ def canned_server(answer):
                 conn, _ = listener.accept()
             except (socket.timeout, OSError):
                 continue
+            if accepted is not None:
+                accepted.append(conn.getpeername())
             with conn:
                 conn.settimeout(WAIT)
                 request = b""
@@ -256,7 +259,9 @@ def canned_server(answer):
 
 
 def say_fails(url, cwd, *extra):
-    result = flushsink("say", "Hi.", "--url", url, *extra, cwd=cwd)
+    """say against ``url`` fails in one line (handshake retries off: their waits are
+    test_limits' and test_cli's business)."""
+    result = flushsink("say", "Hi.", "--url", url, "--retries", "0", *extra, cwd=cwd)
     assert result.returncode == 1, result
     assert result.stdout == ""  # nothing was written, so no table
     assert not os.path.exists(os.path.join(cwd, "out")) or not files_under(os.path.join(cwd, "out"))
@@ -286,6 +291,19 @@ def test_a_server_that_refuses_or_is_not_a_websocket_server(tmp_path, answer, ex
     with canned_server(answer) as url:
         line = say_fails(url, tmp_path)
     assert expected in line
+
+
+@pytest.mark.parametrize("retries, handshakes", [(None, 4), ("1", 2), ("0", 1)])
+def test_say_retries_a_refused_handshake(tmp_path, retries, handshakes):
+    """A 429 (Retry-After: 0): the first handshake and three retries by default, then the
+    one line; --retries N says how many."""
+    answer = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n"
+    accepted = []
+    with canned_server(answer, accepted) as url:
+        option = [] if retries is None else ["--retries", retries]
+        result = flushsink("say", "Hi.", "--url", url, *option, cwd=tmp_path)
+    assert result.returncode == 1 and len(accepted) == handshakes
+    assert "429" in one_line(result.stderr)
 
 
 def test_wss_to_a_plain_server(tmp_path, emulator):

@@ -347,9 +347,11 @@ async def _server(run: "_Run",
         yield emu.url, None
 
 
-#: say's handshake retries: a 429 (Retry-After up to 8 s), a 5xx or a network error is
-#: tried again up to three times before the run fails.
-_RETRY = Retry()
+def _retry(retries: int) -> Optional[Retry]:
+    """say's and demo's handshake retries (``--retries``, 3 by default): a 429 (its
+    Retry-After up to 8 s), a 5xx or a network error is tried again up to that many times
+    before the run fails."""
+    return Retry(attempts=retries + 1) if retries else None
 
 
 class _Run(NamedTuple):
@@ -366,6 +368,7 @@ class _Run(NamedTuple):
     timeout: float
     to_stdout: bool = False
     emulator: bool = False  # the embedded emulator, not url / Cartesia
+    retries: int = 3  # handshake retries (--retries)
 
 
 async def _receive_all(ctx: Context) -> None:
@@ -388,7 +391,7 @@ async def _synthesize(run: _Run, recorder: _Recorder) -> Optional[int]:
     with _StopOnSignals(on_stop=recorder.stop) as signals:
         try:
             async with _server(run) as (server_url, key):
-                async with connect(server_url, key, writer=recorder, retry=_RETRY,
+                async with connect(server_url, key, writer=recorder, retry=_retry(run.retries),
                                    receive_timeout=run.timeout) as tts:
                     await tts.connect()
                     recorder.connected = True
@@ -496,7 +499,8 @@ async def _synthesize_to_stdout(run: _Run, recorder: _Recorder, out: Any) -> Opt
                 # the segments' audio went out as chunks: the Sink keeps none of it
                 sink = Sink(DEFAULT_FORMAT, stream=True, keep_audio=False)
                 async with connect(server_url, key, sink=sink, writer=recorder,
-                                   retry=_RETRY, receive_timeout=run.timeout) as tts:
+                                   retry=_retry(run.retries),
+                                   receive_timeout=run.timeout) as tts:
                     await tts.connect()
                     recorder.connected = True
                     ctx = tts.context(model_id=run.model, voice=run.voice,
@@ -685,7 +689,7 @@ def _cmd_say(args: argparse.Namespace) -> int:
     return _speak(_Run(args.text, args.out or "out", args.container or "wav", args.encoding,
                        args.sample_rate, args.model, args.voice, args.language, args.url,
                        args.api_key, args.timeout, to_stdout=args.stdout,
-                       emulator=args.emulator))
+                       emulator=args.emulator, retries=args.retries))
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -702,7 +706,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _speak(_Run(["Stay hungry, ", "stay foolish."], args.out, "wav", "pcm_s16le", 44100,
                        "sonic-latest", DEMO_VOICE, "en", args.url, args.api_key, args.timeout,
                        # (a CARTESIA_API_KEY in the environment does not send it to Cartesia)
-                       emulator=args.url is None and args.api_key is None))
+                       emulator=args.url is None and args.api_key is None,
+                       retries=args.retries))
 
 
 # --- serve and bench -------------------------------------------------------------------
@@ -881,6 +886,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=_number(float, 0, SECONDS_MAX, above=True),
                        default=60.0, metavar="SECONDS",
                        help="longest wait for the server's next audio (default: %(default)s)")
+        p.add_argument("--retries", type=_number(int, 0, 10), default=3, metavar="N",
+                       help="retry a handshake refused with 429 (waiting its Retry-After, up "
+                            "to 8 s), 408 or 5xx, or lost to the network, up to N times, "
+                            "with backoff; 0: never (default: %(default)s)")
 
     say = commands.add_parser(
         "say", help="speak texts, one flush segment and file each",
