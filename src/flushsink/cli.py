@@ -383,26 +383,35 @@ async def _receive_all(ctx: Context) -> None:
             continue
 
 
+@contextlib.asynccontextmanager
+async def _spoken(run: _Run, recorder: _Recorder, **options: Any) -> AsyncIterator[Context]:
+    """Connect (the embedded emulator, --url or Cartesia), open one context, send the texts,
+    one flush segment each, and yield the context to read. ``options``: more of
+    ``connect``'s."""
+    output_format = {"container": "raw", "encoding": run.encoding,
+                     "sample_rate": run.sample_rate}
+    async with _server(run) as (server_url, key):
+        async with connect(server_url, key, writer=recorder, retry=_retry(run.retries),
+                           receive_timeout=run.timeout, **options) as tts:
+            await tts.connect()
+            recorder.connected = True
+            ctx = tts.context(model_id=run.model, voice=run.voice,
+                              output_format=output_format, language=run.language)
+            for i, text in enumerate(run.texts):
+                await ctx.push(text)
+                if i < len(run.texts) - 1:
+                    await ctx.flush()
+            await ctx.no_more_inputs()
+            yield ctx
+
+
 async def _synthesize(run: _Run, recorder: _Recorder) -> Optional[int]:
     """Speak the texts in one context, one flush segment each, into ``recorder``.
     Returns the signal that stopped the run, None when it ran to its end."""
-    output_format = {"container": "raw", "encoding": run.encoding,
-                     "sample_rate": run.sample_rate}
     with _StopOnSignals(on_stop=recorder.stop) as signals:
         try:
-            async with _server(run) as (server_url, key):
-                async with connect(server_url, key, writer=recorder, retry=_retry(run.retries),
-                                   receive_timeout=run.timeout) as tts:
-                    await tts.connect()
-                    recorder.connected = True
-                    ctx = tts.context(model_id=run.model, voice=run.voice,
-                                      output_format=output_format, language=run.language)
-                    for i, text in enumerate(run.texts):
-                        await ctx.push(text)
-                        if i < len(run.texts) - 1:
-                            await ctx.flush()
-                    await ctx.no_more_inputs()
-                    await _receive_all(ctx)
+            async with _spoken(run, recorder) as ctx:
+                await _receive_all(ctx)
         except asyncio.CancelledError:
             if not signals.stopped_us():
                 raise
@@ -488,51 +497,36 @@ class _StdoutWriter:
 async def _synthesize_to_stdout(run: _Run, recorder: _Recorder, out: Any) -> Optional[int]:
     """Speak the texts as ``_synthesize`` does, writing each chunk's audio to ``out`` (a
     binary stream) as it arrives. Returns the signal that stopped the run, if any."""
-    output_format = {"container": "raw", "encoding": run.encoding,
-                     "sample_rate": run.sample_rate}
     console = recorder.console
     bytes_per_second = run.sample_rate * _sample_bytes(run.encoding)
     with _StopOnSignals(on_stop=recorder.stop) as signals:
         writer = _StdoutWriter(out)
         try:
-            async with _server(run) as (server_url, key):
-                # the segments' audio went out as chunks: the Sink keeps none of it
-                sink = Sink(DEFAULT_FORMAT, stream=True, keep_audio=False)
-                async with connect(server_url, key, sink=sink, writer=recorder,
-                                   retry=_retry(run.retries),
-                                   receive_timeout=run.timeout) as tts:
-                    await tts.connect()
-                    recorder.connected = True
-                    ctx = tts.context(model_id=run.model, voice=run.voice,
-                                      output_format=output_format, language=run.language)
-                    for i, text in enumerate(run.texts):
-                        await ctx.push(text)
-                        if i < len(run.texts) - 1:
-                            await ctx.flush()
-                    await ctx.no_more_inputs()
+            # the segments' audio goes out as chunks: the Sink keeps none of it
+            sink = Sink(DEFAULT_FORMAT, stream=True, keep_audio=False)
+            async with _spoken(run, recorder, sink=sink) as ctx:
+                def show() -> None:
+                    audio = writer.bytes_written / bytes_per_second
+                    took = time.perf_counter() - recorder.started
+                    console.progress(f"  {audio:.1f} s of audio to standard output, "
+                                     f"{audio / took:.1f}x real time, {took:.1f} s")
 
-                    def show() -> None:
-                        audio = writer.bytes_written / bytes_per_second
-                        took = time.perf_counter() - recorder.started
-                        console.progress(f"  {audio:.1f} s of audio to standard output, "
-                                         f"{audio / took:.1f}x real time, {took:.1f} s")
-
-                    shown = 0.0
-                    try:
-                        async for chunk in ctx.audio():
-                            await writer.write(chunk.data, run.timeout)
-                            if time.perf_counter() - shown >= 0.1:
-                                shown = time.perf_counter()
-                                show()
-                        await writer.drain(run.timeout)
-                    except _ReaderGone:
-                        recorder.stop_reason = "standard output closed by its reader"
-                        raise
-                    except _Failure:
-                        recorder.stop_reason = "standard output failed"
-                        raise
-                    show()
-                    recorder.first_audio_s = ctx.first_audio_s
+                shown = 0.0
+                try:
+                    async for chunk in ctx.audio():
+                        await writer.write(chunk.data, run.timeout)
+                        if time.perf_counter() - shown >= 0.1:
+                            shown = time.perf_counter()
+                            show()
+                    await writer.drain(run.timeout)
+                except _ReaderGone:
+                    recorder.stop_reason = "standard output closed by its reader"
+                    raise
+                except _Failure:
+                    recorder.stop_reason = "standard output failed"
+                    raise
+                show()
+                recorder.first_audio_s = ctx.first_audio_s
         except asyncio.CancelledError:
             if not signals.stopped_us():
                 raise
