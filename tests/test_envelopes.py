@@ -72,14 +72,19 @@ def test_the_built_ins_are_valid_and_named():
     assert all(BUILT_IN[name].name == name for name in BUILT_IN)
     assert OPENAI_REALTIME.kind_of("response.audio.delta") == "audio"  # beta
     assert OPENAI_REALTIME.kind_of("response.output_audio.done") == "segment_end"
-    assert CARTESIA.kind_of("phoneme_timestamps") == "timestamps"
+    assert CARTESIA.kind_of("phoneme_timestamps") == "phoneme_timestamps"
     assert CARTESIA.kind_of("something new") is None
 
 
 @pytest.mark.parametrize("change, word", [
     ({"audio_key": ""}, "audio_key"),
     ({"audio_key": "a..b"}, "audio_key"),
-    ({"audio_key": "a.b.c.d"}, "audio_key"),
+    ({"audio_key": ".".join("a" * 17)}, "audio_key"),
+    ({"audio_key": "x" * 65}, "audio_key"),
+    ({"audio_key": "d\u00e4ta"}, "audio_key"),
+    ({"context_key": "data.id"}, "overlap"),
+    ({"segment_key": "type"}, "overlap"),
+    ({"final_key": "isFinal"}, "final_key"),
     ({"context_key": 5}, "context_key"),
     ({"segment_end_types": ("chunk",)}, "both"),
     ({"audio_types": ()}, "audio_types"),
