@@ -150,7 +150,7 @@ def test_openai_realtime_frames(beta):
     assert list(audio.values()) == [render("First answer.", "alloy", fmt),
                                     render("Second answer.", "alloy", fmt)]
     assert len({context for context, _ in audio}) == 2  # a response each
-    assert all(str(segment).startswith("item") for _, segment in audio)  # its item's id
+    assert all(segment == 0 for _, segment in audio)  # the item's: one audio part each
 
 
 def test_elevenlabs_multi_stream_frames():
