@@ -135,3 +135,53 @@ def load_payload(frame: Any) -> Any:
     text comes out as a ``decimal.Decimal``: json.loads would raise a bare ValueError on
     a frame the scanner found valid, and a server must not be able to raise that."""
     return json.loads(frame, parse_int=_payload_int)
+
+
+# ---- envelopes (flushsink.envelopes): what both intakes read from an Envelope ----------
+
+#: The members an intake records, in the order the field types are checked; the compiled
+#: core's slots (ext/frame.h FS_KEY_LIST) are in the same order. Cartesia's names are
+#: the slots' names.
+SLOTS = ("type", "context_id", "flush_id", "data", "word_timestamps",
+         "phoneme_timestamps", "final", "error")
+
+
+class Layout(NamedTuple):
+    """An envelope as an intake reads it: for each slot of SLOTS, the path of names that
+    leads to it (None when the envelope has no such field) and its dotted name (what a
+    field_type error says); the frame types by value, as Envelope.kind_of names them;
+    whether frames have no type (then the fields classify them) and whether audio is hex.
+    """
+
+    paths: tuple[Any, ...]
+    names: tuple[Any, ...]
+    types: dict[str, str]
+    typeless: bool
+    hex: bool
+
+
+def envelope_layout(envelope: Any) -> Layout:
+    """The Layout of an Envelope. An envelope without a type reads the first of its
+    error message paths to tell an error frame."""
+    error = envelope.error_message_keys[0] \
+        if envelope.type_key is None and envelope.error_message_keys else None
+    names = (envelope.type_key, envelope.context_key, envelope.segment_key,
+             envelope.audio_key,
+             "word_timestamps" if envelope.timestamp_types else None,
+             "phoneme_timestamps" if envelope.phoneme_timestamp_types else None,
+             envelope.final_key, error)
+    return Layout(tuple(tuple(name.split(".")) if name else None for name in names),
+                  names, envelope.type_kinds(), envelope.type_key is None,
+                  envelope.audio_encoding == "hex")
+
+
+def at_path(obj: Any, path: Any) -> Any:
+    """The value at a dotted path (str) of a parsed frame, None when a step is missing
+    or not an object."""
+    if path is None:
+        return None
+    for name in path.split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(name)
+    return obj

@@ -23,13 +23,17 @@ import numpy as np
 
 from ._common import (
     MAX_FLUSH_ID,
+    SLOTS,
+    Layout,
     SinkStats,
+    envelope_layout,
     flush_id_value,
     frame_type_error,
     load_payload,
     str_frame_error,
 )
-from ._store import REENTRANT, TYPE_CODES, TYPE_NONE, TYPE_UNKNOWN, AudioChunk, Store, _Segment
+from ._store import (KIND_CODES, REENTRANT, TYPE_CHUNK, TYPE_CODES, TYPE_DONE, TYPE_ERROR,
+                     TYPE_NONE, TYPE_UNKNOWN, AudioChunk, Store, _Segment)
 from .errors import FrameError
 from .segments import Event
 
@@ -104,6 +108,32 @@ def b64decode(data: ReadableBuffer) -> bytes:
         raise FrameError(exc.code, exc.offset) from None
 
 
+# --- hex (an envelope's audio_encoding="hex") ------------------------------------------
+
+_HEX_TEXT = b"0123456789abcdefABCDEF"
+_HEX_SET = frozenset(_HEX_TEXT)
+
+
+def _hex_decode(raw: Any) -> bytes:
+    """Decode hex strictly (raw: bytes, or the str of an escaped string); raises
+    _Reject: "hex_char" at the first character that is not a hex digit, else
+    "hex_length" at the end when the length is odd (ext/b64.c hex_decode)."""
+    text = raw.encode("latin-1") if isinstance(raw, str) and raw.isascii() else raw
+    if isinstance(text, bytes) and not text.translate(None, _HEX_TEXT) and not len(text) % 2:
+        return bytes.fromhex(text.decode("ascii"))
+    for i, c in enumerate(raw):
+        if (ord(c) if isinstance(c, str) else c) not in _HEX_SET:
+            raise _Reject("hex_char", i)
+    raise _Reject("hex_length", len(raw))
+
+
+def _hex_fast(text: str) -> Optional[bytes]:
+    try:
+        return _hex_decode(text)
+    except _Reject:
+        return None
+
+
 # --- JSON scanning ---------------------------------------------------------------------
 
 
@@ -138,6 +168,28 @@ class _Value:
         self.clean = clean  # a string of base64 text only
 
 
+# An envelope's paths as the exact scanner walks them: the names (bytes) of an object's
+# members on the paths, each mapped to (slot, None, path) for a field or (None, the
+# members below, path) for an object the paths go through.
+_Trie = dict[bytes, tuple[Optional[str], Any, str]]
+
+
+def _trie(layout: Layout) -> _Trie:
+    root: _Trie = {}
+    for slot, path in zip(SLOTS, layout.paths):
+        if path is None:
+            continue
+        node = root
+        for depth, name in enumerate(path):
+            key = name.encode("ascii")
+            prefix = ".".join(path[:depth + 1])
+            if depth == len(path) - 1:
+                node[key] = (slot, None, prefix)
+            else:
+                node = node.setdefault(key, (None, {}, prefix))[1]
+    return root
+
+
 class _Scanner:
     """Validates one frame and records the known top-level fields.
 
@@ -147,11 +199,15 @@ class _Scanner:
     the one a single left-to-right pass meets first, as in ext/frame.c.
     """
 
-    def __init__(self, buf: bytes) -> None:
+    def __init__(self, buf: bytes, trie: Optional[_Trie] = None) -> None:
         self.buf = buf
         self.n = len(buf)
         self.fields: dict[str, _Value] = {}
         self.object_offset = 0
+        # an envelope's paths (None: Cartesia's top-level keys), and the values of the
+        # objects on them by dotted path
+        self.trie = trie
+        self.inner: dict[str, _Value] = {}
 
     def scan(self) -> None:
         try:
@@ -174,7 +230,10 @@ class _Scanner:
         if i >= n or buf[i] != 0x7B:
             raise _Reject("not_object", i)
         self.object_offset = i
-        i = self._object(i, 1, top=True)
+        if self.trie is None:
+            i = self._object(i, 1, top=True)
+        else:
+            i = self._object(i, 1, node=self.trie)
         i = _WS.match(buf, i).end()
         if i < n:
             raise _Reject("trailing", i)
@@ -303,7 +362,8 @@ class _Scanner:
                 raise _Reject("syntax", i)
             i = self._ws(i + 1)
 
-    def _object(self, i: int, depth: int, top: bool = False) -> int:
+    def _object(self, i: int, depth: int, top: bool = False,
+                node: Optional[_Trie] = None) -> int:
         buf = self.buf
         i = self._ws(i + 1)
         if buf[i] == 0x7D:
@@ -318,12 +378,18 @@ class _Scanner:
                 raise _Reject("syntax", i)
             i = self._ws(i + 1)
             key = self._known_key(key_offset, end, escaped) if top else None
-            if key is None:
-                i = self._value(i, depth)
+            step = self._step(node, key_offset, end, escaped) if node is not None else None
+            if step is not None and step[1] is not None:
+                i = self._inner(step[1], step[2], i, depth, key_offset)
             else:
-                if key in self.fields:
-                    raise _Reject("duplicate", key_offset)
-                i = self._field(key, i, depth)
+                if step is not None:
+                    key = step[0]
+                if key is None:
+                    i = self._value(i, depth)
+                else:
+                    if key in self.fields:
+                        raise _Reject("duplicate", key_offset)
+                    i = self._field(key, i, depth)
             i = self._ws(i)
             if buf[i] == 0x7D:
                 return i + 1
@@ -340,6 +406,29 @@ class _Scanner:
         except ValueError:  # bad UTF-8 in the key: scan() reports it at its offset
             return None
         return name if name in KNOWN_KEYS else None
+
+    def _inner(self, children: _Trie, path: str, i: int, depth: int, key_offset: int) -> int:
+        """An object on the way to an envelope's field (or what stands in its place)."""
+        if path in self.inner:
+            raise _Reject("duplicate", key_offset)
+        c = self.buf[i]
+        self.inner[path] = _Value("object" if c == 0x7B else "null" if c == 0x6E else "other", i)
+        if c != 0x7B:
+            return self._value(i, depth)
+        if depth + 1 > MAX_DEPTH:
+            raise _Reject("depth", i)
+        return self._object(i, depth + 1, node=children)
+
+    def _step(self, node: _Trie, quote: int, end: int, escaped: bool) -> Any:
+        """The envelope path's step a key of an object on the paths is: (slot, None,
+        path) for a field, (None, children, path) for an object on the way; else None."""
+        raw = self.buf[quote + 1:end]
+        if escaped:
+            try:
+                raw = json.loads(self.buf[quote:end + 1]).encode("utf-8", "surrogatepass")
+            except ValueError:  # bad UTF-8 in the key: scan() reports it at its offset
+                return None
+        return node.get(raw)
 
     def _field(self, key: str, i: int, depth: int) -> int:
         c = self.buf[i]
@@ -404,6 +493,81 @@ def _exact_frame(buf: bytes) -> _FrameFields:
     cid = (_string_value(buf, cid_value)
            if cid_value is not None and cid_value.kind == "string" else None)
     return ftype, cid, label, data
+
+
+# An envelope's intake returns (type code, context_id, label, data, final): the store's
+# frame type (an envelope names types by kind, the store numbers them), and whether the
+# frame also ends its context (an envelope without types: audio with its final flag set).
+
+_EnvFields = tuple[int, Optional[str], Optional[int], Any, bool]
+
+
+class _Reader(NamedTuple):
+    """What the twin reads an envelope by (made once per Sink)."""
+
+    layout: Layout
+    trie: _Trie    # names as bytes, for the exact scanner
+    strie: Any     # the same with names as str, for the fast intake
+    codes: dict[str, int]  # type value -> the store's frame type
+
+    @classmethod
+    def of(cls, envelope: Any) -> "_Reader":
+        layout = envelope_layout(envelope)
+        trie = _trie(layout)
+        return cls(layout, trie, _str_trie(trie),
+                   {value: KIND_CODES[kind] for value, kind in layout.types.items()})
+
+
+def _str_trie(trie: _Trie) -> Any:
+    return {name.decode("ascii"): (slot, None if children is None else _str_trie(children),
+                                   path)
+            for name, (slot, children, path) in trie.items()}
+
+
+def _exact_env_frame(buf: bytes, reader: _Reader) -> _EnvFields:
+    """_exact_frame for an envelope: the frame's JSON, then each slot's path and type in
+    SLOTS order (the objects on its path first, outermost first: each must be an object
+    or null), then its kind."""
+    scanner = _Scanner(buf, reader.trie)
+    scanner.scan()
+    fields, inner, layout = scanner.fields, scanner.inner, reader.layout
+    for slot, path, name in zip(SLOTS, layout.paths, layout.names):
+        if path is None:
+            continue
+        for depth in range(1, len(path)):
+            value = inner.get(".".join(path[:depth]))
+            if value is not None and value.kind not in ("object", "null"):
+                raise _Reject("field_type", value.offset, ".".join(path[:depth]))
+        value = fields.get(slot)
+        if value is None or value.kind == "null":
+            continue
+        if slot in ("type", "context_id", "data") and value.kind != "string":
+            raise _Reject("field_type", value.offset, name)
+        if slot == "flush_id" and (value.kind != "number"
+                                   or flush_id_value(buf[value.start:value.end]) is None):
+            raise _Reject("field_type", value.offset, name)
+        if slot == "final" and buf[value.offset] not in b"tf":
+            raise _Reject("field_type", value.offset, name)
+    value = fields.get("flush_id")
+    label = flush_id_value(buf[value.start:value.end]) \
+        if value is not None and value.kind == "number" else None
+    value = fields.get("context_id")
+    cid = _string_value(buf, value) if value is not None and value.kind == "string" else None
+    data = fields.get("data")
+    if data is not None and data.kind != "string":
+        data = None
+    value = fields.get("final")
+    final = value is not None and buf[value.offset] == 0x74  # true
+    value = fields.get("type")
+    if layout.typeless:
+        error = fields.get("error")
+        code = TYPE_CHUNK if data is not None else TYPE_DONE if final else \
+            TYPE_ERROR if error is not None and error.kind == "string" else TYPE_NONE
+    elif value is None or value.kind == "null":
+        code = TYPE_NONE
+    else:
+        code = reader.codes.get(_string_value(buf, value), TYPE_UNKNOWN)
+    return code, cid, label, data, final
 
 
 def _string_value(buf: bytes, value: _Value) -> str:
@@ -588,6 +752,90 @@ def _fast_frame(buf: bytes, envelopes: _Envelopes) -> Optional[_FrameFields]:
     return ftype, cid, label, audio
 
 
+# The fast intake of an envelope's frames: json parses the whole frame (the audio's
+# string too: envelopes put it anywhere, so it is not cut out), with every member kept
+# (object_pairs_hook=tuple) so that a key on the envelope's paths seen twice in one
+# object sends the frame to the exact path, and floats parsed as floats (a float where
+# the final flag should be is not a bool). The other guards are _fast_frame's.
+_scan_members = json.JSONDecoder(parse_constant=_no_constant,
+                                 object_pairs_hook=tuple).scan_once  # type: ignore[attr-defined]
+
+
+def _members(pairs: Any, node: Any, fields: dict[str, Any], inner: dict[str, Any]) -> bool:
+    """Collect the envelope's fields from an object's pairs; False when a key on the
+    paths repeats (the exact path then reports it)."""
+    seen = set()
+    for key, value in pairs:
+        step = node.get(key)
+        if step is None:
+            continue
+        if key in seen:
+            return False
+        seen.add(key)
+        slot, children, path = step
+        if children is None:
+            fields[slot] = value
+        else:
+            inner[path] = value
+            if type(value) is tuple and not _members(value, children, fields, inner):
+                return False
+    return True
+
+
+def _fast_env_frame(buf: bytes, reader: _Reader) -> Optional[_EnvFields]:
+    """The fields of an envelope's frame the exact path would accept, the audio of a
+    chunk decoded; None when the frame must take the exact path."""
+    try:
+        text = buf.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    start = 0 if text[:1] == "{" else len(text) - len(text.lstrip(_JSON_WS))
+    if text[start:start + 1] != "{":
+        return None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        return None
+    if text.count("{") + text.count("[") > MAX_DEPTH:
+        return None
+    try:
+        pairs, end = _scan_members(text, start)
+    except Exception:  # JSONDecodeError, NaN, the int digits limit, RecursionError, ...
+        return None
+    if end != len(text) and text[end:].strip(_JSON_WS):
+        return None
+    fields: dict[str, Any] = {}
+    inner: dict[str, Any] = {}
+    if not _members(pairs, reader.strie, fields, inner):
+        return None
+    if any(type(value) is not tuple and value is not None for value in inner.values()):
+        return None
+    ftype, cid, label, data = (fields.get("type"), fields.get("context_id"),
+                               fields.get("flush_id"), fields.get("data"))
+    final = fields.get("final")
+    if ((type(ftype) is not str and ftype is not None)
+            or (type(cid) is not str and cid is not None)
+            or (type(data) is not str and data is not None)
+            or (type(final) is not bool and final is not None)):
+        return None
+    if label is not None and (type(label) is not int or label > MAX_FLUSH_ID or (
+            label <= 0 and (label < 0 or _negative_zero(text)))):
+        return None
+    if reader.layout.typeless:
+        error = fields.get("error")
+        code = TYPE_CHUNK if data is not None else TYPE_DONE if final else \
+            TYPE_ERROR if type(error) is str else TYPE_NONE
+    else:
+        code = TYPE_NONE if ftype is None else reader.codes.get(ftype, TYPE_UNKNOWN)
+    audio = None
+    if code == TYPE_CHUNK:
+        if data is None:
+            audio = b""
+        else:
+            audio = _hex_fast(data) if reader.layout.hex else _b64_fast(data)
+            if audio is None:
+                return None
+    return code, cid, label, audio, final is True
+
+
 # Envelope templates. Within a context the server repeats its envelope but for a number
 # or two (step_time changes with every chunk), so most of a small chunk's cost, the
 # envelope's parse and checks, can be kept from the chunk before. A template is an
@@ -740,7 +988,8 @@ class _PySegment(_Segment):
 
 
 class Sink(Store):
-    """Turns Cartesia TTS websocket frames into finished audio segments.
+    """Turns TTS websocket frames into finished audio segments: Cartesia's, or any
+    provider's that an Envelope describes (``envelope=``, flushsink.envelopes).
 
     Pure-Python twin of ``flushsink._speedups.Sink``; see docs/sink.md. The rules are its
     base class's, flushsink._store.Store; this is its intake and its audio storage.
@@ -758,6 +1007,9 @@ class Sink(Store):
         self._value: Optional[_Value] = None
         self._text: Any = b""
         self._piece = b""  # stream mode: the whole samples the chunk being stored completed
+        # the envelope's reader (None: Cartesia's frames, read by the intake above)
+        self._reader = None if self._envelope is None else _Reader.of(self._envelope)
+        self._hex = self._reader is not None and self._reader.layout.hex
 
     # ---- intake -------------------------------------------------------------------
 
@@ -801,6 +1053,8 @@ class Sink(Store):
         self._owner = _get_ident()
         try:
             self._fed += 1
+            if self._reader is not None:
+                return self._feed_envelope(buf, self._reader)
             try:
                 fields = _fast_frame(buf, self._envelopes) if self._fast_path else None
             except Exception:  # unforeseen by the fast intake: the exact path judges it
@@ -813,41 +1067,69 @@ class Sink(Store):
                 self._buf = buf
                 code = TYPE_NONE if ftype is None else TYPE_CODES.get(ftype, TYPE_UNKNOWN)
                 return self._other(ctx, cid, code, label is not None, label or 0)
-            if ctx is not None and type(data) is bytes and not self._stream:
-                # The steady state, a decoded chunk for an open segment that the caps let
-                # grow: what Store._chunk does for it, in a few steps (an open label is
-                # never in ctx.finished; an unlabelled segment found by its label is
-                # adopted, so it takes the long way), then Store._stored's commit.
-                seg = ctx.open.get(label) if label is not None else ctx.current
-                size = len(data)
-                if (seg is not None and (label is None or not seg.unlabelled)
-                        and seg.length + size <= self._max_segment_bytes
-                        and self._open_bytes + size <= self._max_total_bytes):
-                    seg.data += data
-                    self._stored(ctx, seg, size)
-                    return ()
-            self._buf = buf
-            if type(data) is bytes:
-                self._audio, self._value, self._text = data, None, b""
-            else:
-                self._audio, self._value, self._text = None, data, b""
-                if data is not None and data.kind == "string":
-                    if data.escaped:
-                        self._text = json.loads(buf[data.start - 1:data.end + 1])
-                    else:
-                        self._text = buf[data.start:data.end]
-            return self._chunk(ctx, cid, label is not None, label or 0)
+            return self._take_chunk(buf, ctx, cid, label, data)
         except _Reject as exc:
             raise FrameError(exc.code, exc.offset, exc.detail) from None
         finally:
             self._owner = 0
             lock.release()
 
+    def _feed_envelope(self, buf: bytes, reader: _Reader) -> tuple[Event | AudioChunk, ...]:
+        try:
+            fields = _fast_env_frame(buf, reader) if self._fast_path else None
+        except Exception:  # unforeseen by the fast intake: the exact path judges it
+            fields = None
+        if fields is None:
+            fields = _exact_env_frame(buf, reader)
+        code, cid, label, data, final = fields
+        ctx = self._contexts.get(cid)
+        if code != TYPE_CHUNK:
+            self._buf = buf
+            return self._other(ctx, cid, code, label is not None, label or 0)
+        events = self._take_chunk(buf, ctx, cid, label, data)
+        if final and self._contexts.get(cid) is not None:
+            # audio that also ends its context (an envelope without types): the end
+            # follows the chunk, and the frame counts once
+            self._frames -= 1
+            self._buf = buf
+            events += self._other(self._contexts.get(cid), cid, TYPE_DONE, False, 0)
+        return events
+
+    def _take_chunk(self, buf: bytes, ctx: Any, cid: Optional[str], label: Optional[int],
+                    data: Any) -> tuple[Event | AudioChunk, ...]:
+        """A chunk frame: its decoded audio (bytes) or its data member (a _Value)."""
+        if ctx is not None and type(data) is bytes and not self._stream:
+            # The steady state, a decoded chunk for an open segment that the caps let
+            # grow: what Store._chunk does for it, in a few steps (an open label is
+            # never in ctx.finished; an unlabelled segment found by its label is
+            # adopted, so it takes the long way), then Store._stored's commit.
+            seg = ctx.open.get(label) if label is not None else ctx.current
+            size = len(data)
+            if (seg is not None and (label is None or not seg.unlabelled)
+                    and seg.length + size <= self._max_segment_bytes
+                    and self._open_bytes + size <= self._max_total_bytes):
+                seg.data += data
+                self._stored(ctx, seg, size)
+                return ()
+        self._buf = buf
+        if type(data) is bytes:
+            self._audio, self._value, self._text = data, None, b""
+        else:
+            self._audio, self._value, self._text = None, data, b""
+            if data is not None and data.kind == "string":
+                if data.escaped:
+                    self._text = json.loads(buf[data.start - 1:data.end + 1])
+                else:
+                    self._text = buf[data.start:data.end]
+        return self._chunk(ctx, cid, label is not None, label or 0)
+
     # ---- the store's hooks ----------------------------------------------------------
 
     def _data_size(self) -> int:
         if self._audio is not None:
             return len(self._audio)
+        if self._hex:
+            return len(self._text) // 2
         return _b64_size(self._text)
 
     def _check_data(self) -> bool:
@@ -861,6 +1143,8 @@ class Sink(Store):
                 if isinstance(text, str):
                     assert value is not None  # text is a str only when data had escapes
                     decoded = self._decode_escaped(self._buf, value, text)
+                elif self._hex:
+                    decoded = _hex_decode(text)
                 else:
                     decoded = _b64_decode(text, value is not None and value.clean)
             except _Reject as exc:
@@ -904,14 +1188,18 @@ class Sink(Store):
 
     def _field_offset(self, name: str) -> int:
         # from a scan of a frame known to be valid JSON (the rare case)
-        scanner = _Scanner(self._buf)
+        scanner = _Scanner(self._buf, None if self._reader is None else self._reader.trie)
         scanner.scan()
         value = scanner.fields.get(name)
         return value.offset if value is not None else scanner.object_offset
 
-    @staticmethod
-    def _decode_escaped(buf: bytes, data: _Value, text: str) -> bytes:
+    def _decode_escaped(self, buf: bytes, data: _Value, text: str) -> bytes:
         """Decode an escaped data string; error offsets point into the frame."""
+        if self._hex:
+            try:
+                return _hex_decode(text)
+            except _Reject as exc:
+                raise _Reject(exc.code, _char_offsets(buf, data.start, data.end)[exc.offset])
         codes = [ord(ch) for ch in text]
         pads = len(text) - len(text.rstrip("="))
         if (len(text) % 4 or pads > 2 or not text.isascii()

@@ -30,13 +30,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ._common import (SinkStats, cap_reason, check_sink_args, lost_error,
+from ._common import (SinkStats, at_path, cap_reason, check_sink_args, lost_error,
                       open_segments_cap_error, prealloc_bytes, segment_cap_error,
                       timestamps_cap_error, total_cap_error)
+from .envelopes import CARTESIA, Envelope
 from .errors import FRAME_ERROR_REASONS, FrameError
 from .formats import DEFAULT_FORMAT, AudioFormat
-from .segments import (ContextDone, Segment, SegmentReady, Timestamps, Unknown, error_event,
-                       parse_timed_text, shift)
+from .segments import (ContextDone, Segment, SegmentReady, Timestamps, Unknown,
+                       envelope_error_event, error_event, parse_timed_text, shift)
 
 # Frame types, as the store's rules know them. An intake gives the type by name (the
 # twin), or maps its own codes by name (the compiled core maps ext/frame.h's fs_type
@@ -52,6 +53,11 @@ TYPE_UNKNOWN = 7
 
 #: the known types by name, for an intake that reads the type as text
 TYPE_CODES = {"chunk": TYPE_CHUNK, "flush_done": TYPE_FLUSH_DONE, "done": TYPE_DONE,
+              "error": TYPE_ERROR, "timestamps": TYPE_TIMESTAMPS,
+              "phoneme_timestamps": TYPE_PHONEME_TIMESTAMPS}
+
+#: the frame types by the kind an Envelope gives them (Envelope.kind_of)
+KIND_CODES = {"audio": TYPE_CHUNK, "segment_end": TYPE_FLUSH_DONE, "context_end": TYPE_DONE,
               "error": TYPE_ERROR, "timestamps": TYPE_TIMESTAMPS,
               "phoneme_timestamps": TYPE_PHONEME_TIMESTAMPS}
 
@@ -190,10 +196,17 @@ class Store:
                  max_total_bytes: int = 1024 * 2**20, max_ended_contexts: int = 10_000,
                  max_open_segments: int = 100_000, max_timestamps: int = 1_000_000,
                  max_finished_labels: int = 10_000, drop_unannounced: bool = False,
-                 stream: bool = False, keep_audio: bool = True) -> None:
+                 stream: bool = False, keep_audio: bool = True,
+                 envelope: Optional[Envelope] = None) -> None:
         check_sink_args(format, prealloc_seconds, max_segment_bytes, max_total_bytes,
                         max_ended_contexts, max_open_segments, max_timestamps,
                         max_finished_labels)
+        if envelope is not None and not isinstance(envelope, Envelope):
+            raise TypeError(f"envelope must be a flushsink.envelopes.Envelope, not "
+                            f"{type(envelope).__name__}")
+        # None: Cartesia's frames, read by the cores' own intake for them (an envelope
+        # equal to CARTESIA is the same thing); else the envelope the intake reads by
+        self._envelope = None if envelope is None or envelope == CARTESIA else envelope
         if not keep_audio and not stream:
             raise ValueError("keep_audio=False needs stream=True: the audio would be lost")
         self._stream = bool(stream)
@@ -258,6 +271,12 @@ class Store:
     @property
     def stream(self) -> bool:
         return self._stream
+
+    @property
+    def envelope(self) -> Envelope:
+        """Where the sink reads things in a frame (flushsink.envelopes; CARTESIA by
+        default)."""
+        return CARTESIA if self._envelope is None else self._envelope  # type: ignore[no-any-return]
 
     @property
     def keep_audio(self) -> bool:
@@ -653,14 +672,14 @@ class Store:
                 raise FrameError("field_type", self._field_offset(name), name) from None
         if ftype == TYPE_ERROR and cid is None:
             self._frames += 1
-            return (error_event(None, False, message),)
+            return (self._error_event(None, False, message),)
         if ctx is None and self._unwelcome(cid):
             return self._drop()
         if ftype == TYPE_NONE or ftype == TYPE_UNKNOWN:
             self._frames += 1
-            return (Unknown(cid, message.get("type"), message),)
+            return (Unknown(cid, self._type_of(message), message),)
         if ftype == TYPE_DONE or ftype == TYPE_ERROR:
-            event: Any = error_event(cid, True, message) if ftype == TYPE_ERROR \
+            event: Any = self._error_event(cid, True, message) if ftype == TYPE_ERROR \
                 else ContextDone(cid)
             events = self._finish_all(ctx, ftype == TYPE_DONE,
                                       None if ftype == TYPE_DONE else event.message)
@@ -717,6 +736,17 @@ class Store:
         ctx.frames += 1
         return (Timestamps(cid, seg.label, "words" if ftype == TYPE_TIMESTAMPS else "phonemes",
                            items, seg.start),)
+
+    def _type_of(self, message: Any) -> Any:
+        """The type an Unknown event shows: the value at the envelope's type path."""
+        if self._envelope is None:
+            return message.get("type")
+        return at_path(message, self._envelope.type_key)
+
+    def _error_event(self, cid: Any, has_context: bool, message: Any) -> Any:
+        if self._envelope is None:
+            return error_event(cid, has_context, message)
+        return envelope_error_event(self._envelope, cid, has_context, message)
 
     # ---- finishing and ending -----------------------------------------------------------
 

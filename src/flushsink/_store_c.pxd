@@ -61,6 +61,7 @@ cdef class Store:
     cdef size_t _max_open_segments, _max_timestamps, _max_finished_labels
     cdef bint _drop_unannounced
     cdef bint _stream, _keep_audio
+    cdef object _envelope         # None: Cartesia's frames (the cores' own intake)
     cdef dict _contexts, _ended, _formats
     cdef _Format _default
     cdef size_t _open_bytes, _open_timestamps
@@ -124,4 +125,6 @@ cdef class Store:
     @cython.locals(cap=size_t)
     cdef void _remember_finished(self, _Context ctx, int64_t label)
     cdef list _finish_all(self, _Context ctx, bint complete, object error)
+    cdef object _type_of(self, object message)
+    cdef object _error_event(self, object cid, bint has_context, object message)
     cdef void _end(self, object cid)

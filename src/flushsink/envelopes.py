@@ -149,6 +149,11 @@ class Envelope:
         return (self.type_key, self.context_key, self.segment_key, self.audio_key,
                 self.final_key, *timestamps, self.error_code_key, *self.error_message_keys)
 
+    def type_kinds(self) -> dict[str, str]:
+        """Every type value the envelope knows, with its kind."""
+        return {value: kind for kind, field in _KIND_FIELDS.items()
+                for value in getattr(self, field)}
+
     def kind_of(self, type_value: object) -> Optional[str]:
         """What a frame of this type is (one of :data:`KINDS`), or None: a type the
         envelope does not know."""

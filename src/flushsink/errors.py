@@ -50,6 +50,8 @@ FRAME_ERROR_REASONS = {
     "base64_char": "invalid base64 character",
     "base64_padding": "invalid base64 padding",
     "base64_length": "invalid base64 length",
+    "hex_char": "invalid hex character",
+    "hex_length": "invalid hex length (odd)",
 }
 
 

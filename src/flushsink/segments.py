@@ -7,6 +7,7 @@ from typing import Any, NamedTuple, Optional, cast
 
 import numpy as np
 
+from ._common import at_path
 from .formats import AudioFormat, decode_g711
 
 
@@ -203,6 +204,23 @@ def error_event(context_id: Optional[str], has_context: bool, obj: dict[str, Any
     if has_context:
         return ContextError(context_id, message, status, code, title, obj)
     return ServerError(message, status, code, title, obj)
+
+
+def envelope_error_event(envelope: Any, context_id: Optional[str], has_context: bool,
+                         obj: dict[str, Any]) -> Any:
+    """error_event for a frame read by an envelope other than Cartesia's: the message is
+    the first non-empty string at its error_message_keys, the code the value at its
+    error_code_key (a number becomes its text)."""
+    message = next((text for text in (at_path(obj, key) for key in envelope.error_message_keys)
+                    if isinstance(text, str) and text), None)
+    code = at_path(obj, envelope.error_code_key)
+    if isinstance(code, bool) or not isinstance(code, (str, int)):
+        code = None
+    code = str(code) if code is not None else None
+    message = message or code or "unknown error"
+    if has_context:
+        return ContextError(context_id, message, None, code, None, obj)
+    return ServerError(message, None, code, None, obj)
 
 
 _TIMESTAMP_KEYS = {"words": ("word_timestamps", "words"), "phonemes": ("phoneme_timestamps", "phonemes")}
