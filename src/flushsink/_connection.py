@@ -37,13 +37,14 @@ __all__ = ["DirectMessages", "HANDSHAKE_FAILURES", "Retry", "as_retry", "check_u
            "drop_message", "handshake_error", "resolve_key"]
 
 
-def resolve_key(url: Optional[str], api_key: Optional[str]) -> Optional[str]:
-    """The API key to send: ``api_key``, else ``CARTESIA_API_KEY``; FlushsinkError when
-    Cartesia itself (``url`` None) would get none."""
-    api_key = api_key or os.environ.get("CARTESIA_API_KEY") or None
+def resolve_key(url: Optional[str], api_key: Optional[str], env: str = "CARTESIA_API_KEY",
+                provider: str = "Cartesia") -> Optional[str]:
+    """The API key to send: ``api_key``, else the environment variable ``env``;
+    FlushsinkError when the provider itself (``url`` None) would get none."""
+    api_key = api_key or os.environ.get(env) or None
     if url is None and api_key is None:
         raise FlushsinkError(
-            "no API key for Cartesia: pass api_key= or set CARTESIA_API_KEY "
+            f"no API key for {provider}: pass api_key= or set {env} "
             "(or pass url= of another server, e.g. flushsink's emulator)"
         )
     return api_key

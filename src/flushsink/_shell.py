@@ -14,7 +14,7 @@ import contextlib
 import threading
 import time
 import weakref
-from typing import Any, Callable, Generic, Iterable, NamedTuple, Optional, TypeVar
+from typing import Any, Callable, Generic, Iterable, Mapping, NamedTuple, Optional, TypeVar
 
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
@@ -30,17 +30,17 @@ from .errors import (
     SendTimeout,
     WriteError,
 )
+from .envelopes import CARTESIA
 from .formats import DEFAULT_FORMAT
 from .segments import SegmentReady
 from .session import (
-    DEFAULT_VERSION,
     ContextState,
+    Provider,
     Session,
     StreamEnd,
     StreamError,
-    auth_headers,
     log,
-    normalize_url,
+    make_provider,
 )
 
 __all__ = ["AudioStats", "ClientBase", "ContextBase"]
@@ -123,15 +123,33 @@ class ContextBase:
         if client._stalled is self and self._unread() <= client._resume_bytes:
             client._space_freed(self)
 
-    def _request(self, transcript: str, *, continue_: bool = True, flush: bool = False,
-                 **extra: Any) -> str:
-        """The message of one request of this context, for the shell to send."""
+    # The messages of push(), flush() and no_more_inputs(), in order, for the shell to
+    # send: the provider's (an ElevenLabs context's first one opens it on the server).
+
+    def _push(self, transcript: str, flush: bool, extra: dict[str, Any]) -> list[str]:
         client = self._client
+        with client._state_lock:
+            messages = client._session.push(self._state, transcript, flush=flush, **extra)
+        self._sending()
+        return messages
+
+    def _flush(self) -> list[str]:
+        client = self._client
+        with client._state_lock:
+            messages = client._session.flush(self._state)
+        self._sending()
+        return messages
+
+    def _end_input(self) -> list[str]:
+        client = self._client
+        with client._state_lock:
+            messages = client._session.end_input(self._state)
+        self._sending()
+        return messages
+
+    def _sending(self) -> None:
         if self._sent_at is None:
             self._sent_at = time.monotonic()
-        with client._state_lock:
-            return client._session.request(self._state, transcript, continue_=continue_,
-                                           flush=flush, **extra)
 
     def _cancel(self) -> Optional[str]:
         """End the context here and deliver what that finishes; return the cancel
@@ -181,11 +199,24 @@ class ClientBase(Generic[C]):
     clients share. A shell feeds each message to the Session and hands what it returns
     to :meth:`_deliver`; when the connection ends, it calls :meth:`_lost`.
 
-    Options (all keyword-only): ``version``, ``writer``, ``sink``, ``receive_timeout``
+    Options (all keyword-only): ``provider``, ``writer``, ``sink``, ``receive_timeout``
     (longest silence of a context), ``open_timeout`` (handshake), ``send_timeout``
     (longest wait to hand a message to the socket), ``close_timeout`` (``close()``;
     default ``open_timeout``), ``max_size``, ``compression``, ``additional_headers``.
-    A ``sink`` may serve one open client at a time (ConfigError otherwise).
+    A ``sink`` may serve one open client at a time (ConfigError otherwise), and must
+    read the provider's frames (its ``envelope``).
+
+    Providers: ``provider="cartesia"`` (default) takes ``version`` (the
+    ``Cartesia-Version`` header); each context its own voice, model and format.
+    ``provider="elevenlabs"`` speaks ElevenLabs' ``multi-stream-input`` (default URL
+    ``wss://api.elevenlabs.io``, key ``api_key`` or ``ELEVENLABS_API_KEY`` in the
+    ``xi-api-key`` header) and takes ``voice`` (required: one voice per socket, in the
+    URL), ``model_id``, ``output_format`` (``"pcm_24000"`` by default; ``pcm_8000`` to
+    ``pcm_48000``, ``ulaw_8000``, ``alaw_8000``), ``inactivity_timeout`` (seconds, at
+    most 180) and ``query`` (more query parameters: ``language_code``,
+    ``auto_mode``...). Its contexts are one segment each (no per-flush marker on the
+    wire), at most five open at once (see
+    :class:`~flushsink.session.ElevenLabsProvider`).
 
     Streaming: ``stream=True`` (default: the ``sink``'s own ``stream``, else False)
     gives each context ``audio()``, its AudioChunks in order. ``audio_buffer_bytes``
@@ -211,7 +242,11 @@ class ClientBase(Generic[C]):
     _state_lock_class: Callable[[], Any] = contextlib.nullcontext
 
     def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None, *,
-                 version: str = DEFAULT_VERSION, writer: Any = None, sink: Optional[Sink] = None,
+                 provider: str = "cartesia", voice: Optional[str] = None,
+                 model_id: Optional[str] = None, output_format: Optional[str] = None,
+                 inactivity_timeout: Optional[float] = None,
+                 query: Optional[Mapping[str, Any]] = None,
+                 version: Optional[str] = None, writer: Any = None, sink: Optional[Sink] = None,
                  receive_timeout: float = 60.0, open_timeout: float = 10.0,
                  send_timeout: Optional[float] = 10.0, close_timeout: Optional[float] = None,
                  max_size: Optional[int] = 16 * 2**20, compression: Optional[str] = None,
@@ -219,10 +254,14 @@ class ClientBase(Generic[C]):
                  stream: Optional[bool] = None, audio_buffer_bytes: int = 16 * 2**20,
                  on_audio_overflow: str = "wait",
                  retry: "Retry | int | bool | None" = None) -> None:
-        self.api_key = resolve_key(url, api_key)
-        self.url = normalize_url(url)
+        #: The provider's strategy: URL, headers, the messages of a context.
+        self.provider: Provider = make_provider(
+            provider, url, version=version, voice=voice, model_id=model_id,
+            output_format=output_format, inactivity_timeout=inactivity_timeout, query=query)
+        self.api_key = resolve_key(url, api_key, self.provider.key_env, self.provider.label)
+        self.url = self.provider.url
         check_url(self.url)
-        self.version = version
+        self.version = self.provider.version
         self.receive_timeout = receive_timeout
         self.open_timeout = open_timeout
         self.send_timeout = send_timeout
@@ -232,7 +271,7 @@ class ClientBase(Generic[C]):
         self.max_size = max_size
         # permessage-deflate costs 3-14x client CPU for ~23% fewer bytes: off by default
         self.compression = compression
-        self.headers = {**auth_headers(self.api_key, version), **(additional_headers or {})}
+        self.headers = {**self.provider.headers(self.api_key), **(additional_headers or {})}
         #: How a failed handshake is retried (None: it is not); see Retry.
         self.retry: Optional[Retry] = as_retry(retry)
         self.handshake_retries = 0  # handshakes retried so far
@@ -245,8 +284,13 @@ class ClientBase(Generic[C]):
                               f"not {audio_buffer_bytes!r}")
         if sink is None:
             stream = bool(stream)
-            sink = Sink(DEFAULT_FORMAT, stream=True) if stream else Sink(DEFAULT_FORMAT)
-        elif stream is None:
+            if self.provider.envelope is not CARTESIA:
+                sink = Sink(DEFAULT_FORMAT, stream=stream, envelope=self.provider.envelope)
+            else:
+                sink = Sink(DEFAULT_FORMAT, stream=True) if stream else Sink(DEFAULT_FORMAT)
+        else:
+            self.provider.check_sink(sink)
+        if stream is None:
             stream = bool(sink.stream)
         elif bool(stream) != bool(sink.stream):
             raise ConfigError(f"stream={stream!r} but the sink given was made with "
@@ -266,7 +310,7 @@ class ClientBase(Generic[C]):
         # only the contexts this client opens may store audio: a server sending frames
         # for others cannot fill the caps or make files with them
         sink.drop_unannounced = True
-        self._session = Session(sink)
+        self._session = Session(sink, self.provider)
         self._state_lock = self._state_lock_class()
         self._writer = writer
         self._contexts: dict[str, C] = {}
@@ -320,15 +364,21 @@ class ClientBase(Generic[C]):
     def session(self) -> Session:
         return self._session
 
-    def context(self, *, model_id: str = "sonic-latest", voice: Any,
-                output_format: Optional[dict[str, Any]] = None, context_id: Optional[str] = None,
-                **defaults: Any) -> C:
-        """A new context; ``defaults`` (language, add_timestamps, max_buffer_delay_ms,
-        generation_config, ...) are sent with each of its requests."""
+    def context(self, *, voice: Any = None, context_id: Optional[str] = None,
+                **options: Any) -> C:
+        """A new context (nothing is sent until its first push).
+
+        Cartesia: ``voice`` (required), ``model_id`` (``"sonic-latest"``),
+        ``output_format`` (a dict; raw pcm_s16le 44.1 kHz by default), and defaults
+        sent with each of its requests (language, add_timestamps, max_buffer_delay_ms,
+        generation_config, ...).
+
+        ElevenLabs: the voice, model and output format are the connection's (give none,
+        or the same: ConfigError for another, connect again for that); the other
+        options (``voice_settings``, ``generation_config``,
+        ``pronunciation_dictionary_locators``...) go in the context's first message."""
         with self._state_lock:
-            state = self._session.new_context(model_id=model_id, voice=voice,
-                                              output_format=output_format,
-                                              context_id=context_id, **defaults)
+            state = self._session.new_context(voice=voice, context_id=context_id, **options)
             ctx = self._context_class(self, state)
             self._contexts[state.context_id] = ctx
             return ctx

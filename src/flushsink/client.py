@@ -1,4 +1,5 @@
-"""asyncio client for the Cartesia TTS websocket, on ``websockets.asyncio.client``.
+"""asyncio client for TTS websockets with contexts (Cartesia's, ElevenLabs'
+multi-stream-input), on ``websockets.asyncio.client``.
 
 One connection carries many contexts; each frame, parsed here as it is read, goes to the
 sans-I/O :class:`~flushsink.session.Session`, and the events it returns go through the
@@ -433,20 +434,26 @@ class Context(ContextBase):
     _queue_class = _Inbox
 
     async def push(self, transcript: str, *, flush: bool = False, **extra: Any) -> None:
-        """Send text (``continue: true``); with ``flush=True`` it ends a segment."""
-        await self._client._send(self._request(transcript, flush=flush, **extra))
+        """Send text; ``flush=True`` also flushes it (see :meth:`flush`). ``extra``
+        fields go into the message as they are."""
+        await self._client._send_all(self._push(transcript, flush, extra))
 
     async def flush(self) -> None:
-        """Close the current segment: the server answers with ``flush_done``."""
-        await self.push("", flush=True)
+        """Have the server generate the text sent so far. Cartesia: it closes the
+        current segment (the server answers with ``flush_done``). ElevenLabs: the audio
+        comes sooner, but the segment goes on: a context is one segment, which its end
+        (``isFinal``) finishes."""
+        await self._client._send_all(self._flush())
 
     async def no_more_inputs(self) -> None:
-        """Tell the server the context's text is complete; ``done`` follows its audio."""
-        await self._client._send(self._request("", continue_=False))
+        """Tell the server the context's text is complete; its end (Cartesia ``done``,
+        ElevenLabs ``isFinal``, after ``close_context``) follows its audio."""
+        await self._client._send_all(self._end_input())
 
     async def cancel(self) -> None:
-        """Stop the context: queued input is dropped by the server, late audio by us;
-        segments still open are finished as incomplete."""
+        """Stop the context: queued input is dropped by the server (Cartesia ``cancel``,
+        ElevenLabs ``close_context``), late audio by us; segments still open are
+        finished as incomplete."""
         message = self._cancel()
         if message is not None:
             try:
@@ -652,6 +659,10 @@ class Client(ClientBase[Context]):
         if not closing.cancelled() and closing.exception() is not None:
             log.debug("flushsink: closing after a failure: %r", closing.exception())
 
+    async def _send_all(self, messages: list[str]) -> None:
+        for message in messages:
+            await self._send(message)
+
     async def _send(self, message: str) -> None:
         if not self._connected():
             await self.connect()  # after an idle close, the next push reconnects
@@ -722,5 +733,16 @@ def connect(url: Optional[str] = None, api_key: Optional[str] = None, **options:
     ``url=None`` means Cartesia (``wss://api.cartesia.ai/tts/websocket``) with
     ``api_key`` or ``CARTESIA_API_KEY``; a bare ``ws://host:port`` gets the
     ``/tts/websocket`` path.
+
+    ``provider="elevenlabs"``: ElevenLabs' multi-stream-input, ``url=None`` meaning
+    ``wss://api.elevenlabs.io`` with ``api_key`` or ``ELEVENLABS_API_KEY``; a bare
+    ``ws://host:port`` (e.g. an ``ElevenLabsEmulator``'s ``url``) gets the
+    ``/v1/text-to-speech/{voice}/multi-stream-input`` path and the query. The voice is
+    per socket, so ``voice=`` is an option here, not of a context::
+
+        async with flushsink.connect(provider="elevenlabs", voice="VOICE_ID",
+                                     model_id="eleven_flash_v2_5",
+                                     output_format="pcm_24000") as tts:
+            ctx = tts.context()
     """
     return Client(url, api_key, **options)

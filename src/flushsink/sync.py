@@ -1,4 +1,5 @@
-"""Blocking client for the Cartesia TTS websocket, on ``websockets.sync.client``.
+"""Blocking client for TTS websockets with contexts (Cartesia's, ElevenLabs'
+multi-stream-input), on ``websockets.sync.client``.
 
 The same API as :mod:`flushsink.client` without ``await``: websockets' receiving thread
 hands each message to the sans-I/O :class:`~flushsink.session.Session` (under a lock, as
@@ -80,20 +81,26 @@ class Context(ContextBase):
     _queue_class = queue.SimpleQueue  # (C: a get that waits costs no Python-level Condition)
 
     def push(self, transcript: str, *, flush: bool = False, **extra: Any) -> None:
-        """Send text (``continue: true``); with ``flush=True`` it ends a segment."""
-        self._client._send(self._request(transcript, flush=flush, **extra))
+        """Send text; ``flush=True`` also flushes it (see :meth:`flush`). ``extra``
+        fields go into the message as they are."""
+        self._client._send_all(self._push(transcript, flush, extra))
 
     def flush(self) -> None:
-        """Close the current segment: the server answers with ``flush_done``."""
-        self.push("", flush=True)
+        """Have the server generate the text sent so far. Cartesia: it closes the
+        current segment (the server answers with ``flush_done``). ElevenLabs: the audio
+        comes sooner, but the segment goes on: a context is one segment, which its end
+        (``isFinal``) finishes."""
+        self._client._send_all(self._flush())
 
     def no_more_inputs(self) -> None:
-        """Tell the server the context's text is complete; ``done`` follows its audio."""
-        self._client._send(self._request("", continue_=False))
+        """Tell the server the context's text is complete; its end (Cartesia ``done``,
+        ElevenLabs ``isFinal``, after ``close_context``) follows its audio."""
+        self._client._send_all(self._end_input())
 
     def cancel(self) -> None:
-        """Stop the context: queued input is dropped by the server, late audio by us;
-        segments still open are finished as incomplete."""
+        """Stop the context: queued input is dropped by the server (Cartesia ``cancel``,
+        ElevenLabs ``close_context``), late audio by us; segments still open are
+        finished as incomplete."""
         message = self._cancel()
         if message is not None:
             try:
@@ -203,6 +210,10 @@ class Client(ClientBase[Context]):
             self._reader = threading.Thread(target=self._read, args=(ws,),
                                             name="flushsink-reader", daemon=True)
             self._reader.start()
+
+    def _send_all(self, messages: list[str]) -> None:
+        for message in messages:
+            self._send(message)
 
     def _send(self, message: str) -> None:
         if not self._connected():
