@@ -9,25 +9,27 @@ through a TLS tunnel):
     python examples/twilio_receiver.py
     python examples/twilio_receiver.py --port 8080
 
-The loop in ``receive_call`` reads Twilio's JSON envelope with the standard library (json
-and base64). flushsink's Sink does not read Twilio's envelope yet (issue 16, item 1); once
-it does, a Sink will replace this loop and decode the payloads in C straight into the
-call's segment, as it does for Cartesia's frames.
+Every frame of a call goes to a Sink made with the TWILIO_MEDIA envelope: it decodes each
+``media`` event's base64 payload straight into the call's segment (no json.loads, no
+base64.b64decode) and finishes the segment at ``stop``. A call's context is its
+``streamSid``; ``connected``, ``start``, ``mark`` and ``dtmf`` come back as ``Unknown``.
+With ``<Connect><Stream>`` Twilio sends the inbound track only; the envelope reads no
+track, so a ``<Start><Stream track="both_tracks">`` call would mix both into one segment.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import re
 import sys
 from pathlib import Path
 
 from websockets.asyncio.server import ServerConnection, serve
 
+import flushsink
 from flushsink.emulator import stream_call
+from flushsink.envelopes import TWILIO_MEDIA
 from flushsink.formats import AudioFormat, wav_header, wav_padding
 
 MULAW_8K = AudioFormat("pcm_mulaw", 8000)  # the only format a Media Stream carries
@@ -36,27 +38,26 @@ TEXT = "Hello, I would like to book a table for two at eight."
 
 async def receive_call(ws: ServerConnection, out: Path) -> Path | None:
     """Read one call until ``stop`` (or the close); write its inbound audio as a WAV file."""
-    stream_sid: str | None = None
-    audio = bytearray()
-    async for raw in ws:
-        message = json.loads(raw)
-        event = message["event"]
-        if event == "start":
-            stream_sid = message["start"]["streamSid"]
-        elif event == "media" and message["media"]["track"] == "inbound":
-            audio += base64.b64decode(message["media"]["payload"])
-        elif event == "stop":
-            break
-        # connected, mark and dtmf carry no audio
-    if stream_sid is None:
-        return None
+    sink = flushsink.Sink(MULAW_8K, envelope=TWILIO_MEDIA)
+    async for frame in ws:
+        for event in sink.feed(frame):
+            if isinstance(event, flushsink.SegmentReady):  # at stop: the call's audio
+                return write_call(event.segment, out)
+    # closed without stop: keep what arrived (the segment is finished incomplete)
+    for ready in sink.close("closed without stop"):
+        return write_call(ready.segment, out)
+    return None
+
+
+def write_call(call: flushsink.Segment, out: Path) -> Path:
+    audio = call.pcm()  # the mu-law bytes: a view of the segment, no copy
     out.mkdir(parents=True, exist_ok=True)
     # the id comes from the network: only letters, digits, - and _ make the file name, so
     # that no id ("../x", "/etc/y") can put a file outside OUT
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", stream_sid)[:64] or "call"
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", call.context_id or "")[:64] or "call"
     path = out / f"{name}.wav"
     path.write_bytes(wav_header(MULAW_8K, len(audio)) + audio + wav_padding(len(audio)))
-    print(f"{stream_sid}: {len(audio) / MULAW_8K.sample_rate:.2f} s -> {path}")
+    print(f"{call.context_id}: {call.duration:.2f} s -> {path}")
     return path
 
 
