@@ -1,11 +1,13 @@
 """The scripts in examples/ run as a user runs them: a subprocess each, without --url (or
---port), so each starts the embedded emulator (or calls itself with the Twilio sender).
-Their WAV files are read back with soundfile and compared with the emulator's render() of
-each text, computed here independently."""
+--port; openai_realtime.py with --emulator), so each starts the embedded emulator (or calls
+itself with the Twilio sender). Their WAV files are read back with soundfile and compared
+with the emulator's render() of each text, computed here independently."""
 
 from __future__ import annotations
 
 import io
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,17 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 VOICE = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
 SEED = ["Stay hungry, ", "stay foolish."]
 S16 = AudioFormat("pcm_s16le", 44100)
+
+
+def reference(audio: bytes, fmt: AudioFormat) -> np.ndarray:
+    """What a WAV file of ``audio`` reads back as (int16), decoded by libsndfile for the
+    G.711 encodings (not by flushsink's tables)."""
+    if fmt.encoding == "pcm_s16le":
+        return np.frombuffer(audio, "<i2")
+    subtype = {"pcm_mulaw": "ULAW", "pcm_alaw": "ALAW"}[fmt.encoding]
+    samples, _ = soundfile.read(io.BytesIO(audio), format="RAW", subtype=subtype,
+                                samplerate=fmt.sample_rate, channels=1, dtype="int16")
+    return samples
 
 
 @pytest.mark.parametrize("name", ["seed_async", "seed_sync", "seed_own_loop"])
@@ -67,11 +80,10 @@ def test_twilio_receiver_writes_the_calls_inbound_audio(tmp_path):
     assert (info.samplerate, info.channels, info.subtype) == (8000, 1, "ULAW")
     samples, _ = soundfile.read(str(path), dtype="int16")
     # the expected mu-law bytes, decoded by libsndfile too (not by flushsink's tables)
-    expected = render(text, "caller", AudioFormat("pcm_mulaw", 8000))
+    mulaw = AudioFormat("pcm_mulaw", 8000)
+    expected = render(text, "caller", mulaw)
     expected += b"\xff" * (-len(expected) % 160)  # the last frame filled up with silence
-    reference, _ = soundfile.read(io.BytesIO(expected), format="RAW", subtype="ULAW",
-                                  samplerate=8000, channels=1, dtype="int16")
-    assert np.array_equal(samples, reference)
+    assert np.array_equal(samples, reference(expected, mulaw))
 
 
 def test_twilio_receiver_keeps_a_hostile_stream_sid_inside_out(tmp_path):
@@ -104,3 +116,49 @@ def test_twilio_receiver_keeps_a_hostile_stream_sid_inside_out(tmp_path):
     [path] = written
     assert path.parent == out and path.name == "_________escape.wav"
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [path]
+
+
+OPENAI_TEXTS = ["Hello there.", "How are you today?"]
+
+
+@pytest.mark.parametrize("name, fmt, subtype", [
+    ("pcm", AudioFormat("pcm_s16le", 24000), "PCM_16"),
+    ("pcmu", AudioFormat("pcm_mulaw", 8000), "ULAW"),
+    ("pcma", AudioFormat("pcm_alaw", 8000), "ALAW"),
+])
+def test_openai_realtime_writes_each_responses_audio(tmp_path, name, fmt, subtype):
+    """examples/openai_realtime.py --emulator: one response per text, each response's
+    audio in OUT/<response_id>/0.wav, equal to render(text, voice, format)."""
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "openai_realtime.py"), "--emulator", "--out", str(out),
+         "--format", name, "--voice", "marin", *OPENAI_TEXTS],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "using the embedded emulator at ws://127.0.0.1:" in result.stderr
+
+    # the example reports each file as it is written, the responses in order
+    paths = [Path(p) for p in re.findall(r" -> (\S+\.wav)$", result.stdout, re.MULTILINE)]
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted(paths)  # nothing else
+    assert len(paths) == len(OPENAI_TEXTS)
+    assert len({p.parent for p in paths}) == len(OPENAI_TEXTS)  # a directory per response
+    for path, text in zip(paths, OPENAI_TEXTS):
+        assert path.parent.parent == out and path.parent.name.startswith("resp_")
+        assert path.name == "0.wav"  # the response's one audio part
+        assert f"{path.parent.name} said: {text!r}" in result.stdout
+        info = soundfile.info(str(path))
+        assert (info.samplerate, info.channels, info.subtype) == (fmt.sample_rate, 1, subtype)
+        samples, _ = soundfile.read(str(path), dtype="int16")
+        assert np.array_equal(samples, reference(render(text, "marin", fmt), fmt))
+
+
+def test_openai_realtime_needs_a_key_a_url_or_the_emulator(tmp_path):
+    """Without OPENAI_API_KEY, --url or --emulator it says so and sends nothing: it never
+    falls back to the emulator silently."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    result = subprocess.run([sys.executable, str(EXAMPLES / "openai_realtime.py"), "Hello."],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert "OPENAI_API_KEY" in result.stderr and "--emulator" in result.stderr
+    assert not list(tmp_path.iterdir())
