@@ -10,6 +10,10 @@ Reaching a local server: ``RealtimeTextToSpeechClient`` builds its websocket bas
 emulator is out of reach through any public option (/work/shared/providers.md 4.4). Two
 ways in, both tested: set the private attribute ``client.text_to_speech._ws_base_url``
 after construction, or serve TLS with a certificate the client trusts (``SSL_CERT_FILE``).
+
+Every frame the SDK receives is also kept (the ``connect`` its module calls is wrapped, and
+the socket's ``recv`` with it) and fed to ``Sink(envelope=ELEVENLABS)``: the Sink's segment
+must hold exactly the audio the SDK yielded.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from elevenlabs import VoiceSettings  # noqa: E402
 from elevenlabs.client import ElevenLabs  # noqa: E402
 from elevenlabs.core.api_error import ApiError  # noqa: E402
 
+import flushsink  # noqa: E402
 from flushsink.emulator import ElevenLabsEmulator, render  # noqa: E402
+from flushsink.envelopes import ELEVENLABS  # noqa: E402
 from flushsink.formats import AudioFormat  # noqa: E402
 
 # The SDK reads ConnectionClosed.code and .reason, which websockets deprecates: its
@@ -56,6 +62,41 @@ def emulator() -> Iterator[ElevenLabsEmulator]:
         yield emu
 
 
+@pytest.fixture
+def sdk_frames(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every frame the SDK's sockets receive, in order, as their ``recv`` returned it."""
+    import elevenlabs.realtime_tts as realtime_tts
+
+    frames: list[Any] = []
+    connect = realtime_tts.connect
+
+    def recording_connect(*args: Any, **kwargs: Any) -> Any:
+        socket = connect(*args, **kwargs)
+        receive = socket.recv
+
+        def recv(*args: Any, **kwargs: Any) -> Any:
+            frames.append(receive(*args, **kwargs))
+            return frames[-1]
+
+        socket.recv = recv  # what `with connect(...) as socket` then reads from
+        return socket
+
+    monkeypatch.setattr(realtime_tts, "connect", recording_connect)
+    return frames
+
+
+def check_sink(frames: list[Any], fmt: AudioFormat, audio: bytes) -> None:
+    """The frames the SDK received, fed to a Sink: one segment (the stream-input endpoint's
+    one context, no id) holding exactly what the SDK yielded, ended by ``isFinal``."""
+    sink = flushsink.Sink(fmt, envelope=ELEVENLABS)
+    events = [event for frame in frames for event in sink.feed(frame)]
+    assert [type(e) for e in events] == [flushsink.SegmentReady, flushsink.ContextDone]
+    segment = events[0].segment
+    assert (segment.context_id, segment.complete, segment.format) == (None, True, fmt)
+    assert bytes(segment.pcm()) == audio
+    assert events[1].context_id is None
+
+
 def sdk_client(emu: ElevenLabsEmulator, api_key: str = API_KEY) -> Any:
     client = ElevenLabs(api_key=api_key, base_url=f"http://127.0.0.1:{emu.port}")
     # The SDK dials wss://<base_url's host> whatever base_url's scheme: this private
@@ -70,13 +111,15 @@ def test_the_sdk_is_the_pinned_one():
 
 
 @pytest.mark.parametrize("output_format", list(FORMATS))
-def test_convert_realtime_yields_the_rendered_audio(emulator: ElevenLabsEmulator, output_format: str):
+def test_convert_realtime_yields_the_rendered_audio(emulator: ElevenLabsEmulator, sdk_frames: list[Any],
+                                                    output_format: str):
     client = sdk_client(emulator)
     audio = b"".join(client.text_to_speech.convert_realtime(
         VOICE_ID, text=iter(PARTS), model_id=MODEL_ID, output_format=output_format))
     # One generation at the end of input, of everything sent (the SDK's text_chunker
     # moves spaces between its chunks, which does not change the words).
     assert audio == render("".join(PARTS), VOICE_ID, FORMATS[output_format])
+    check_sink(sdk_frames, FORMATS[output_format], audio)
     [log] = emulator.connections
     query = f"model_id={MODEL_ID}&output_format={output_format}"
     assert log.path == f"/v1/text-to-speech/{VOICE_ID}/stream-input?{query}"
@@ -88,20 +131,23 @@ def test_convert_realtime_yields_the_rendered_audio(emulator: ElevenLabsEmulator
     assert log.sent["final"] == 1 and log.close_code == 1000
 
 
-def test_llm_token_deltas_are_rechunked_without_changing_the_words(emulator: ElevenLabsEmulator):
+def test_llm_token_deltas_are_rechunked_without_changing_the_words(emulator: ElevenLabsEmulator,
+                                                                   sdk_frames: list[Any]):
     deltas = ["Hel", "lo", " wor", "ld.", " How", " are you", "?"]
     audio = b"".join(sdk_client(emulator).text_to_speech.convert_realtime(
         VOICE_ID, text=iter(deltas), model_id=MODEL_ID, output_format="pcm_24000"))
     assert audio == render("Hello world. How are you?", VOICE_ID, FORMATS["pcm_24000"])
+    check_sink(sdk_frames, FORMATS["pcm_24000"], audio)
     sent = [m["text"] for m in emulator.connections[0].received[1:-1]]
     assert "".join(sent).split() == ["Hello", "world.", "How", "are", "you?"]
 
 
-def test_voice_settings_speed_reaches_the_render(emulator: ElevenLabsEmulator):
+def test_voice_settings_speed_reaches_the_render(emulator: ElevenLabsEmulator, sdk_frames: list[Any]):
     settings = VoiceSettings(stability=0.5, similarity_boost=0.75, speed=1.15)
     audio = b"".join(sdk_client(emulator).text_to_speech.convert_realtime(
         VOICE_ID, text=iter(PARTS), output_format="pcm_16000", voice_settings=settings))
     assert audio == render("".join(PARTS), VOICE_ID, FORMATS["pcm_16000"], speed=1.15)
+    check_sink(sdk_frames, FORMATS["pcm_16000"], audio)
 
 
 def test_a_wrong_key_raises_api_error_1008(emulator: ElevenLabsEmulator):
@@ -150,7 +196,8 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-def test_over_tls_with_public_options_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_over_tls_with_public_options_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           sdk_frames: list[Any]):
     cert_file, key_file = self_signed_certificate(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
@@ -163,3 +210,4 @@ def test_over_tls_with_public_options_only(tmp_path: Path, monkeypatch: pytest.M
         audio = b"".join(client.text_to_speech.convert_realtime(
             VOICE_ID, text=iter(PARTS), model_id=MODEL_ID, output_format="pcm_24000"))
     assert audio == render("".join(PARTS), VOICE_ID, FORMATS["pcm_24000"])
+    check_sink(sdk_frames, FORMATS["pcm_24000"], audio)
