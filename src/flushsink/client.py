@@ -557,7 +557,8 @@ class Client(ClientBase[Context]):
     # ---- connection ---------------------------------------------------------------
 
     def _connected(self) -> bool:
-        return self._ws is not None and self._reader is not None and not self._reader.done()
+        return (self._ws is not None and self._reader is not None and not self._reader.done()
+                and not self._session.connection_ending)
 
     async def connect(self) -> None:
         """Open the connection now (it also opens on the first push), retrying as
@@ -566,6 +567,11 @@ class Client(ClientBase[Context]):
         async with self._lock:
             if self._connected():
                 return
+            if self._reader is not None and not self._reader.done():
+                # the server is closing this one after an error: it ends (its contexts
+                # with it) before the next opens, so no message goes to a socket
+                # nobody reads and its end reaches no context of the next
+                await self.close()
             self._claim(self._session.sink)  # released if this client was closed
             self._stopping = False
             retries = 0

@@ -92,6 +92,7 @@ class ContextState:
     request: dict[str, Any]
     format: AudioFormat
     started: bool = False  # a message was sent: the server knows the context
+    connection: int = 0  # the connection its first message went to (Session.lost then)
     input_ended: bool = False  # no_more_inputs (or an ElevenLabs cancel) was sent
     unflushed: bool = False  # text sent since the last flush (ElevenLabs)
     ended: bool = False  # done, failed, cancelled or lost: no more input
@@ -151,6 +152,9 @@ class Provider:
     url = ""
     #: Cartesia's API version (the ``Cartesia-Version`` header); None for others.
     version: Optional[str] = None
+    #: Whether the server closes the connection after an error without a context: the
+    #: shell then sends nothing more on it, and opens a new one for the next message.
+    errors_end_connection = False
 
     def headers(self, api_key: Optional[str]) -> dict[str, str]:
         """The handshake's headers for ``api_key`` (None: no key)."""
@@ -355,6 +359,7 @@ class ElevenLabsProvider(Provider):
     label = "ElevenLabs"
     key_env = "ELEVENLABS_API_KEY"
     envelope = ELEVENLABS
+    errors_end_connection = True  # (observed: the error, then close 1008)
     #: contexts per socket, as the service allows (observed: a sixth is an error that
     #: closes the socket, ending the other five)
     max_contexts: Optional[int] = 5
@@ -542,6 +547,14 @@ class Session:
         self.write_error_count = 0
         self.rejected_frames = 0
         self.unrouted = 0
+        #: The server is closing the connection (it sent an error it closes after, see
+        #: ``Provider.errors_end_connection``): the shell must send nothing more on it,
+        #: and let it end before it opens the next. False again once it is lost.
+        self.connection_ending = False
+        #: Connections lost so far: a context started while it was N went to the N+1th
+        #: connection (the next, if the current one was ending), and only that one's
+        #: loss ends it.
+        self.lost = 0
 
     # ---- outgoing -----------------------------------------------------------------
 
@@ -583,7 +596,7 @@ class Session:
                               "send push(), flush() and end_input()")
         self._check(state, transcript)
         message = provider.request(state, transcript, continue_, flush, extra)
-        state.started = True
+        self._started(state, [message])
         return message
 
     def push(self, state: ContextState, transcript: str, *, flush: bool = False,
@@ -622,10 +635,11 @@ class Session:
                 f"this {self.provider.label} socket, the most it takes; end one first "
                 "(no_more_inputs() or cancel())", state.context_id)
 
-    @staticmethod
-    def _started(state: ContextState, messages: list[str]) -> list[str]:
-        if messages:
+    def _started(self, state: ContextState, messages: list[str]) -> list[str]:
+        if messages and not state.started:
             state.started = True
+            # messages composed while the connection ends go to the next one
+            state.connection = self.lost + self.connection_ending
         return messages
 
     def cancel(self, state: ContextState) -> tuple[list[Any], Optional[str]]:
@@ -680,10 +694,12 @@ class Session:
     def connection_lost(self, reason: str) -> list[Any]:
         """The socket closed: finish what was received as incomplete, fail the contexts
         that were still waiting for audio. Returns the events to deliver."""
+        self.connection_ending = False
         events = self._route(self.sink.close(reason))
         for state in list(self.contexts.values()):
-            if not state.ended and state.started:
+            if not state.ended and state.started and state.connection <= self.lost:
                 self._end(state, ConnectionLost(f"connection lost: {reason}"), events)
+        self.lost += 1
         return events
 
     def write_failed(self, event: SegmentReady, error: WriteError) -> tuple[Any, ...]:
@@ -732,6 +748,8 @@ class Session:
         """An error without a context ends the started contexts the provider says it
         ends (ElevenLabs closes the socket after any error), each after its open
         segments, finished as incomplete."""
+        if self.provider.errors_end_connection:
+            self.connection_ending = True
         for state in list(self.contexts.values()):
             if not state.started or state.ended:
                 continue

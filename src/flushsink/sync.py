@@ -178,7 +178,8 @@ class Client(ClientBase[Context]):
         self._reader: Optional[threading.Thread] = None
 
     def _connected(self) -> bool:
-        return self._ws is not None and self._reader is not None and self._reader.is_alive()
+        return (self._ws is not None and self._reader is not None and self._reader.is_alive()
+                and not self._session.connection_ending)
 
     def connect(self) -> None:
         """Open the connection now (it also opens on the first push), retrying as
@@ -187,6 +188,11 @@ class Client(ClientBase[Context]):
         with self._connect_lock:
             if self._connected():
                 return
+            if self._reader is not None and self._reader.is_alive():
+                # the server is closing this one after an error: it ends (its contexts
+                # with it) before the next opens, so no message goes to a socket
+                # nobody reads and its end reaches no context of the next
+                self.close()
             self._claim(self._session.sink)  # released if this client was closed
             self._stopping = False
             retries = 0
