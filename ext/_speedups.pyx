@@ -20,7 +20,7 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF, PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
 import json
@@ -28,10 +28,11 @@ import os
 
 import numpy as np
 
-from flushsink._store_c cimport TYPE_NONE, TYPE_UNKNOWN, AudioChunk, _Context, _Segment, Store
+from flushsink._store_c cimport (TYPE_CHUNK, TYPE_DONE, TYPE_ERROR, TYPE_NONE, TYPE_UNKNOWN,
+                                 AudioChunk, _Context, _Segment, Store)
 
-from ._common import SinkStats, frame_type_error, load_payload, str_frame_error
-from ._store_c import REENTRANT, TYPE_CODES
+from ._common import SinkStats, envelope_layout, frame_type_error, load_payload, str_frame_error
+from ._store_c import KIND_CODES, REENTRANT, TYPE_CODES
 from . import _store_c
 from .errors import FrameError
 from .segments import SegmentReady
@@ -61,6 +62,8 @@ cdef extern from "b64.h":
     size_t b64_decoded_size(const uint8_t *src, size_t n) nogil
     b64_status b64_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
                           size_t *written, size_t *error_pos) nogil
+    b64_status hex_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
+                          size_t *written, size_t *error_pos) nogil
     const char *b64_kernel_name()
     int b64_set_kernel(const char *name)
 
@@ -80,6 +83,7 @@ cdef extern from "frame.h":
         FS_STRING
         FS_NUMBER
         FS_OTHER
+        FS_OBJECT
     ctypedef struct fs_value:
         fs_kind kind
         size_t value_offset
@@ -92,7 +96,7 @@ cdef extern from "frame.h":
         int data_checked
         int data_tentative
     int FS_KEY_TYPE, FS_KEY_CONTEXT_ID, FS_KEY_FLUSH_ID, FS_KEY_DATA
-    int FS_KEY_WORD_TIMESTAMPS, FS_KEY_PHONEME_TIMESTAMPS
+    int FS_KEY_WORD_TIMESTAMPS, FS_KEY_PHONEME_TIMESTAMPS, FS_KEY_FINAL, FS_KEY_ERROR
     ctypedef enum fs_type:
         FS_TYPE_NONE
         FS_TYPE_CHUNK
@@ -107,6 +111,19 @@ cdef extern from "frame.h":
         FS_GUESS_SUFFIX
     fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
                       int guesses, fs_memo *memo)
+    enum:
+        FS_ENV_NODES
+        FS_ENV_NAME_MAX
+    ctypedef struct fs_env_node:
+        uint8_t name[64]
+        uint8_t len
+        signed char slot
+        short parent
+    ctypedef struct fs_env:
+        int count
+        fs_env_node node[128]
+    fs_status fs_scan_env(const uint8_t *buf, size_t n, fs_frame *frame, fs_value *inner,
+                          size_t *error_offset, const fs_env *env)
     int fs_confirm_data_end(const uint8_t *buf, const fs_frame *frame)
     int fs_data_is_last(const uint8_t *buf, size_t n, const fs_frame *frame)
     fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
@@ -357,7 +374,8 @@ cdef inline size_t _recent_slot(const uint8_t *p, size_t length) noexcept nogil:
 
 
 cdef class Sink(Store):
-    """Turns Cartesia TTS websocket frames into finished audio segments.
+    """Turns TTS websocket frames into finished audio segments: Cartesia's, or any
+    provider's that an Envelope describes (``envelope=``, flushsink.envelopes).
 
     See docs/sink.md for the exact behaviour; ``flushsink._fallback.Sink`` is the
     pure-Python twin with the same API, results and errors. The rules are its base
@@ -385,12 +403,72 @@ cdef class Sink(Store):
     cdef tuple _out               # stream mode: the last (AudioChunk,) _streamed returned
     cdef uint8_t *_raw            # keep_audio=False: the chunk _append_apart decoded
     cdef size_t _raw_size
+    # an envelope's reading (_start; NULL _env: Cartesia's frames, read by fs_scan)
+    cdef fs_env *_env
+    cdef fs_value *_inner         # the values of its objects on the way (fs_scan_env)
+    cdef bint _typeless, _hex, _nested
+    cdef tuple _field_names       # per slot: the name its field_type error gives
+    cdef tuple _on_the_way        # per slot: ((node, name), ...) of its objects on the way
+    cdef dict _type_codes         # type value (UTF-8 bytes) -> the store's frame type
+    cdef tuple _audio_types       # the audio type values (bytes), for _append, which
+    cdef const char *_audio_text[8]   # compares the first 8 of them (a frame of another
+    cdef size_t _audio_size[8]        # takes the general path)
+    cdef int _audio_count
 
     def __cinit__(self, *args, **kwargs):
         self._recent = [None] * RECENT_SLOTS
 
     def __dealloc__(self):
         free(self._raw)  # (always NULL between calls: _streamed_apart takes it)
+        free(self._env)
+        free(self._inner)
+
+    cdef void _start(self) except *:
+        """Read the envelope (Store.__init__ set it) into the scanner's tree of names."""
+        cdef fs_env *env
+        cdef fs_env_node *node
+        self._field_names = FIELD_NAMES
+        if self._envelope is None:
+            return
+        layout = envelope_layout(self._envelope)
+        self._env = env = <fs_env *>calloc(1, sizeof(fs_env))
+        self._inner = <fs_value *>calloc(FS_ENV_NODES, sizeof(fs_value))
+        if env == NULL or self._inner == NULL:
+            raise MemoryError()
+        nodes = {}
+        on_the_way = []
+        for slot, path in enumerate(layout.paths):
+            way = []
+            parent = -1
+            for depth in range(len(path) if path is not None else 0):
+                prefix = path[:depth + 1]
+                k = nodes.get(prefix)
+                if k is None:
+                    k = nodes[prefix] = env.count
+                    env.count += 1
+                    node = &env.node[k]
+                    name = path[depth].encode("ascii")
+                    memcpy(node.name, <const char *>name, len(name))
+                    node.len = len(name)
+                    node.parent = parent
+                    node.slot = slot if depth == len(path) - 1 else -1
+                if depth < len(path) - 1:
+                    way.append((k, ".".join(prefix)))
+                parent = k
+            on_the_way.append(tuple(way))
+        self._on_the_way = tuple(on_the_way)
+        self._nested = any(on_the_way)
+        self._field_names = tuple(layout.names)
+        self._typeless = layout.typeless
+        self._hex = layout.hex
+        self._type_codes = {value.encode("utf-8"): KIND_CODES[kind]
+                            for value, kind in layout.types.items()}
+        self._audio_types = tuple(value.encode("utf-8") for value, kind in layout.types.items()
+                                  if kind == "audio")
+        for name in self._audio_types[:8]:
+            self._audio_text[self._audio_count] = <const char *>name
+            self._audio_size[self._audio_count] = len(name)
+            self._audio_count += 1
 
     # ---- intake -------------------------------------------------------------------
 
@@ -493,7 +571,17 @@ cdef class Sink(Store):
         cdef size_t offset = 0
         self._fed += 1
         fs_prefetch(buf, n)
-        cdef fs_status st = fs_scan(buf, n, &fr, &offset, ~self._unguessed, &self._memo)
+        cdef fs_status st
+        if self._env != NULL:
+            st = fs_scan_env(buf, n, &fr, self._inner, &offset, self._env)
+            if st != FS_OK:
+                raise FrameError(SCAN_CODES[st], offset)
+            if not self._hex and self._append(buf, &fr):
+                if self._stream:
+                    return self._streamed()
+                return _EMPTY
+            return self._dispatch(buf, n, &fr)
+        st = fs_scan(buf, n, &fr, &offset, ~self._unguessed, &self._memo)
         if st != FS_OK:
             raise FrameError(SCAN_CODES[st], offset)
         if self._append(buf, &fr):
@@ -541,7 +629,10 @@ cdef class Sink(Store):
             return False
         if data.kind != FS_STRING or data.has_escape or (seg.data == NULL and self._keep_audio):
             return False
-        if v.kind != FS_STRING or v.has_escape or v.end - v.start != 5 \
+        if self._env != NULL:
+            if not self._envelope_chunk(buf, fr):
+                return False
+        elif v.kind != FS_STRING or v.has_escape or v.end - v.start != 5 \
                 or memcmp(buf + v.start, b"chunk", 5) != 0:
             return False
         v = &fr.keys[FS_KEY_FLUSH_ID]
@@ -720,36 +811,120 @@ cdef class Sink(Store):
 
     cdef int _field_error(self, const uint8_t *buf, size_t n, fs_frame *fr, int key) except -1:
         self._check_json(buf, n, fr)
-        raise FrameError("field_type", fr.keys[key].value_offset, FIELD_NAMES[key])
+        raise FrameError("field_type", fr.keys[key].value_offset, self._field_names[key])
+
+    cdef int _check_slot(self, const uint8_t *buf, size_t n, fs_frame *fr, int key) except -1:
+        """The field type rule of one slot: type, context_id, data a string; flush_id a
+        label; final true or false; each may be absent or null."""
+        cdef fs_value *v = &fr.keys[key]
+        cdef int64_t label
+        if v.kind == FS_ABSENT or v.kind == FS_NULL:
+            return 0
+        if key == FS_KEY_TYPE or key == FS_KEY_CONTEXT_ID or key == FS_KEY_DATA:
+            if v.kind != FS_STRING:
+                self._field_error(buf, n, fr, key)
+        elif key == FS_KEY_FLUSH_ID:
+            if fs_label(buf, v, &label) != 0:
+                self._field_error(buf, n, fr, key)
+        elif key == FS_KEY_FINAL:
+            if v.kind != FS_OTHER or (buf[v.value_offset] != b't' and buf[v.value_offset] != b'f'):
+                self._field_error(buf, n, fr, key)
+        return 0
+
+    cdef int _classify(self, const uint8_t *buf, size_t n, fs_frame *fr) except -1:
+        """An envelope's frame: its field types in slot order (the objects on a field's
+        way first, outermost first: each must be an object or null), then the store's
+        frame type (_fallback._exact_env_frame is the same in Python)."""
+        cdef fs_value *v
+        cdef int key
+        for key in range(FS_NKEYS):
+            if self._field_names[key] is None:
+                continue
+            for node, name in self._on_the_way[key]:
+                v = &self._inner[<int>node]
+                if v.kind != FS_ABSENT and v.kind != FS_NULL and v.kind != FS_OBJECT:
+                    self._check_json(buf, n, fr)
+                    raise FrameError("field_type", v.value_offset, name)
+            self._check_slot(buf, n, fr, key)
+        if self._typeless:
+            if fr.keys[FS_KEY_DATA].kind == FS_STRING:
+                return TYPE_CHUNK
+            if self._final(buf, fr):
+                return TYPE_DONE
+            if fr.keys[FS_KEY_ERROR].kind == FS_STRING:
+                return TYPE_ERROR
+            return TYPE_NONE
+        v = &fr.keys[FS_KEY_TYPE]
+        if v.kind != FS_STRING:
+            return TYPE_NONE
+        text = _raw_string(buf, v)
+        if not isinstance(text, bytes):
+            text = text.encode("utf-8")
+        return self._type_codes.get(text, TYPE_UNKNOWN)
+
+    @cython.final
+    cdef inline bint _final(self, const uint8_t *buf, fs_frame *fr) noexcept:
+        cdef fs_value *v = &fr.keys[FS_KEY_FINAL]
+        return v.kind == FS_OTHER and buf[v.value_offset] == b't'
+
+    @cython.final
+    cdef bint _envelope_chunk(self, const uint8_t *buf, fs_frame *fr) noexcept:
+        """_append's test of an envelope's frame: an audio frame (data a string) whose
+        other fields pass their checks as _classify makes them, with nothing to end."""
+        cdef fs_value *v
+        cdef int k
+        cdef size_t length
+        if self._nested:
+            for k in range(self._env.count):
+                if self._env.node[k].slot < 0 and self._inner[k].kind != FS_ABSENT \
+                        and self._inner[k].kind != FS_NULL and self._inner[k].kind != FS_OBJECT:
+                    return False
+        v = &fr.keys[FS_KEY_FINAL]
+        if v.kind != FS_ABSENT and v.kind != FS_NULL \
+                and (v.kind != FS_OTHER or buf[v.value_offset] != b'f'):
+            return False
+        if self._typeless:
+            return True  # (data is a string: _append checked)
+        v = &fr.keys[FS_KEY_TYPE]
+        if v.kind != FS_STRING or v.has_escape:
+            return False
+        length = v.end - v.start
+        for k in range(self._audio_count):
+            if self._audio_size[k] == length \
+                    and memcmp(buf + v.start, self._audio_text[k], length) == 0:
+                return True
+        return False
 
     cdef object _dispatch(self, const uint8_t *buf, size_t n, fs_frame *fr):
         cdef fs_value *v
-        cdef int ftype = fs_frame_type(buf, fr)
-        cdef bint has_flush = False
+        cdef int code
+        cdef bint has_flush = False, final = False
         cdef int64_t label = 0
         cdef _Context ctx
-        # field types, in the documented order
-        if ftype == FS_TYPE_BAD:
-            self._field_error(buf, n, fr, FS_KEY_TYPE)
-        v = &fr.keys[FS_KEY_CONTEXT_ID]
-        if v.kind != FS_ABSENT and v.kind != FS_NULL and v.kind != FS_STRING:
-            self._field_error(buf, n, fr, FS_KEY_CONTEXT_ID)
+        if self._env == NULL:
+            # field types, in the documented order
+            code = _store_type[<int>fs_frame_type(buf, fr)]
+            self._check_slot(buf, n, fr, FS_KEY_TYPE)
+            self._check_slot(buf, n, fr, FS_KEY_CONTEXT_ID)
+            self._check_slot(buf, n, fr, FS_KEY_FLUSH_ID)
+            self._check_slot(buf, n, fr, FS_KEY_DATA)
+        else:
+            code = self._classify(buf, n, fr)
+            final = self._final(buf, fr)
         v = &fr.keys[FS_KEY_FLUSH_ID]
         if v.kind != FS_ABSENT and v.kind != FS_NULL:
-            if fs_label(buf, v, &label) != 0:
-                self._field_error(buf, n, fr, FS_KEY_FLUSH_ID)
+            fs_label(buf, v, &label)  # (checked above)
             has_flush = True
         v = &fr.keys[FS_KEY_DATA]
-        if v.kind != FS_ABSENT and v.kind != FS_NULL and v.kind != FS_STRING:
-            self._field_error(buf, n, fr, FS_KEY_DATA)
         self._buf = buf
         self._n = n
         self._fr = fr
-        if ftype != FS_TYPE_CHUNK:
+        if code != TYPE_CHUNK:
             self._check_json(buf, n, fr)
             ctx = self._lookup(buf, fr)
-            return self._other(ctx, self._cid, _store_type[ftype], has_flush, label)
+            return self._other(ctx, self._cid, code, has_flush, label)
         ctx = self._lookup(buf, fr)
+        cid = self._cid
         self._chars = NULL
         self._offsets = NULL
         if v.kind != FS_STRING:
@@ -761,12 +936,18 @@ cdef class Sink(Store):
             self._src = buf + v.start
             self._src_len = v.end - v.start
         try:
-            return self._chunk(ctx, self._cid, has_flush, label)
+            events = self._chunk(ctx, cid, has_flush, label)
         finally:
             free(self._chars)
             free(self._offsets)
             self._chars = NULL
             self._offsets = NULL
+        if final and self._contexts.get(cid) is not None:
+            # audio that also ends its context (an envelope without types): the end
+            # follows the chunk, and the frame counts once
+            self._frames -= 1
+            events += self._other(self._contexts.get(cid), cid, TYPE_DONE, False, 0)
+        return events
 
     cdef int _unescape(self) except -1:
         """The chunk's data has escapes: its characters, unescaped, become the source,
@@ -785,6 +966,8 @@ cdef class Sink(Store):
     # ---- the store's hooks ----------------------------------------------------------
 
     cdef Py_ssize_t _data_size(self) except -1:
+        if self._hex:
+            return <Py_ssize_t>(self._src_len // 2)
         return <Py_ssize_t>b64_decoded_size(self._src, self._src_len) if self._src_len else 0
 
     cdef bint _check_data(self) except -1:
@@ -805,7 +988,9 @@ cdef class Sink(Store):
         cdef b64_status st
         cdef const uint8_t *src = self._src
         cdef size_t length = self._src_len
-        if length >= GIL_RELEASE_BYTES:
+        if self._hex:
+            st = hex_decode(src, length, target, size, &written, &pos)
+        elif length >= GIL_RELEASE_BYTES:
             with nogil:
                 st = b64_decode(src, length, target, size, &written, &pos)
         else:

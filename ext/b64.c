@@ -501,3 +501,36 @@ b64_status b64_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
     }
     return find_error(src, n, error_pos);
 }
+
+/* ---- hex ---------------------------------------------------------------------------- */
+
+static int hex_digit(uint8_t c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    c |= 0x20;   /* A-F to a-f; nothing else lands in a-f */
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+b64_status hex_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
+                      size_t *written, size_t *error_pos)
+{
+    *written = 0;
+    *error_pos = 0;
+    if (cap < n / 2) return B64_NO_SPACE;
+    size_t i = 0;
+    for (; i + 1 < n; i += 2) {
+        int hi = hex_digit(src[i]), lo = hex_digit(src[i + 1]);
+        if (hi < 0 || lo < 0) {
+            *error_pos = hi < 0 ? i : i + 1;
+            return HEX_BAD_CHAR;
+        }
+        dst[(*written)++] = (uint8_t)(hi << 4 | lo);
+    }
+    if (i < n) {
+        if (hex_digit(src[i]) < 0) { *error_pos = i; return HEX_BAD_CHAR; }
+        *error_pos = n;
+        return HEX_BAD_LENGTH;
+    }
+    return B64_OK;
+}

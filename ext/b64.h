@@ -20,7 +20,9 @@
     X(B64_BAD_CHAR, "base64_char") \
     X(B64_BAD_PADDING, "base64_padding") \
     X(B64_BAD_LENGTH, "base64_length") \
-    X(B64_NO_SPACE, "")
+    X(B64_NO_SPACE, "") \
+    X(HEX_BAD_CHAR, "hex_char") \
+    X(HEX_BAD_LENGTH, "hex_length")
 
 #define B64_ENUM_MEMBER(id, name) id,
 typedef enum { B64_STATUS_LIST(B64_ENUM_MEMBER) B64_NSTATUS } b64_status;
@@ -39,6 +41,13 @@ static inline size_t b64_decoded_size(const uint8_t *src, size_t n)
  * stored before the error); *error_pos is the offset of the error in src.
  * B64_NO_SPACE (nothing written) when cap < b64_decoded_size(src, n). */
 b64_status b64_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
+                      size_t *written, size_t *error_pos);
+
+/* Strict hex (an envelope's audio_encoding="hex"): scanning left to right, a byte that
+ * is not 0-9 a-f A-F is HEX_BAD_CHAR at its offset; then an odd length is HEX_BAD_LENGTH
+ * at offset n. Decodes src[0:n] into dst (capacity cap >= n / 2, else B64_NO_SPACE);
+ * *written and *error_pos as b64_decode's. Hex audio is rare: scalar only. */
+b64_status hex_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
                       size_t *written, size_t *error_pos);
 
 /* The kernel in use: "scalar", "avx2" (AVX2) or "avx512" (AVX-512 F/BW/VBMI). Until

@@ -211,7 +211,12 @@ typedef struct {
     size_t data_end;                         /* data's closing quote, once passed; else 0 */
     size_t after;                            /* top-level members after data */
     fs_tmpl_member after_member[FS_TMPL_MEMBERS];   /* offsets from data_end */
+    const fs_env *env;                       /* fs_scan_env's envelope, else NULL */
+    fs_value *inner;                         /* its object nodes' values */
 } scanner;
+
+/* scan_object's parent for an object off the envelope's paths (or any, in fs_scan) */
+#define NO_NODE (-2)
 
 /* A top-level member's value was buf[value:value_end] (for the template). */
 static inline void record_member(scanner *s, size_t value, size_t value_end, int key)
@@ -277,6 +282,26 @@ static fs_status scan_string(scanner *s, size_t *pos, size_t *start, size_t *end
 {
     /* *pos is at the opening quote */
     *start = *pos + 1;
+#if defined(__SSE2__)
+    /* Most strings of a frame are keys and short values: one load answers them here,
+     * without a call (the first special byte is their closing quote) */
+    if (*start + 16 <= s->n) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(s->buf + *start));
+        __m128i special = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                                                    _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
+                                       _mm_cmplt_epi8(v, _mm_set1_epi8(0x20)));
+        unsigned mask = (unsigned)_mm_movemask_epi8(special);
+        if (mask) {
+            size_t i = *start + (size_t)__builtin_ctz(mask);
+            if (s->buf[i] == '"') {
+                *end = i;
+                *esc = 0;
+                *pos = i + 1;
+                return FS_OK;
+            }
+        }
+    }
+#endif
     fs_status st = check_string(s->buf, s->n, *start, end, esc, &s->error_offset);
     if (st != FS_OK) return st;
     *pos = *end + 1;
@@ -356,9 +381,9 @@ static int string_equals(const uint8_t *buf, size_t start, size_t end, int escap
 {
     if (!escaped)
         return end - start == name_len && memcmp(buf + start, name, name_len) == 0;
-    uint8_t chars[12 * 20];
-    size_t offsets[12 * 20 + 1];
-    if (end - start > sizeof(chars) || name_len > 20) return 0;
+    uint8_t chars[12 * FS_ENV_NAME_MAX];
+    size_t offsets[12 * FS_ENV_NAME_MAX + 1];
+    if (end - start > sizeof(chars) || name_len > FS_ENV_NAME_MAX) return 0;
     size_t count = fs_unescape_chars(buf, start, end, chars, offsets);
     return count == name_len && memcmp(chars, name, name_len) == 0;
 }
@@ -412,7 +437,30 @@ fs_type fs_frame_type(const uint8_t *buf, const fs_frame *frame)
 
 #undef FS_MATCH_NAME
 
-static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
+/* The envelope node a member of node parent's object is, or -1. */
+static int env_member(const fs_env *env, int parent, const uint8_t *buf, size_t start,
+                      size_t end, int escaped)
+{
+    size_t len = end - start;
+    for (int k = 0; k < env->count; k++) {
+        const fs_env_node *node = &env->node[k];
+        if (node->parent != parent) continue;
+        if (escaped) {
+            if (string_equals(buf, start, end, 1, (const char *)node->name, node->len))
+                return k;
+            continue;
+        }
+        if (len != node->len || buf[start] != node->name[0]) continue;
+        size_t i = 1;
+        while (i < len && buf[start + i] == node->name[i]) i++;
+        if (i == len) return k;
+    }
+    return -1;
+}
+
+/* depth, top: see scan_value; parent: the envelope node whose object this is (-1: the
+ * frame's, in fs_scan_env), or NO_NODE. */
+static fs_status scan_object(scanner *s, size_t *pos, int depth, int top, int parent)
 {
     const uint8_t *b = s->buf;
     size_t n = s->n, i = *pos + 1;
@@ -432,6 +480,23 @@ static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
         if (i >= n) return fail(s, FS_E_TRUNCATED, n);
         int key = top ? known_key(b, ks, ke, kesc) : -1;
         size_t value = i;
+        if (parent != NO_NODE) {
+            int node = env_member(s->env, parent, b, ks, ke, kesc);
+            if (node >= 0 && (key = s->env->node[node].slot) < 0) {
+                /* an object on the way to the envelope's fields */
+                fs_value *v = &s->inner[node];
+                if (v->kind != FS_ABSENT) return fail(s, FS_E_DUPLICATE, key_offset);
+                v->value_offset = i;
+                if (b[i] == '{') {
+                    v->kind = FS_OBJECT;
+                    if (depth + 1 > FS_MAX_DEPTH) return fail(s, FS_E_DEPTH, i);
+                    if ((st = scan_object(s, &i, depth + 1, 0, node)) != FS_OK) return st;
+                } else {
+                    v->kind = b[i] == 'n' ? FS_NULL : FS_OTHER;
+                    if ((st = scan_value(s, &i, depth)) != FS_OK) return st;
+                }
+            }
+        }
         if (key >= 0) {
             fs_value *v = &s->frame->keys[key];
             if (v->kind != FS_ABSENT) return fail(s, FS_E_DUPLICATE, key_offset);
@@ -474,7 +539,7 @@ static fs_status scan_object(scanner *s, size_t *pos, int depth, int top)
                 v->kind = FS_OTHER;
                 if ((st = scan_value(s, &i, depth)) != FS_OK) return st;
             }
-        } else {
+        } else if (i == value) {   /* (not an object node, which scanned its value) */
             if ((st = scan_value(s, &i, depth)) != FS_OK) return st;
         }
         size_t value_end = i;
@@ -516,7 +581,7 @@ static fs_status scan_value(scanner *s, size_t *pos, int depth)
     case '"': return scan_string(s, pos, &ks, &ke, &esc);
     case '{':
         if (depth + 1 > FS_MAX_DEPTH) return fail(s, FS_E_DEPTH, *pos);
-        return scan_object(s, pos, depth + 1, 0);
+        return scan_object(s, pos, depth + 1, 0, NO_NODE);
     case '[':
         if (depth + 1 > FS_MAX_DEPTH) return fail(s, FS_E_DEPTH, *pos);
         return scan_array(s, pos, depth + 1);
@@ -787,21 +852,15 @@ int fs_data_is_last(const uint8_t *buf, size_t n, const fs_frame *frame)
            && tail_quote(buf, n, d->value_offset) == d->end;
 }
 
-fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
-                  int guesses, fs_memo *memo)
+static fs_status scan_frame(const uint8_t *buf, size_t n, fs_frame *frame,
+                            size_t *error_offset, int guesses, fs_memo *memo,
+                            const fs_env *env, fs_value *inner)
 {
-    if (memo != NULL && memo->tmpl.len != 0
-            && ((guesses & FS_GUESS_LAST) || memo->tmpl.suffix_len != 0)
-            && template_match(&memo->tmpl, buf, n, frame, guesses)) {
-#ifdef FS_TEMPLATE_STATS
-        fs_template_hits[memo->tmpl.suffix_len != 0]++;
-#endif
-        *error_offset = 0;   /* as the full scan leaves it */
-        return FS_OK;
-    }
     scanner s = {buf, n, 0, frame, guesses, 0};
     s.data_end = 0;
     s.after = 0;
+    s.env = env;
+    s.inner = inner;
     /* only the kinds need clearing: the other fields are read once a kind is set */
     for (int k = 0; k < FS_NKEYS; k++) frame->keys[k].kind = FS_ABSENT;
     frame->object_offset = 0;
@@ -814,7 +873,7 @@ fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_o
         s.error_offset = i;
     } else {
         frame->object_offset = i;
-        st = scan_object(&s, &i, 1, 1);
+        st = env == NULL ? scan_object(&s, &i, 1, 1, NO_NODE) : scan_object(&s, &i, 1, 0, -1);
         if (st == FS_OK) {
             i = skip_ws(buf, n, i);
             if (i < n) { st = FS_E_TRAILING; s.error_offset = i; }
@@ -839,4 +898,26 @@ fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_o
     }
     *error_offset = s.error_offset;
     return st;
+}
+
+fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_offset,
+                  int guesses, fs_memo *memo)
+{
+    if (memo != NULL && memo->tmpl.len != 0
+            && ((guesses & FS_GUESS_LAST) || memo->tmpl.suffix_len != 0)
+            && template_match(&memo->tmpl, buf, n, frame, guesses)) {
+#ifdef FS_TEMPLATE_STATS
+        fs_template_hits[memo->tmpl.suffix_len != 0]++;
+#endif
+        *error_offset = 0;   /* as the full scan leaves it */
+        return FS_OK;
+    }
+    return scan_frame(buf, n, frame, error_offset, guesses, memo, NULL, NULL);
+}
+
+fs_status fs_scan_env(const uint8_t *buf, size_t n, fs_frame *frame, fs_value *inner,
+                      size_t *error_offset, const fs_env *env)
+{
+    for (int k = 0; k < env->count; k++) inner[k].kind = FS_ABSENT;
+    return scan_frame(buf, n, frame, error_offset, 0, NULL, env, inner);
 }

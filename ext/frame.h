@@ -35,14 +35,18 @@
     X(FS_E_TRAILING, "trailing") \
     X(FS_E_DUPLICATE, "duplicate")
 
-/* The top-level members the scanner records: the envelope's key names. */
+/* The members the scanner records (flushsink._common.SLOTS, in the same order): Cartesia's
+ * top-level key names, then the slots only an envelope names (fs_scan_env): "" marks them,
+ * so that fs_scan never records them. */
 #define FS_KEY_LIST(X) \
     X(FS_KEY_TYPE, "type") \
     X(FS_KEY_CONTEXT_ID, "context_id") \
     X(FS_KEY_FLUSH_ID, "flush_id") \
     X(FS_KEY_DATA, "data") \
     X(FS_KEY_WORD_TIMESTAMPS, "word_timestamps") \
-    X(FS_KEY_PHONEME_TIMESTAMPS, "phoneme_timestamps")
+    X(FS_KEY_PHONEME_TIMESTAMPS, "phoneme_timestamps") \
+    X(FS_KEY_FINAL, "") \
+    X(FS_KEY_ERROR, "")
 
 /* Frame types: the "type" values the sink knows, and what fs_frame_type says otherwise
  * (NONE: no type or null; UNKNOWN: a string it does not know; BAD: not a string). */
@@ -67,7 +71,9 @@ extern const char *const fs_status_codes[FS_NSTATUS];
 extern const char *const fs_key_names[FS_NKEYS];
 extern const char *const fs_type_names[FS_NTYPES];
 
-typedef enum { FS_ABSENT = 0, FS_NULL, FS_STRING, FS_NUMBER, FS_OTHER } fs_kind;
+/* FS_OBJECT: only for the objects on an envelope's paths (fs_scan_env's inner values);
+ * every other object, array, true or false is FS_OTHER. */
+typedef enum { FS_ABSENT = 0, FS_NULL, FS_STRING, FS_NUMBER, FS_OTHER, FS_OBJECT } fs_kind;
 
 typedef struct {
     fs_kind kind;
@@ -182,6 +188,34 @@ fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_o
  * only into tests/scan_memo.c, which checks that both kinds are exercised. */
 extern unsigned long fs_template_hits[2];
 #endif
+
+/* An envelope (flushsink.envelopes.Envelope) as the scanner walks it: the names on its
+ * paths as a tree. A node is a member name of the object its parent node's value is (-1:
+ * the frame itself); a node with a slot is a field the scanner records in
+ * frame->keys[slot], one without is an object on the way to fields, whose value it
+ * records in inner[node]. Names are ASCII (escaped keys are unescaped to compare). */
+#define FS_ENV_NODES 128
+#define FS_ENV_NAME_MAX 64
+
+typedef struct {
+    uint8_t name[FS_ENV_NAME_MAX];
+    uint8_t len;
+    int8_t slot;       /* FS_KEY_*, or -1 for an object on the way */
+    int16_t parent;    /* the node whose object holds this member, -1 for the frame */
+} fs_env_node;
+
+typedef struct {
+    int count;
+    fs_env_node node[FS_ENV_NODES];
+} fs_env;
+
+/* fs_scan for an envelope: validates buf[0:n] the same way and records env's fields at
+ * any depth, and in inner[k] (env->count entries) the value of each object node k (its
+ * kind FS_OBJECT when it is an object, FS_ABSENT when the frame has none). A field or
+ * object node seen twice in one object is FS_E_DUPLICATE. No guesses, no memo: the
+ * data slot's string is skipped unchecked as fs_scan does (frame->data_checked). */
+fs_status fs_scan_env(const uint8_t *buf, size_t n, fs_frame *frame, fs_value *inner,
+                      size_t *error_offset, const fs_env *env);
 
 /* Validate the string whose content starts at buf[start] (just past the opening quote):
  * escapes, surrogate pairs, control bytes, UTF-8. On success *end is the offset of the

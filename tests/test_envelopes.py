@@ -1,7 +1,7 @@
 """The built-in envelopes describe the frames each provider's emulator really sends: a
 reference router driven by nothing but the envelope (json.loads, the dotted paths,
 base64) gets back each emulator's rendered audio, per context and segment. The Sink's
-own reading of envelopes (issue 16 item 1) will be held to the same router."""
+own reading of envelopes (issue 16 item 1) is held to the same router."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from flushsink.emulator import (ElevenLabsEmulator, Emulator, OpenAIRealtimeEmul
                                 stream_call)
 from flushsink.envelopes import (BUILT_IN, CARTESIA, ELEVENLABS, OPENAI_REALTIME, TWILIO_MEDIA,
                                  Envelope)
+from flushsink import SegmentReady, Sink
 from flushsink.formats import AudioFormat
 
 TIMEOUT = 10.0
@@ -36,6 +37,22 @@ def at(obj: Any, path: Optional[str]) -> Any:
 
 
 def route(envelope: Envelope, frames: list[str]) -> dict[tuple[Any, Any], bytes]:
+    """Audio per (context, segment), as the reference router and the Sink both read it
+    by the envelope (they must agree)."""
+    audio = reference_route(envelope, frames)
+    assert sink_route(envelope, frames) == audio
+    return audio
+
+
+def sink_route(envelope: Envelope, frames: list[str]) -> dict[tuple[Any, Any], bytes]:
+    sink = Sink(AudioFormat("pcm_s16le", 8000), envelope=envelope)
+    events = [event for frame in frames for event in sink.feed(frame)] + list(sink.close())
+    return {(e.segment.context_id, e.segment.flush_id):
+            e.segment.samples.tobytes() + e.segment.trailing_bytes
+            for e in events if isinstance(e, SegmentReady) and e.segment.nbytes}
+
+
+def reference_route(envelope: Envelope, frames: list[str]) -> dict[tuple[Any, Any], bytes]:
     """Audio per (context, segment), in arrival order, as the envelope says to read it; a
     segment without a key is the context's current one, counted from 0 and moved on by
     the segment-end types."""

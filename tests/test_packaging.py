@@ -193,7 +193,8 @@ class _ReadableBuffer:
 
 _NAMESPACE = {**vars(typing), **vars(segments), "AudioFormat": AudioFormat,
               "AudioChunk": _fallback.AudioChunk,
-              "SinkStats": SinkStats, "ReadableBuffer": _ReadableBuffer}
+              "SinkStats": SinkStats, "ReadableBuffer": _ReadableBuffer,
+              "Envelope": flushsink.envelopes.Envelope}
 
 
 def _stub_parameters(node: ast.FunctionDef) -> list[Row]:

@@ -27,6 +27,7 @@ from .errors import (
     ConfigError,
 )
 from .formats import DEFAULT_FORMAT, AudioFormat
+from .envelopes import Envelope
 from .segments import (
     ContextDone,
     ContextError,
@@ -49,6 +50,7 @@ from ._version import __version__
 
 __all__ = [
     "BACKEND", "SIMD", "Sink", "SinkStats", "AudioChunk", "AudioFormat", "DEFAULT_FORMAT",
+    "Envelope",
     "Segment", "SegmentReady", "ContextDone", "ContextError", "ServerError",
     "Timestamps", "Unknown", "TimedText", "Event",
     "FileWriter", "connect", "sync", "Retry",

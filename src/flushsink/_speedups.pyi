@@ -8,11 +8,13 @@ from _typeshed import ReadableBuffer
 
 from ._common import SinkStats as SinkStats
 from ._store import AudioChunk as AudioChunk
+from .envelopes import Envelope
 from .formats import AudioFormat
 from .segments import Event, SegmentReady
 
 class Sink:
-    """Turns Cartesia TTS websocket frames into finished audio segments (docs/sink.md)."""
+    """Turns TTS websocket frames into finished audio segments: Cartesia's, or any
+    provider's that an Envelope describes (docs/sink.md)."""
 
     def __init__(
         self,
@@ -28,6 +30,7 @@ class Sink:
         drop_unannounced: bool = False,
         stream: bool = False,
         keep_audio: bool = True,
+        envelope: Envelope | None = None,
     ) -> None: ...
     @property
     def format(self) -> AudioFormat: ...
@@ -51,6 +54,8 @@ class Sink:
     def stream(self) -> bool: ...
     @property
     def keep_audio(self) -> bool: ...
+    @property
+    def envelope(self) -> Envelope: ...
     @property
     def drop_unannounced(self) -> bool: ...
     @drop_unannounced.setter

@@ -276,7 +276,7 @@ class Store:
     def envelope(self) -> Envelope:
         """Where the sink reads things in a frame (flushsink.envelopes; CARTESIA by
         default)."""
-        return CARTESIA if self._envelope is None else self._envelope  # type: ignore[no-any-return]
+        return CARTESIA if self._envelope is None else self._envelope
 
     @property
     def keep_audio(self) -> bool:

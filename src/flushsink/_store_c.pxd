@@ -78,7 +78,7 @@ cdef class Store:
     cdef void _release(self)
 
     # what a core provides
-    cdef void _start(self)
+    cdef void _start(self) except *
     cdef Py_ssize_t _data_size(self) except -1
     cdef bint _check_data(self) except -1
     cdef object _decode(self, _Segment seg, size_t size)

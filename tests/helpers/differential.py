@@ -40,6 +40,7 @@ import sys
 from typing import Any, Callable, Optional
 
 from flushsink import AudioFormat, CapacityError, FrameError
+from flushsink.envelopes import CARTESIA, ELEVENLABS, OPENAI_REALTIME, TWILIO_MEDIA, Envelope
 from flushsink import _fallback
 from flushsink.segments import (ContextDone, ContextError, SegmentReady, ServerError,
                                 Timestamps, Unknown)
@@ -61,6 +62,15 @@ ENDED = [10_000, 0, 1, 2, 5]
 STREAM_MODES = [(False, True), (True, True), (True, False)]
 AS_TYPES = ["bytes", "bytearray", "memoryview", "str", "str_lossy", "strided"]
 CONTEXT_POOL = ["a", "b", "turn-17", None, "é😀/\"x", "../../etc/passwd", "a" * 300, ""]
+#: a user's envelope: every field nested, some deeper than others, hex audio
+DEEP_HEX = Envelope(
+    name="deep-hex", type_key="meta.kind", audio_types=("audio", "audio2"),
+    audio_key="body.audio.hex", context_key="meta.session.id", segment_key="body.part",
+    segment_end_types=("part_end",), context_end_types=("end",), error_types=("oops",),
+    timestamp_types=("words",), error_message_keys=("problem.text", "detail"),
+    error_code_key="problem.code", audio_encoding="hex")
+#: what a program's sink reads by (None: Cartesia's own intake)
+ENVELOPES: list[Optional[Envelope]] = [None, ELEVENLABS, OPENAI_REALTIME, TWILIO_MEDIA, DEEP_HEX]
 
 
 class Finding(AssertionError):
@@ -72,7 +82,8 @@ class Finding(AssertionError):
 def config_from_bytes(raw: bytes) -> dict[str, Any]:
     raw = raw.ljust(4, b"\0")
     return {
-        "format": raw[0] % len(FORMATS),
+        "format": (raw[0] & 0x0F) % len(FORMATS),
+        "envelope": (raw[0] >> 4) % len(ENVELOPES),
         "max_segment_bytes": SEGMENT_CAPS[raw[1] % len(SEGMENT_CAPS)],
         "max_total_bytes": TOTAL_CAPS[(raw[1] >> 4) % len(TOTAL_CAPS)],
         "prealloc_seconds": PREALLOC[raw[2] % len(PREALLOC)],
@@ -85,7 +96,7 @@ def config_from_bytes(raw: bytes) -> dict[str, Any]:
 
 def config_to_bytes(config: dict[str, Any]) -> bytes:
     return bytes([
-        config["format"],
+        config["format"] | config.get("envelope", 0) << 4,
         SEGMENT_CAPS.index(config["max_segment_bytes"])
         | TOTAL_CAPS.index(config["max_total_bytes"]) << 4,
         PREALLOC.index(config["prealloc_seconds"])
@@ -104,7 +115,8 @@ def make_sink(core: Any, config: dict[str, Any]) -> Any:
                      max_ended_contexts=config["max_ended_contexts"],
                      drop_unannounced=config["drop_unannounced"],
                      stream=config.get("stream", STREAM_MODES[0])[0],
-                     keep_audio=config.get("stream", STREAM_MODES[0])[1])
+                     keep_audio=config.get("stream", STREAM_MODES[0])[1],
+                     envelope=ENVELOPES[config.get("envelope", 0)])
 
 
 # --- the raw program format ------------------------------------------------------------------
@@ -346,7 +358,8 @@ def run_program(config: dict[str, Any], ops: list[tuple], *, compiled: Any = Non
         elif _loses_a_chunk(got):
             # docs/sink.md "Lost chunks": the one mark a rejected chunk leaves is on the
             # segment it was meant for; the same chunk without data resolves that segment
-            if outcome(_apply(shadow, _without_audio(op)), op)[0] == "ok":
+            stand_in = _without_audio(op, ENVELOPES[config.get("envelope", 0)])
+            if outcome(_apply(shadow, stand_in), op)[0] == "ok":
                 stand_ins += 1
         stats_s = tuple(shadow.stats)
         if (stats_c[0] + stand_ins, stats_c[1] + stand_ins) + stats_c[2:4] + stats_c[5:] \
@@ -362,18 +375,86 @@ _LOST_MARK = re.compile(r"(?:^|; )lost \d+ chunks? \(\d+ bytes\)(?:, the first)?
 
 
 def _loses_a_chunk(result: tuple) -> bool:
-    """A rejection that marks a segment: a cap, or a chunk's base64."""
+    """A rejection that marks a segment: a cap, or a chunk's base64 (or hex)."""
     return result[0] == "CapacityError" or (result[0] == "FrameError"
-                                            and result[1].startswith("base64"))
+                                            and result[1].startswith(("base64", "hex")))
 
 
-def _without_audio(op: tuple) -> tuple:
-    """The feed op of the same (valid JSON) chunk frame with empty data."""
+def _without_audio(op: tuple, envelope: Optional[Envelope] = None) -> tuple:
+    """The feed op of the same (valid JSON) chunk frame with empty data (and, read by an
+    envelope without types, without the final flag: the rejected frame ended nothing)."""
     frame = _as_input(op[1], op[2])
     obj = json.loads(frame.encode("utf-8") if isinstance(frame, str) else bytes(frame),
                      parse_float=str, parse_constant=str)  # (only the keys below matter)
-    kept = {key: obj[key] for key in ("type", "context_id", "flush_id") if key in obj}
-    return ("feed", json.dumps({**kept, "data": ""}).encode(), "bytes")
+    if envelope is None:
+        kept = {key: obj[key] for key in ("type", "context_id", "flush_id") if key in obj}
+        return ("feed", json.dumps({**kept, "data": ""}).encode(), "bytes")
+    kept = {}
+    for path in (envelope.type_key, envelope.context_key, envelope.segment_key):
+        if path is not None and _at(obj, path) is not _MISSING:
+            _put(kept, path, _at(obj, path))
+    _put(kept, envelope.audio_key, "")
+    return ("feed", json.dumps(kept).encode(), "bytes")
+
+
+_MISSING = object()
+
+
+def _at(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        if not isinstance(obj, dict) or name not in obj:
+            return _MISSING
+        obj = obj[name]
+    return obj
+
+
+def _put(obj: dict, path: str, value: Any) -> None:
+    *outer, last = path.split(".")
+    for name in outer:
+        obj = obj.setdefault(name, {})
+    obj[last] = value
+
+
+def translate(obj: dict, envelope: Optional[Envelope]) -> dict:
+    """A Cartesia-shaped frame as the envelope's provider would send it: the type of the
+    same kind (a type-less envelope: the fields that make it that kind), the context,
+    label and audio at the envelope's paths (hex audio re-encoded), the rest as it is."""
+    if envelope is None:
+        return obj
+    out: dict = {}
+    kinds = {"chunk": "audio", "flush_done": "segment_end", "done": "context_end",
+             "error": "error", "timestamps": "timestamps",
+             "phoneme_timestamps": "phoneme_timestamps"}
+    rest = dict(obj)
+    ftype = rest.pop("type", _MISSING)
+    kind = kinds.get(ftype) if isinstance(ftype, str) else None
+    if envelope.type_key is not None and ftype is not _MISSING:
+        values = [v for v, k in envelope.type_kinds().items() if k == kind]
+        _put(out, envelope.type_key, values[0] if values else ftype)
+    elif envelope.type_key is None and kind == "context_end":
+        _put(out, envelope.final_key, True)
+    cid = rest.pop("context_id", _MISSING)
+    if envelope.context_key is not None and cid is not _MISSING:
+        _put(out, envelope.context_key, cid)
+    fid = rest.pop("flush_id", _MISSING)
+    if envelope.segment_key is not None and fid is not _MISSING:
+        _put(out, envelope.segment_key, fid)
+    data = rest.pop("data", _MISSING)
+    if data is not _MISSING and (kind == "audio" or envelope.type_key is not None):
+        if envelope.audio_encoding == "hex" and isinstance(data, str):
+            try:
+                data = base64.b64decode(data, validate=True).hex()
+            except ValueError:
+                pass
+        _put(out, envelope.audio_key, data)
+    if kind == "error":
+        message = rest.pop("message", rest.pop("error", None))
+        for path in envelope.error_message_keys[:1]:
+            _put(out, path, message)
+    for key, value in rest.items():
+        if key not in out and all(p is None or p.split(".")[0] != key for p in envelope.paths()):
+            out[key] = value
+    return out
 
 
 def _unmark_lost(result: tuple) -> tuple:
@@ -503,6 +584,11 @@ def seed_programs() -> list[tuple[dict[str, Any], list[tuple]]]:
     ops = [("feed", dumps(chunk_obj(f"flood-{k}", 0, rng.randbytes(3))), "bytes")
            for k in range(20)]
     programs.append((config_from_bytes(b"\x00\x45\x00\x02"), ops))
+    # each envelope's frames: two contexts, their segments, an error, a timestamps frame
+    for index in range(1, len(ENVELOPES)):
+        ops = [("feed", dumps(translate(obj, ENVELOPES[index])), "bytes")
+               for _ in range(3) for obj in seed_objects(rng)]
+        programs.append((dict(config_from_bytes(bytes([1, 0, 0, 0])), envelope=index), ops))
     return programs
 
 
@@ -812,6 +898,7 @@ def generate_structured(p: Any, max_ops: int = 24) -> tuple[dict[str, Any], list
         obj = shapes[index]
         if index < 2:  # the server's timing changes every chunk: the scanner's template
             obj["step_time"] = round(rng.uniform(0, 200), rng.randint(0, 7))  # sees a new number
+        obj = translate(obj, ENVELOPES[config["envelope"]])
         if p.ConsumeIntInRange(0, 3) == 0:
             obj = mutate_object(p, obj, contexts, flush_ids)
         escape_rate = _pick(p, [0, 0, 0, 1, 4, 16])
