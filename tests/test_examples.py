@@ -5,24 +5,39 @@ with the emulator's render() of each text, computed here independently."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import importlib.util
 import io
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import soundfile
+from websockets.asyncio.server import serve
 
-from flushsink.emulator import render
+from flushsink.emulator import render, stream_call
 from flushsink.formats import AudioFormat
+from flushsink.writers import safe_name
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 VOICE = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"
 SEED = ["Stay hungry, ", "stay foolish."]
 S16 = AudioFormat("pcm_s16le", 44100)
+
+
+def load_example(name: str) -> ModuleType:
+    """An example imported as a module (its ``__main__`` part does not run)."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def reference(audio: bytes, fmt: AudioFormat) -> np.ndarray:
@@ -89,16 +104,7 @@ def test_twilio_receiver_writes_the_calls_inbound_audio(tmp_path):
 def test_twilio_receiver_keeps_a_hostile_stream_sid_inside_out(tmp_path):
     """The stream id comes from the network: one that names a path elsewhere still gives a
     file inside OUT (nothing is written outside it, whatever the id)."""
-    import asyncio
-    import importlib.util
-
-    from websockets.asyncio.server import serve
-
-    from flushsink.emulator import stream_call
-
-    spec = importlib.util.spec_from_file_location("twilio_receiver", EXAMPLES / "twilio_receiver.py")
-    receiver = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(receiver)
+    receiver = load_example("twilio_receiver")
     out = tmp_path / "a" / "calls"
     written = []
 
@@ -162,3 +168,39 @@ def test_openai_realtime_needs_a_key_a_url_or_the_emulator(tmp_path):
     assert result.returncode == 2
     assert "OPENAI_API_KEY" in result.stderr and "--emulator" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_openai_realtime_keeps_a_hostile_response_id_inside_out(tmp_path):
+    """The response id comes from the network: one that names a path elsewhere still gives
+    a file inside OUT, under the writer's safe name for it."""
+    example = load_example("openai_realtime")
+    response_id = "../../escape"
+    fmt = AudioFormat("pcm_s16le", 24000)
+    audio = render("Hi.", "alloy", fmt)
+    where = {"response_id": response_id, "item_id": "item_1", "output_index": 0, "content_index": 0}
+    frames = [
+        {"type": "response.output_audio.delta", **where, "delta": base64.b64encode(audio).decode()},
+        {"type": "response.output_audio.done", **where},
+        {"type": "response.done", "response": {"id": response_id, "status": "completed"}},
+    ]
+    out = tmp_path / "a" / "out"
+
+    async def server(ws):
+        for _ in range(3):  # session.update, conversation.item.create, response.create
+            await ws.recv()
+        for frame in frames:
+            await ws.send(json.dumps(frame))
+        async for _ in ws:  # until the example closes
+            pass
+
+    async def main():
+        async with serve(server, "127.0.0.1", 0) as local:
+            port = next(iter(local.sockets)).getsockname()[1]
+            await example.speak(f"ws://127.0.0.1:{port}/v1/realtime", ["Hi."], "alloy", "pcm",
+                                str(out), None)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    [path] = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert path == out / safe_name(response_id) / "0.wav"
+    samples, _ = soundfile.read(str(path), dtype="int16")
+    assert np.array_equal(samples, reference(audio, fmt))
