@@ -122,8 +122,10 @@ cdef extern from "frame.h":
     ctypedef struct fs_env:
         int count
         fs_env_node node[128]
+    ctypedef struct fs_env_memo:
+        pass
     fs_status fs_scan_env(const uint8_t *buf, size_t n, fs_frame *frame, fs_value *inner,
-                          size_t *error_offset, const fs_env *env)
+                          size_t *error_offset, const fs_env *env, fs_env_memo *memo)
     int fs_confirm_data_end(const uint8_t *buf, const fs_frame *frame)
     int fs_data_is_last(const uint8_t *buf, size_t n, const fs_frame *frame)
     fs_status fs_check_string(const uint8_t *buf, size_t n, size_t start, size_t *end,
@@ -406,6 +408,7 @@ cdef class Sink(Store):
     # an envelope's reading (_start; NULL _env: Cartesia's frames, read by fs_scan)
     cdef fs_env *_env
     cdef fs_value *_inner         # the values of its objects on the way (fs_scan_env)
+    cdef fs_env_memo *_env_memo   # the envelope's frames the stream repeats (templates)
     cdef bint _typeless, _hex, _nested
     cdef tuple _field_names       # per slot: the name its field_type error gives
     cdef tuple _on_the_way        # per slot: ((node, name), ...) of its objects on the way
@@ -422,6 +425,7 @@ cdef class Sink(Store):
         free(self._raw)  # (always NULL between calls: _streamed_apart takes it)
         free(self._env)
         free(self._inner)
+        free(self._env_memo)
 
     cdef void _start(self) except *:
         """Read the envelope (Store.__init__ set it) into the scanner's tree of names."""
@@ -433,7 +437,8 @@ cdef class Sink(Store):
         layout = envelope_layout(self._envelope)
         self._env = env = <fs_env *>calloc(1, sizeof(fs_env))
         self._inner = <fs_value *>calloc(FS_ENV_NODES, sizeof(fs_value))
-        if env == NULL or self._inner == NULL:
+        self._env_memo = <fs_env_memo *>calloc(1, sizeof(fs_env_memo))
+        if env == NULL or self._inner == NULL or self._env_memo == NULL:
             raise MemoryError()
         nodes = {}
         on_the_way = []
@@ -573,7 +578,7 @@ cdef class Sink(Store):
         fs_prefetch(buf, n)
         cdef fs_status st
         if self._env != NULL:
-            st = fs_scan_env(buf, n, &fr, self._inner, &offset, self._env)
+            st = fs_scan_env(buf, n, &fr, self._inner, &offset, self._env, self._env_memo)
             if st != FS_OK:
                 raise FrameError(SCAN_CODES[st], offset)
             if not self._hex and self._append(buf, &fr):

@@ -213,7 +213,21 @@ typedef struct {
     fs_tmpl_member after_member[FS_TMPL_MEMBERS];   /* offsets from data_end */
     const fs_env *env;                       /* fs_scan_env's envelope, else NULL */
     fs_value *inner;                         /* its object nodes' values */
+    fs_env_token *token;                     /* fs_scan_env with a memo: the value tokens */
+    uint32_t tokens;                         /* (FS_ENV_TOKENS + 1: too many) */
 } scanner;
+
+/* A value token for the envelope's template (fs_env_memo). */
+static inline void push_token(scanner *s, size_t start, size_t end, uint8_t kind)
+{
+    if (s->token == NULL) return;
+    if (s->tokens < FS_ENV_TOKENS) {
+        s->token[s->tokens].start = (uint32_t)start;
+        s->token[s->tokens].end = (uint32_t)end;
+        s->token[s->tokens].kind = kind;
+    }
+    if (s->tokens <= FS_ENV_TOKENS) s->tokens++;
+}
 
 /* scan_object's parent for an object off the envelope's paths (or any, in fs_scan) */
 #define NO_NODE (-2)
@@ -527,6 +541,7 @@ static fs_status scan_object(scanner *s, size_t *pos, int depth, int top, int pa
                     if ((st = scan_string(s, &i, &v->start, &v->end, &v->has_escape)) != FS_OK)
                         return st;
                 }
+                push_token(s, v->start, v->end, key == FS_KEY_DATA ? 'a' : 's');
             } else if (b[i] == 'n') {
                 if ((st = scan_literal(s, &i, "null", 4)) != FS_OK) return st;
                 v->kind = FS_NULL;
@@ -535,6 +550,7 @@ static fs_status scan_object(scanner *s, size_t *pos, int depth, int top, int pa
                 v->start = i;
                 if ((st = scan_number(s, &i)) != FS_OK) return st;
                 v->end = i;
+                push_token(s, v->start, v->end, 'n');
             } else {
                 v->kind = FS_OTHER;
                 if ((st = scan_value(s, &i, depth)) != FS_OK) return st;
@@ -577,8 +593,13 @@ static fs_status scan_value(scanner *s, size_t *pos, int depth)
 {
     size_t ks, ke;
     int esc;
+    fs_status st;
+    size_t start = *pos;
     switch (s->buf[*pos]) {
-    case '"': return scan_string(s, pos, &ks, &ke, &esc);
+    case '"':
+        if ((st = scan_string(s, pos, &ks, &ke, &esc)) != FS_OK) return st;
+        push_token(s, ks, ke, 's');
+        return FS_OK;
     case '{':
         if (depth + 1 > FS_MAX_DEPTH) return fail(s, FS_E_DEPTH, *pos);
         return scan_object(s, pos, depth + 1, 0, NO_NODE);
@@ -589,8 +610,11 @@ static fs_status scan_value(scanner *s, size_t *pos, int depth)
     case 'f': return scan_literal(s, pos, "false", 5);
     case 'n': return scan_literal(s, pos, "null", 4);
     default:
-        if (s->buf[*pos] == '-' || (s->buf[*pos] >= '0' && s->buf[*pos] <= '9'))
-            return scan_number(s, pos);
+        if (s->buf[*pos] == '-' || (s->buf[*pos] >= '0' && s->buf[*pos] <= '9')) {
+            if ((st = scan_number(s, pos)) != FS_OK) return st;
+            push_token(s, start, *pos, 'n');
+            return FS_OK;
+        }
         return fail(s, FS_E_SYNTAX, *pos);
     }
 }
@@ -854,13 +878,16 @@ int fs_data_is_last(const uint8_t *buf, size_t n, const fs_frame *frame)
 
 static fs_status scan_frame(const uint8_t *buf, size_t n, fs_frame *frame,
                             size_t *error_offset, int guesses, fs_memo *memo,
-                            const fs_env *env, fs_value *inner)
+                            const fs_env *env, fs_value *inner, fs_env_token *token,
+                            uint32_t *tokens)
 {
     scanner s = {buf, n, 0, frame, guesses, 0};
     s.data_end = 0;
     s.after = 0;
     s.env = env;
     s.inner = inner;
+    s.token = token;
+    s.tokens = 0;
     /* only the kinds need clearing: the other fields are read once a kind is set */
     for (int k = 0; k < FS_NKEYS; k++) frame->keys[k].kind = FS_ABSENT;
     frame->object_offset = 0;
@@ -897,6 +924,7 @@ static fs_status scan_frame(const uint8_t *buf, size_t n, fs_frame *frame,
             template_build_inside(&memo->tmpl, &s);
     }
     *error_offset = s.error_offset;
+    if (tokens != NULL) *tokens = s.tokens;
     return st;
 }
 
@@ -912,12 +940,160 @@ fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_o
         *error_offset = 0;   /* as the full scan leaves it */
         return FS_OK;
     }
-    return scan_frame(buf, n, frame, error_offset, guesses, memo, NULL, NULL);
+    return scan_frame(buf, n, frame, error_offset, guesses, memo, NULL, NULL, NULL, NULL);
 }
 
-fs_status fs_scan_env(const uint8_t *buf, size_t n, fs_frame *frame, fs_value *inner,
-                      size_t *error_offset, const fs_env *env)
+/* ---- the envelope templates (see fs_env_memo in frame.h) ----------------------------- */
+
+/* The last token of t ending at or before offset o, or -1; a token that is empty at o
+ * (an empty string, the audio cut out) counts as before o only for an end (ends_at). */
+static int8_t place_of(const fs_env_template *t, size_t o, int ends_at)
 {
+    int8_t k = -1;
+    for (uint32_t j = 0; j < t->tokens && t->token[j].end <= o; j++)
+        if (ends_at || t->token[j].start < o) k = (int8_t)j;
+    return k;
+}
+
+static fs_env_place value_place(const fs_env_template *t, const fs_value *v)
+{
+    fs_env_place p = {-1, -1, -1};
+    if (v->kind == FS_ABSENT) return p;
+    p.value_offset = place_of(t, v->value_offset, 0);
+    p.start = place_of(t, v->start, 0);
+    p.end = place_of(t, v->end, 1);
+    return p;
+}
+
+/* Keep the frame a full scan accepted (its tokens in token[0:tokens]) as a template. */
+static void env_template_build(fs_env_memo *memo, const uint8_t *buf, size_t n,
+                               const fs_frame *frame, const fs_value *inner, int inners,
+                               const fs_env_token *token, uint32_t tokens)
+{
+    if (tokens > FS_ENV_TOKENS || inners > FS_ENV_TMPL_INNER) return;
+    /* the audio string's content is cut out: offsets past it move back by its length */
+    size_t cut_at = n, cut = 0;
+    for (uint32_t j = 0; j < tokens; j++)
+        if (token[j].kind == 'a') { cut_at = token[j].start; cut = token[j].end - token[j].start; }
+    if (n - cut > FS_ENV_TMPL_BYTES) return;
+    fs_env_template *t = &memo->tmpl[memo->next];
+    memo->last = memo->next;
+    memo->next = (memo->next + 1) % FS_ENV_TEMPLATES;
+#define MOVED(o) ((o) > cut_at ? (o) - cut : (o))
+    memcpy(t->bytes, buf, cut_at);
+    memcpy(t->bytes + cut_at, buf + cut_at + cut, n - cut_at - cut);
+    t->len = (uint32_t)(n - cut);
+    t->tokens = tokens;
+    for (uint32_t j = 0; j < tokens; j++) {
+        t->token[j] = token[j];
+        t->token[j].start = (uint32_t)MOVED(token[j].start);
+        t->token[j].end = token[j].kind == 'a' ? t->token[j].start : (uint32_t)MOVED(token[j].end);
+    }
+    t->frame = *frame;
+    for (int k = 0; k < FS_NKEYS; k++) {
+        fs_value *v = &t->frame.keys[k];
+        if (v->kind == FS_ABSENT) continue;
+        v->value_offset = MOVED(v->value_offset);
+        v->start = MOVED(v->start);
+        v->end = k == FS_KEY_DATA && v->kind == FS_STRING ? v->start : MOVED(v->end);
+    }
+    t->inners = (uint32_t)inners;
+    for (int k = 0; k < inners; k++) {
+        t->inner[k] = inner[k];
+        t->inner[k].value_offset = MOVED(inner[k].value_offset);
+    }
+#undef MOVED
+    for (int k = 0; k < FS_NKEYS; k++) t->key_place[k] = value_place(t, &t->frame.keys[k]);
+    for (int k = 0; k < inners; k++) t->inner_place[k] = value_place(t, &t->inner[k]);
+}
+
+/* Whether buf[0:n] is the template with other tokens; if so, its fields. */
+static int env_template_match(const fs_env_template *t, const uint8_t *buf, size_t n,
+                              fs_frame *frame, fs_value *inner)
+{
+    int64_t moved[FS_ENV_TOKENS];   /* how far each token's end moved */
+    size_t at = 0, from = 0;        /* in the template, in the frame */
+    size_t data_start = 0, data_end = 0;
+    int has_data = 0;
+    for (uint32_t j = 0; j < t->tokens; j++) {
+        const fs_env_token *k = &t->token[j];
+        size_t fixed = k->start - at;
+        if (from + fixed > n || memcmp(t->bytes + at, buf + from, fixed) != 0) return 0;
+        from += fixed;
+        size_t start = from, end;
+        if (k->kind == 'n') {
+            size_t ignored;
+            if (from >= n || (buf[from] != '-' && (uint8_t)(buf[from] - '0') > 9)) return 0;
+            end = from;
+            if (number_end(buf, n, &end, &ignored) != FS_OK) return 0;
+        } else if (k->kind == 'a') {
+            const uint8_t *q = memchr(buf + from, '"', n - from);
+            if (q == NULL || (q != buf + from && q[-1] == '\\')) return 0;
+            end = (size_t)(q - buf);
+            data_start = start;
+            data_end = end;
+            has_data = 1;
+        } else {
+            end = skip_plain(buf, n, from);
+            if (end >= n || buf[end] != '"') return 0;
+        }
+        moved[j] = (int64_t)end - (int64_t)k->end;
+        from = end;
+        at = k->end;
+    }
+    if (n - from != t->len - at || memcmp(t->bytes + at, buf + from, n - from) != 0) return 0;
+    *frame = t->frame;
+#define PLACED(o, k) ((size_t)((int64_t)(o) + ((k) < 0 ? 0 : moved[(k)])))
+    for (int k = 0; k < FS_NKEYS; k++) {
+        fs_value *v = &frame->keys[k];
+        const fs_env_place *p = &t->key_place[k];
+        if (v->kind == FS_ABSENT) continue;
+        v->value_offset = PLACED(v->value_offset, p->value_offset);
+        v->start = PLACED(v->start, p->start);
+        v->end = PLACED(v->end, p->end);
+        if (v->kind == FS_STRING) v->has_escape = 0;
+    }
+    for (uint32_t k = 0; k < t->inners; k++) {
+        inner[k] = t->inner[k];
+        inner[k].value_offset = PLACED(inner[k].value_offset, t->inner_place[k].value_offset);
+    }
+#undef PLACED
+    if (has_data) {   /* (the audio token is the data slot's value) */
+        frame->keys[FS_KEY_DATA].start = data_start;
+        frame->keys[FS_KEY_DATA].end = data_end;
+        frame->data_checked = 0;
+    }
+    return 1;
+}
+
+#ifdef FS_TEMPLATE_STATS
+unsigned long fs_env_template_hits = 0;
+#endif
+
+fs_status fs_scan_env(const uint8_t *buf, size_t n, fs_frame *frame, fs_value *inner,
+                      size_t *error_offset, const fs_env *env, fs_env_memo *memo)
+{
+    if (memo != NULL && env->count <= FS_ENV_TMPL_INNER) {
+        for (uint32_t k = 0; k < FS_ENV_TEMPLATES; k++) {
+            uint32_t which = (memo->last + k) % FS_ENV_TEMPLATES;
+            const fs_env_template *t = &memo->tmpl[which];
+            if (t->len != 0 && t->inners == (uint32_t)env->count
+                    && env_template_match(t, buf, n, frame, inner)) {
+                memo->last = which;
+#ifdef FS_TEMPLATE_STATS
+                fs_env_template_hits++;
+#endif
+                *error_offset = 0;
+                return FS_OK;
+            }
+        }
+    }
+    fs_env_token token[FS_ENV_TOKENS];
+    uint32_t tokens = 0;
     for (int k = 0; k < env->count; k++) inner[k].kind = FS_ABSENT;
-    return scan_frame(buf, n, frame, error_offset, 0, NULL, env, inner);
+    fs_status st = scan_frame(buf, n, frame, error_offset, 0, NULL, env, inner,
+                              memo != NULL ? token : NULL, &tokens);
+    if (st == FS_OK && memo != NULL)
+        env_template_build(memo, buf, n, frame, inner, env->count, token, tokens);
+    return st;
 }

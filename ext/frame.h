@@ -184,9 +184,11 @@ fs_status fs_scan(const uint8_t *buf, size_t n, fs_frame *frame, size_t *error_o
                   int guesses, fs_memo *memo);
 
 #ifdef FS_TEMPLATE_STATS
-/* Frames the template answered: [0] data last (FS_GUESS_LAST), [1] data inside. Built
- * only into tests/scan_memo.c, which checks that both kinds are exercised. */
+/* Frames the template answered: [0] data last (FS_GUESS_LAST), [1] data inside; and the
+ * frames an envelope's templates answered. Built only into tests/scan_memo.c, which
+ * checks that each kind is exercised. */
 extern unsigned long fs_template_hits[2];
+extern unsigned long fs_env_template_hits;
 #endif
 
 /* An envelope (flushsink.envelopes.Envelope) as the scanner walks it: the names on its
@@ -209,13 +211,59 @@ typedef struct {
     fs_env_node node[FS_ENV_NODES];
 } fs_env;
 
+/* The frames of an envelope a stream repeats, as templates (fs_scan_env's memo). A
+ * template is a frame the full scan accepted, with its audio string's content cut out,
+ * and its value tokens in order: the content of each string value (not the keys) and each
+ * number, at any depth. A frame that is the template's bytes with other tokens in their
+ * places (plain string content without escapes, control or non-ASCII bytes; numbers of
+ * the JSON grammar; any audio content, skipped unchecked as the full scan skips it) is
+ * valid JSON of the same structure, keys and literals, so the full scan would accept it
+ * with the same fields: the template's, moved by the lengths of the tokens before each
+ * (and its strings without escapes). Most frames of a stream differ from the one before
+ * only in such tokens (an event id, a sequence number, a timestamp, the audio); a few
+ * shapes interleave (audio and transcript deltas), hence a few templates, the last one
+ * used tried first. Sound for the same reason as fs_template; frames that do not fit are
+ * scanned in full (and become a template in turn). */
+#define FS_ENV_TOKENS 48
+#define FS_ENV_TMPL_BYTES 1024
+#define FS_ENV_TMPL_INNER 16
+#define FS_ENV_TEMPLATES 4
+
+typedef struct {
+    uint32_t start, end;   /* in the template's bytes: a string's content, or a number */
+    uint8_t kind;          /* 's' a string value, 'n' a number, 'a' the audio string */
+} fs_env_token;
+
+typedef struct {
+    int8_t value_offset, start, end;   /* the last token ending at or before each, or -1 */
+} fs_env_place;
+
+typedef struct {
+    uint32_t len;          /* bytes kept; 0: an empty template */
+    uint32_t tokens;
+    uint32_t inners;       /* env->count when built */
+    fs_env_token token[FS_ENV_TOKENS];
+    fs_frame frame;        /* the scan's fields, in the template's offsets */
+    fs_value inner[FS_ENV_TMPL_INNER];
+    fs_env_place key_place[FS_NKEYS];
+    fs_env_place inner_place[FS_ENV_TMPL_INNER];
+    uint8_t bytes[FS_ENV_TMPL_BYTES];
+} fs_env_template;
+
+typedef struct {
+    fs_env_template tmpl[FS_ENV_TEMPLATES];
+    uint32_t last, next;   /* the template used last, and the next one to replace */
+} fs_env_memo;
+
 /* fs_scan for an envelope: validates buf[0:n] the same way and records env's fields at
  * any depth, and in inner[k] (env->count entries) the value of each object node k (its
  * kind FS_OBJECT when it is an object, FS_ABSENT when the frame has none). A field or
- * object node seen twice in one object is FS_E_DUPLICATE. No guesses, no memo: the
- * data slot's string is skipped unchecked as fs_scan does (frame->data_checked). */
+ * object node seen twice in one object is FS_E_DUPLICATE. No guesses: the data slot's
+ * string is skipped unchecked as fs_scan does (frame->data_checked). memo (may be NULL;
+ * zero-initialised at first) holds the stream's templates: the result is the same with
+ * or without it. */
 fs_status fs_scan_env(const uint8_t *buf, size_t n, fs_frame *frame, fs_value *inner,
-                      size_t *error_offset, const fs_env *env);
+                      size_t *error_offset, const fs_env *env, fs_env_memo *memo);
 
 /* Validate the string whose content starts at buf[start] (just past the opening quote):
  * escapes, surrogate pairs, control bytes, UTF-8. On success *end is the offset of the

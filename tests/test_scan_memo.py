@@ -53,3 +53,6 @@ def test_scan_with_and_without_memory_agree(scan_memo, seed):
     hits = re.search(r"template hits: (\d+) data last, (\d+) data inside \((\d+) of them guessed",
                      result.stdout)
     assert hits and all(int(count) > 100 for count in hits.groups()), result.stdout
+    # and the envelopes' templates (fs_scan_env) answered many too
+    env_hits = re.search(r"envelope template hits: (\d+)", result.stdout)
+    assert env_hits and int(env_hits.group(1)) > 10_000, result.stdout
