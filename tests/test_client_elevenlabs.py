@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -52,10 +53,12 @@ def run(coro: Any, timeout: float = 30) -> Any:
 # ---- a small script runner, the same for both clients ----------------------------------
 #
 # A script is a list of steps, each (context id, operation, *arguments), run in order on
-# one client: "push" (text[, flush]), "flush", "end" (no_more_inputs), "cancel",
-# "first_audio" (wait for the context's first AudioChunk) and "read" (read the context to
-# its end now, before the steps that follow). Errors a step raises are kept, by context.
-# Each context is then read to its end: audio() if the client streams, then events().
+# one client: "push" (text[, flush[, extra fields]]), "flush", "end" (no_more_inputs),
+# "cancel", "first_audio" (wait for the context's first AudioChunk), "read" (read the
+# context to its end now, before the steps that follow) and "drained" (wait until the
+# server has ended the contexts cancelled so far). Errors a step raises are kept, by
+# context. Each context is then read to its end: audio() if the client streams, then
+# events().
 
 
 @dataclass
@@ -148,6 +151,11 @@ async def _steps_async(tts: Any, steps: list[tuple[Any, ...]], options: dict[str
                 outcomes[cid].audio.append(await audio[cid].__anext__())
             elif op == "read":
                 await _read_async(ctx, tts.stream, outcomes[cid], audio.get(cid))
+            elif op == "drained":
+                for _ in range(1000):
+                    if not tts.session.draining:
+                        break
+                    await asyncio.sleep(0.01)
             else:  # pragma: no cover
                 raise AssertionError(op)
         except FlushsinkError as exc:
@@ -197,6 +205,11 @@ def _steps_sync(tts: Any, steps: list[tuple[Any, ...]], options: dict[str, Any])
                 outcomes[cid].audio.append(next(audio[cid]))
             elif op == "read":
                 _read_sync(ctx, tts.stream, outcomes[cid], audio.get(cid))
+            elif op == "drained":
+                for _ in range(1000):
+                    if not tts.session.draining:
+                        break
+                    time.sleep(0.01)
             else:  # pragma: no cover
                 raise AssertionError(op)
         except FlushsinkError as exc:
@@ -353,23 +366,56 @@ def test_the_client_keeps_to_the_five_contexts_a_socket_takes(arm):
     texts = {f"c{i}": f"Context number {i}." for i in range(6)}
     steps = [(cid, "push", texts[cid]) for cid in list(texts)[:5]]
     steps += [("c5", "push", texts["c5"]),  # a sixth: refused here, nothing sent
-              ("c0", "end"),  # frees a slot at once (close_context)
+              ("c0", "end"),  # close_context...
+              ("c5", "push", texts["c5"]),  # ...but c0 counts until its end (isFinal)
+              ("c0", "read"),
               ("c5", "push", texts["c5"])]
     steps += [(cid, "end") for cid in list(texts)[1:]]
     result = speak(arm, steps)
-    [refusal] = result.raised["c5"]
-    assert type(refusal) is CapacityError and refusal.context_id == "c5"
-    assert "5 contexts are open" in str(refusal)
+    refusals = result.raised["c5"]
+    assert len(refusals) == 2
+    for refusal in refusals:
+        assert type(refusal) is CapacityError and refusal.context_id == "c5"
+        assert "5 contexts are open" in str(refusal)
     [log] = result.logs
     assert log.sent["error"] == 0  # the emulator never had to refuse one
     opened = [m["context_id"] for m in log.received if m.get("text") == " "]
     assert opened == list(texts)
     assert log.received.index({"context_id": "c0", "close_context": True}) < \
         log.received.index({"text": " ", "context_id": "c5"})
+    assert [m for m in log.received if m.get("context_id") == "c5"] == [
+        {"text": " ", "context_id": "c5"}, {"text": texts["c5"], "context_id": "c5"},
+        {"context_id": "c5", "flush": True}, {"context_id": "c5", "close_context": True}]
     for cid, text in texts.items():
         [segment] = result.outcomes[cid].segments
         assert result.generations(cid) == [" " + text]
         assert segment.samples.tobytes() == render(text, VOICE, PCM24)
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_a_cancelled_context_counts_until_the_server_ends_it(arm):
+    """close_context lets the generations asked for finish, then isFinal: until then the
+    cancelled context may still count on the server, so it counts here (its audio is
+    dropped all the same)."""
+    texts = {f"c{i}": f"Context number {i}." for i in range(1, 6)}
+    steps: list[tuple[Any, ...]] = [("c0", "push", " ".join(["word"] * 30) + ".", True)]
+    steps += [(cid, "push", text) for cid, text in list(texts.items())[:4]]
+    steps += [("c0", "first_audio"), ("c0", "cancel"),
+              ("c5", "push", texts["c5"]),  # refused: c0 is still being generated
+              ("c0", "drained"),
+              ("c5", "push", texts["c5"])]
+    steps += [(cid, "end") for cid in texts]
+    result = speak(arm, steps, emulator={"chunk_ms": 20, "pace": 10.0}, stream=True)
+    [refusal] = result.raised["c5"]
+    assert isinstance(refusal, CapacityError)
+    assert result.client.session.draining == set()
+    [partial] = result.outcomes["c0"].segments
+    assert not partial.complete
+    for cid, text in texts.items():
+        [segment] = result.outcomes[cid].segments
+        assert segment.complete and segment.samples.tobytes() == render(text, VOICE, PCM24)
+    [log] = result.logs
+    assert log.sent["error"] == 0 and log.sent["final"] == 6  # c0's too, after its audio
 
 
 @pytest.mark.parametrize("arm", ARMS)

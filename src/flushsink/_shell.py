@@ -156,9 +156,10 @@ class ContextBase:
         message to send, if the server knows the context and is connected."""
         client = self._client
         with client._state_lock:
-            events, message = client._session.cancel(self._state)
+            events, message = client._session.cancel(self._state,
+                                                     connected=client._connected())
             client._deliver(events)
-        return message if message is not None and client._connected() else None
+        return message
 
     # Chunks bring no events, so a segment that streams for longer than receive_timeout
     # would time out while its audio arrives: when a wait for an event runs out, the

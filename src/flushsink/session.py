@@ -34,6 +34,7 @@ from .errors import (
     CapacityError,
     ConfigError,
     ConnectionLost,
+    FlushsinkError,
     ContextClosed,
     ContextFailed,
     ContextRateLimited,
@@ -155,6 +156,9 @@ class Provider:
     #: Whether the server closes the connection after an error without a context: the
     #: shell then sends nothing more on it, and opens a new one for the next message.
     errors_end_connection = False
+    #: Whether a cancelled context still counts against ``max_contexts`` until the
+    #: server ends it (the Session then watches for its end, see Session.draining).
+    cancel_drains = False
 
     def headers(self, api_key: Optional[str]) -> dict[str, str]:
         """The handshake's headers for ``api_key`` (None: no key)."""
@@ -360,6 +364,7 @@ class ElevenLabsProvider(Provider):
     key_env = "ELEVENLABS_API_KEY"
     envelope = ELEVENLABS
     errors_end_connection = True  # (observed: the error, then close 1008)
+    cancel_drains = True  # close_context lets the generations asked for finish first
     #: contexts per socket, as the service allows (observed: a sixth is an error that
     #: closes the socket, ending the other five)
     max_contexts: Optional[int] = 5
@@ -555,6 +560,13 @@ class Session:
         #: connection (the next, if the current one was ending), and only that one's
         #: loss ends it.
         self.lost = 0
+        #: Contexts cancelled while the server still generates for them (ElevenLabs'
+        #: close_context lets the generations asked for finish, then sends isFinal):
+        #: they count against ``max_contexts`` until that end, which ``_drain`` (a Sink
+        #: of their frames only, made while there are some) reports. Their audio is
+        #: never delivered.
+        self.draining: set[str] = set()
+        self._drain: Optional[Sink] = None
 
     # ---- outgoing -----------------------------------------------------------------
 
@@ -625,15 +637,20 @@ class Session:
         limit = self.provider.max_contexts
         if state.started or limit is None:
             return
-        open_ = sum(1 for other in self.contexts.values()
-                    if other.started and not other.input_ended and not other.ended)
+        # A context counts from its first message to its end as the server says it
+        # (isFinal), a cancelled one too: whether ElevenLabs frees the slot at
+        # close_context or only then is unknown, and closed contexts were seen still
+        # counted (livekit/agents-js#1985); past the limit the server's error closes
+        # the socket, ending every context on it, so the safe reading is taken.
+        open_ = len(self.draining) + sum(1 for other in self.contexts.values()
+                                         if other.started and not other.ended)
         if open_ >= limit:
-            # refused here, before anything is sent: the server would refuse it with an
-            # error that closes the socket, ending the contexts already open
+            # refused here, before anything is sent
             raise CapacityError(
                 f"context {state.context_id!r} cannot start: {open_} contexts are open on "
-                f"this {self.provider.label} socket, the most it takes; end one first "
-                "(no_more_inputs() or cancel())", state.context_id)
+                f"this {self.provider.label} socket, the most it takes; wait for one to "
+                "end (no_more_inputs() then its end, or cancel() then the server's end of "
+                "it)", state.context_id)
 
     def _started(self, state: ContextState, messages: list[str]) -> list[str]:
         if messages and not state.started:
@@ -642,16 +659,26 @@ class Session:
             state.connection = self.lost + self.connection_ending
         return messages
 
-    def cancel(self, state: ContextState) -> tuple[list[Any], Optional[str]]:
+    def cancel(self, state: ContextState, *, connected: bool = True
+               ) -> tuple[list[Any], Optional[str]]:
         """End the context here (its late audio is dropped, open segments finish as
         incomplete). Returns the events to deliver (those segments, then its
-        StreamEnd) and the cancel message to send if the server knows the context
-        (None if not, or if it had ended already)."""
+        StreamEnd) and the cancel message to send if the server knows the context and
+        ``connected`` says the shell can send it (None if not, or if it had ended
+        already)."""
         if state.ended:
             return [], None
         events = list(self.sink.cancel(state.context_id))
         self._end(state, None, events)
-        message = self.provider.cancel(state) if state.started else None
+        if not (state.started and connected):
+            return events, None
+        message = self.provider.cancel(state)
+        if self.provider.cancel_drains:  # (closed already, or by this message)
+            if self._drain is None:
+                self._drain = Sink(self.sink.format, envelope=self.provider.envelope,
+                                   drop_unannounced=True)
+            self._drain.set_format(state.context_id, state.format)
+            self.draining.add(state.context_id)
         return events, message
 
     def fail(self, state: ContextState, failure: BaseException) -> list[Any]:
@@ -687,14 +714,32 @@ class Session:
             self.rejected_frames += 1
             log.error("flushsink: out of memory storing a frame from the server")
             return ()
+        if self.draining:
+            self._drained(frame)
         if not events:
             return events
         return self._route(events)
+
+    def _drained(self, frame: Any) -> None:
+        """Feed ``frame`` to the Sink of the cancelled contexts; each one it ends
+        no longer counts against ``max_contexts``."""
+        assert self._drain is not None
+        try:
+            events = self._drain.feed(frame)
+        except (FlushsinkError, MemoryError):
+            return  # (the main Sink logged and counted what was wrong with it)
+        for event in events:
+            if isinstance(event, (ContextDone, ContextError)):
+                self.draining.discard(event.context_id)
+        if not self.draining:
+            self._drain = None  # and what it held of their audio
 
     def connection_lost(self, reason: str) -> list[Any]:
         """The socket closed: finish what was received as incomplete, fail the contexts
         that were still waiting for audio. Returns the events to deliver."""
         self.connection_ending = False
+        self.draining.clear()
+        self._drain = None
         events = self._route(self.sink.close(reason))
         for state in list(self.contexts.values()):
             if not state.ended and state.started and state.connection <= self.lost:
