@@ -26,6 +26,11 @@ The axis of issue 14:
                chunk costs at most 1.3x a non-streaming one), and one that iterates
                them (`for event in sink.feed(frame)`, which keeps the last one until
                the next frame's), next to the same loop without stream
+The axis of issue 16:
+  provider     each built-in envelope's frames (Cartesia, OpenAI Realtime, ElevenLabs,
+               Twilio media) at 20 and 100 ms: the compiled Sink with envelope= next to
+               orjson+pybase64 and the stdlib with the same routing (target: >= 6x
+               orjson+pybase64)
 Each prints its own table, targets marked; benchmarks/README.md says what each measures.
 
 Reported: ns per chunk message = time of the whole run (its chunks, the flush_done and
@@ -55,7 +60,7 @@ Pipelines:
   floor, one C loop     the same for the whole segment in one C call (no Python call per
                         message): shown for reference only
 
-Usage: python benchmarks/bench_sink.py [--axis main,order,short,interleaved,cold,stream|all]
+Usage: python benchmarks/bench_sink.py [--axis main,order,short,interleaved,cold,stream,provider|all]
            [--rounds N] [--quick] [--json] [--only NAME,...] [--cold-mib N] [--clock cpu|wall]
 Missing baseline packages are skipped with a note (pip install flushsink[bench]).
 """
@@ -1322,8 +1327,205 @@ def axis_stream(pipelines, rounds, quick, log, args):
     return emit(table, args)
 
 
+# --- providers (issue 16) ---------------------------------------------------------------------
+# Each built-in envelope's frames, as its provider sends them (the members docs/providers.md
+# lists, values varying as the real ones do), one 10 s segment per run; flushsink reads them
+# with Sink(envelope=...), orjson+pybase64 with the same routing: the envelope's type (or,
+# for ElevenLabs, its fields) says audio / end, the audio goes to a bytearray per context,
+# handed over at the segment's end. Twilio's media streams are 8 kHz mu-law; the others
+# 24 kHz s16le.
+
+TARGET_PROVIDER_VS_ORJSON = 6.0
+PROVIDER_CHUNK_MS = (20, 100)
+
+
+def provider_frames(name: str, chunk_ms: int, seconds: float = SEGMENT_SECONDS) -> dict:
+    """One segment of the provider's frames: chunks, then what ends segment and context."""
+    rng = random.Random(f"{name}/{chunk_ms}")
+    rate, width = (8000, 1) if name == "twilio-media" else (24000, 2)
+    per_chunk = rate * chunk_ms // 1000 * width
+    pcm = rng.randbytes(int(seconds * rate) * width)
+    ids = str(uuid.UUID(int=rng.getrandbits(128))).replace("-", "")
+    frames = []
+    for n, start in enumerate(range(0, len(pcm), per_chunk)):
+        data = base64.b64encode(pcm[start:start + per_chunk]).decode()
+        if name == "cartesia":
+            frames.append(chunk_frame(ids, 1, round(rng.uniform(20.0, 80.0), 6),
+                                      pcm[start:start + per_chunk]))
+            continue
+        if name == "openai-realtime":
+            obj = {"type": "response.output_audio.delta", "event_id": f"event_{rng.getrandbits(80):x}",
+                   "response_id": f"resp_{ids[:20]}", "item_id": f"item_{ids[8:28]}",
+                   "output_index": 0, "content_index": 0, "delta": data}
+        elif name == "elevenlabs":
+            # speech is about 15 characters a second: 0-2 per 20 ms chunk, 1-3 per 100 ms
+            count = rng.randint(0, 2) if chunk_ms <= 20 else rng.randint(1, 3)
+            chars = [rng.choice("abcdefgh ") for _ in range(count)]
+            times = sorted(rng.randrange(n * chunk_ms, (n + 1) * chunk_ms) for _ in chars)
+            alignment = {"charStartTimesMs": times, "charsDurationsMs": [rng.randrange(40, 90)
+                                                                         for _ in chars],
+                         "chars": chars}
+            obj = {"audio": data, "isFinal": None, "normalizedAlignment": alignment,
+                   "alignment": alignment, "contextId": ids}
+        else:
+            obj = {"event": "media", "sequenceNumber": str(n + 3),
+                   "media": {"track": "outbound", "chunk": str(n + 1),
+                             "timestamp": str(n * chunk_ms), "payload": data},
+                   "streamSid": f"MZ{ids}"}
+        frames.append(json.dumps(obj, separators=(",", ":")).encode())
+    if name == "cartesia":
+        frames += [flush_done_frame(ids, 1), done_frame(ids)]
+    elif name == "openai-realtime":
+        frames += [json.dumps({"type": "response.output_audio.done", "event_id": "event_x",
+                               "response_id": f"resp_{ids[:20]}", "item_id": f"item_{ids[8:28]}",
+                               "output_index": 0, "content_index": 0}).encode(),
+                   json.dumps({"type": "response.done", "event_id": "event_y",
+                               "response": {"id": f"resp_{ids[:20]}", "status": "completed"},
+                               "response_id": f"resp_{ids[:20]}"}).encode()]
+    elif name == "elevenlabs":
+        frames.append(json.dumps({"isFinal": True, "contextId": ids}).encode())
+    else:
+        frames.append(json.dumps({"event": "stop", "sequenceNumber": str(len(frames) + 3),
+                                  "streamSid": f"MZ{ids}", "stop": {"callSid": "CA1"}}).encode())
+    chunks = len(frames) - (2 if name in ("cartesia", "openai-realtime") else 1)
+    return {"frames": frames, "pcm": pcm, "rate": rate, "provider": name, "chunks": chunks,
+            "encoding": "pcm_mulaw" if width == 1 else "pcm_s16le"}
+
+
+class ProviderSink(Pipeline):
+    """The compiled Sink reading the provider's envelope."""
+
+    def __init__(self, speedups, kernel):
+        self.speedups, self.kernel = speedups, kernel
+        self.name = f"flushsink[{kernel}]"
+
+    def setup(self, work):
+        from flushsink import AudioFormat
+        from flushsink.envelopes import BUILT_IN
+        self.speedups._set_simd_path(self.kernel)
+        self.frames = work["frames"]
+        self.sink = self.speedups.Sink(AudioFormat(work["encoding"], work["rate"]),
+                                       envelope=BUILT_IN[work["provider"]])
+
+    def run(self):
+        feed = self.sink.feed
+        segments = []
+        for frame in self.frames:
+            for event in feed(frame):
+                if hasattr(event, "segment"):
+                    segments.append(event.segment.pcm())
+        return b"".join(segments)
+
+
+def _getter(path):
+    """A reader of a dotted path, as someone would write it for that depth."""
+    if path is None:
+        return lambda message: None
+    names = path.split(".")
+    if len(names) == 1:
+        name = names[0]
+        return lambda message: message.get(name)
+    if len(names) == 2:
+        outer, inner = names
+        return lambda message: (message.get(outer) or {}).get(inner)
+    raise ValueError(path)
+
+
+class ProviderJsonB64(Pipeline):
+    """loads + b64decode with the envelope's routing: what each kind of frame is, a
+    bytearray per context, handed over at the segment's (or context's) end."""
+
+    def __init__(self, name, loads, b64decode):
+        self.name, self.loads, self.b64decode = name, loads, b64decode
+
+    def setup(self, work):
+        from flushsink.envelopes import BUILT_IN
+        envelope = BUILT_IN[work["provider"]]
+        self.frames = work["frames"]
+        self.kinds = envelope.type_kinds()
+        self.typeless = envelope.type_key is None
+        self.type_of, self.context_of, self.audio_of, self.final_of = (
+            _getter(envelope.type_key), _getter(envelope.context_key),
+            _getter(envelope.audio_key), _getter(envelope.final_key))
+
+    def run(self):
+        loads, b64decode, kinds = self.loads, self.b64decode, self.kinds
+        type_of, context_of, audio_of, final_of = (self.type_of, self.context_of,
+                                                   self.audio_of, self.final_of)
+        typeless = self.typeless
+        open_segments: dict = {}
+        done = []
+        for frame in self.frames:
+            message = loads(frame)
+            if typeless:
+                audio = audio_of(message)
+                kind = "audio" if audio is not None else \
+                    "context_end" if final_of(message) is True else None
+            else:
+                kind = kinds.get(type_of(message))
+            if kind == "audio":
+                key = context_of(message)
+                segment = open_segments.get(key)
+                if segment is None:
+                    segment = open_segments[key] = bytearray()
+                segment += b64decode(audio_of(message))
+            elif kind == "segment_end" or kind == "context_end":
+                segment = open_segments.pop(context_of(message), None)
+                if segment is not None:
+                    done.append(segment)
+        return b"".join(done)
+
+
+def axis_provider(pipelines, rounds, quick, log, args):
+    """Each built-in envelope's frames: the compiled Sink against orjson+pybase64 with the
+    same routing (and the stdlib's json + base64), in the same process and rounds."""
+    from flushsink import _speedups
+    fs = best_flushsink(pipelines)
+    if fs is None:
+        notes.append("provider axis skipped: no compiled core")
+        return {"targets": []}
+    runners = [ProviderSink(_speedups, fs.kernel)]
+    oj = named(pipelines, "orjson+pybase64")
+    if oj is not None:
+        runners.append(ProviderJsonB64(oj.name, oj.loads, oj.b64decode))
+    runners.append(ProviderJsonB64("stdlib", json.loads, base64.b64decode))
+    providers = ("cartesia", "openai-realtime", "elevenlabs", "twilio-media")
+    configs = [(p, ms) for p in providers for ms in PROVIDER_CHUNK_MS]
+    works = {key: provider_frames(*key) for key in configs}
+    gc.collect()
+    measured = measure(runners, works, rounds, log)
+    columns = [f"{ms}ms" for ms in PROVIDER_CHUNK_MS]
+
+    def cells(name, provider, ref=None):
+        return {f"{ms}ms": measured[(name, (provider, ms))][0]
+                / (measured[(ref, (provider, ms))][0] if ref else 1)
+                for ms in PROVIDER_CHUNK_MS}
+
+    table = Table("provider", f"providers: each built-in envelope's frames, a 10 s segment "
+                  f"per run (Twilio 8 kHz mu-law, the others 24 kHz s16le); median ns per "
+                  f"chunk message over {rounds} interleaved rounds", columns)
+    table.section("ns/message")
+    for provider in providers:
+        for p in runners:
+            table.row(f"{provider}: {p.name}", cells(p.name, provider))
+    table.section("ratios")
+    for provider in providers:
+        if oj is not None:
+            table.row(f"{provider}: {oj.name} / {fs.name}", cells(oj.name, provider, fs.name),
+                      fmt_ratio, (">=", TARGET_PROVIDER_VS_ORJSON))
+        table.row(f"{provider}: stdlib / {fs.name}", cells("stdlib", provider, fs.name),
+                  fmt_ratio)
+    table.section("page faults/message")
+    for provider in providers:
+        for p in runners:
+            table.row(f"{provider}: {p.name}", {f"{ms}ms": measured[(p.name, (provider, ms))][1]
+                                                for ms in PROVIDER_CHUNK_MS}, fmt_faults)
+    return emit(table, args)
+
+
 AXES = {"main": axis_main, "order": axis_order, "short": axis_short,
-        "interleaved": axis_interleaved, "cold": axis_cold, "stream": axis_stream}
+        "interleaved": axis_interleaved, "cold": axis_cold, "stream": axis_stream,
+        "provider": axis_provider}
 
 
 # --- one process per axis ------------------------------------------------------------------------

@@ -585,6 +585,11 @@ cdef class Sink(Store):
                 if self._stream:
                     return self._streamed()
                 return _EMPTY
+            # a guess of the audio's end that no decode proved (see _feed's Cartesia path)
+            if fr.data_tentative and not fs_confirm_data_end(buf, &fr):
+                st = fs_scan_env(buf, n, &fr, self._inner, &offset, self._env, NULL)
+                if st != FS_OK:
+                    raise FrameError(SCAN_CODES[st], offset)
             return self._dispatch(buf, n, &fr)
         st = fs_scan(buf, n, &fr, &offset, ~self._unguessed, &self._memo)
         if st != FS_OK:

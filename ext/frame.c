@@ -1007,9 +1007,32 @@ static void env_template_build(fs_env_memo *memo, const uint8_t *buf, size_t n,
     for (int k = 0; k < inners; k++) t->inner_place[k] = value_place(t, &t->inner[k]);
 }
 
-/* Whether buf[0:n] is the template with other tokens; if so, its fields. */
+/* a[0:len] == b[0:len], inline: the fixed stretches between a template's tokens are a
+ * few bytes to a few dozen, where a call to memcmp costs more than the compare */
+static inline int same_bytes(const uint8_t *a, const uint8_t *b, size_t len)
+{
+    while (len >= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y) return 0;
+        a += 8;
+        b += 8;
+        len -= 8;
+    }
+    while (len > 0) {
+        if (*a++ != *b++) return 0;
+        len--;
+    }
+    return 1;
+}
+
+/* Whether buf[0:n] is the template with other tokens; if so, its fields. guess: where
+ * the audio string ends is not searched for (a memchr over all of it) but assumed where
+ * the rest would start if every token after it kept its length (FS_GUESS_SUFFIX: the
+ * caller confirms it, or a successful decode of the span does). */
 static int env_template_match(const fs_env_template *t, const uint8_t *buf, size_t n,
-                              fs_frame *frame, fs_value *inner)
+                              fs_frame *frame, fs_value *inner, int guess)
 {
     int64_t moved[FS_ENV_TOKENS];   /* how far each token's end moved */
     size_t at = 0, from = 0;        /* in the template, in the frame */
@@ -1018,7 +1041,7 @@ static int env_template_match(const fs_env_template *t, const uint8_t *buf, size
     for (uint32_t j = 0; j < t->tokens; j++) {
         const fs_env_token *k = &t->token[j];
         size_t fixed = k->start - at;
-        if (from + fixed > n || memcmp(t->bytes + at, buf + from, fixed) != 0) return 0;
+        if (from + fixed > n || !same_bytes(t->bytes + at, buf + from, fixed)) return 0;
         from += fixed;
         size_t start = from, end;
         if (k->kind == 'n') {
@@ -1027,9 +1050,16 @@ static int env_template_match(const fs_env_template *t, const uint8_t *buf, size
             end = from;
             if (number_end(buf, n, &end, &ignored) != FS_OK) return 0;
         } else if (k->kind == 'a') {
-            const uint8_t *q = memchr(buf + from, '"', n - from);
-            if (q == NULL || (q != buf + from && q[-1] == '\\')) return 0;
-            end = (size_t)(q - buf);
+            if (guess) {
+                size_t rest = t->len - k->end;
+                if (n < from + rest) return 0;
+                end = n - rest;
+                if (end != from && buf[end - 1] == '\\') return 0;
+            } else {
+                const uint8_t *q = memchr(buf + from, '"', n - from);
+                if (q == NULL || (q != buf + from && q[-1] == '\\')) return 0;
+                end = (size_t)(q - buf);
+            }
             data_start = start;
             data_end = end;
             has_data = 1;
@@ -1041,27 +1071,36 @@ static int env_template_match(const fs_env_template *t, const uint8_t *buf, size
         from = end;
         at = k->end;
     }
-    if (n - from != t->len - at || memcmp(t->bytes + at, buf + from, n - from) != 0) return 0;
-    *frame = t->frame;
+    if (n - from != t->len - at || !same_bytes(t->bytes + at, buf + from, n - from)) return 0;
+    /* the template's fields, moved (field by field: most slots are absent, and a copy of
+     * the whole fs_frame costs more than the few present ones) */
+    frame->object_offset = t->frame.object_offset;
+    frame->data_checked = t->frame.data_checked;
+    frame->data_tentative = t->frame.data_tentative;
 #define PLACED(o, k) ((size_t)((int64_t)(o) + ((k) < 0 ? 0 : moved[(k)])))
     for (int k = 0; k < FS_NKEYS; k++) {
         fs_value *v = &frame->keys[k];
+        const fs_value *was = &t->frame.keys[k];
         const fs_env_place *p = &t->key_place[k];
-        if (v->kind == FS_ABSENT) continue;
-        v->value_offset = PLACED(v->value_offset, p->value_offset);
-        v->start = PLACED(v->start, p->start);
-        v->end = PLACED(v->end, p->end);
-        if (v->kind == FS_STRING) v->has_escape = 0;
+        v->kind = was->kind;
+        if (was->kind == FS_ABSENT) continue;
+        v->value_offset = PLACED(was->value_offset, p->value_offset);
+        v->start = PLACED(was->start, p->start);
+        v->end = PLACED(was->end, p->end);
+        v->has_escape = 0;   /* (a string's token is plain; others do not read it) */
     }
     for (uint32_t k = 0; k < t->inners; k++) {
-        inner[k] = t->inner[k];
-        inner[k].value_offset = PLACED(inner[k].value_offset, t->inner_place[k].value_offset);
+        inner[k].kind = t->inner[k].kind;
+        if (inner[k].kind != FS_ABSENT)
+            inner[k].value_offset = PLACED(t->inner[k].value_offset,
+                                           t->inner_place[k].value_offset);
     }
 #undef PLACED
     if (has_data) {   /* (the audio token is the data slot's value) */
         frame->keys[FS_KEY_DATA].start = data_start;
         frame->keys[FS_KEY_DATA].end = data_end;
         frame->data_checked = 0;
+        frame->data_tentative = guess ? FS_GUESS_SUFFIX : 0;
     }
     return 1;
 }
@@ -1078,7 +1117,8 @@ fs_status fs_scan_env(const uint8_t *buf, size_t n, fs_frame *frame, fs_value *i
             uint32_t which = (memo->last + k) % FS_ENV_TEMPLATES;
             const fs_env_template *t = &memo->tmpl[which];
             if (t->len != 0 && t->inners == (uint32_t)env->count
-                    && env_template_match(t, buf, n, frame, inner)) {
+                    && (env_template_match(t, buf, n, frame, inner, 1)
+                        || env_template_match(t, buf, n, frame, inner, 0))) {
                 memo->last = which;
 #ifdef FS_TEMPLATE_STATS
                 fs_env_template_hits++;

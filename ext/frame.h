@@ -258,10 +258,13 @@ typedef struct {
 /* fs_scan for an envelope: validates buf[0:n] the same way and records env's fields at
  * any depth, and in inner[k] (env->count entries) the value of each object node k (its
  * kind FS_OBJECT when it is an object, FS_ABSENT when the frame has none). A field or
- * object node seen twice in one object is FS_E_DUPLICATE. No guesses: the data slot's
- * string is skipped unchecked as fs_scan does (frame->data_checked). memo (may be NULL;
+ * object node seen twice in one object is FS_E_DUPLICATE. The data slot's string is
+ * skipped unchecked as fs_scan does (frame->data_checked). memo (may be NULL;
  * zero-initialised at first) holds the stream's templates: the result is the same with
- * or without it. */
+ * or without it, once a guess is confirmed: a frame a template answers may have
+ * data_tentative FS_GUESS_SUFFIX (the audio's end assumed where the template's rest
+ * starts), which fs_confirm_data_end or a successful decode of the span must confirm;
+ * when it is not, scan the frame again without the memo. */
 fs_status fs_scan_env(const uint8_t *buf, size_t n, fs_frame *frame, fs_value *inner,
                       size_t *error_offset, const fs_env *env, fs_env_memo *memo);
 

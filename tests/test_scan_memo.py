@@ -54,5 +54,6 @@ def test_scan_with_and_without_memory_agree(scan_memo, seed):
                      result.stdout)
     assert hits and all(int(count) > 100 for count in hits.groups()), result.stdout
     # and the envelopes' templates (fs_scan_env) answered many too
-    env_hits = re.search(r"envelope template hits: (\d+)", result.stdout)
-    assert env_hits and int(env_hits.group(1)) > 10_000, result.stdout
+    env_hits = re.search(r"envelope template hits: (\d+) \((\d+) of them guessed", result.stdout)
+    assert env_hits and int(env_hits.group(1)) > 10_000 and int(env_hits.group(2)) > 1_000, \
+        result.stdout
