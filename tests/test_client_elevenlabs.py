@@ -419,6 +419,22 @@ def test_a_cancelled_context_counts_until_the_server_ends_it(arm):
 
 
 @pytest.mark.parametrize("arm", ARMS)
+def test_a_context_the_client_fails_is_closed_on_the_server(arm):
+    """A context the client ends itself (here its segment passes the Sink's cap) gets
+    close_context, so that it does not hold one of the socket's five for good."""
+    steps = [("a", "push", LONG, True), ("b", "push", "A short one.", True),
+             ("b", "end"), ("a", "read"), ("a", "drained")]
+    sink = flushsink.Sink(envelope=ELEVENLABS, max_segment_bytes=200_000)
+    result = speak(arm, steps, sink=sink)
+    failure = result.outcomes["a"].error
+    assert isinstance(failure, CapacityError) and failure.context_id == "a"
+    assert result.received("a")[-1] == {"context_id": "a", "close_context": True}
+    assert result.client.session.draining == set()
+    [segment] = result.outcomes["b"].segments
+    assert segment.samples.tobytes() == result.expected("b")
+
+
+@pytest.mark.parametrize("arm", ARMS)
 def test_a_context_past_the_servers_cap_fails_the_sockets_contexts(arm):
     steps = [("a", "push", "One. "), ("b", "push", "Two. "), ("c", "push", "Three. "),
              ("a", "read")]

@@ -426,6 +426,8 @@ class ClientBase(Generic[C]):
                     ctx._audio.put_nowait(event)
                 if self._stalled is ctx:  # no more audio comes for it: read on
                     self._space_freed(ctx)
+                if self._session.outbox:  # (a context the client failed: close it there)
+                    self._send_outbox()
 
     def _put_audio(self, ctx: Any, chunk: Any) -> None:
         """Queue ``chunk`` for the context's audio(), within its bound (see
@@ -485,6 +487,12 @@ class ClientBase(Generic[C]):
     def _space_freed(self, ctx: Any) -> None:
         """The consumer of the context the reader waits for read enough (or the context
         ended): the shell's reader goes on."""
+        raise NotImplementedError
+
+    def _send_outbox(self) -> None:
+        """Send the Session's ``outbox`` on the current connection, if it is still
+        connected (else drop it: the server ends those contexts with the connection),
+        without waiting here: this runs where the connection's frames are handled."""
         raise NotImplementedError
 
     def _lost(self, reason: str) -> None:

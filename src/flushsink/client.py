@@ -550,6 +550,7 @@ class Client(ClientBase[Context]):
         self._ws: Optional[ClientConnection] = None
         self._reader: Optional[asyncio.Task[None]] = None
         self._closing: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[None]] = set()  # see _send_outbox
         self._lock = asyncio.Lock()
         self._held_connection: Optional[_Connection] = None  # paused for _stalled's consumer
         self._stall_timer: Optional[asyncio.TimerHandle] = None
@@ -664,6 +665,23 @@ class Client(ClientBase[Context]):
         self._closing.discard(closing)
         if not closing.cancelled() and closing.exception() is not None:
             log.debug("flushsink: closing after a failure: %r", closing.exception())
+
+    def _send_outbox(self) -> None:
+        messages, self._session.outbox = self._session.outbox, []
+        ws = self._ws
+        if ws is None or not self._connected():
+            return
+        sending = asyncio.ensure_future(self._send_quietly(ws, messages))
+        self._background.add(sending)  # a strong reference until it is done
+        sending.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _send_quietly(ws: ClientConnection, messages: list[str]) -> None:
+        try:
+            for message in messages:
+                await ws.send(message)
+        except ConnectionClosed:
+            pass  # the server ends the contexts with the connection
 
     async def _send_all(self, messages: list[str]) -> None:
         for message in messages:

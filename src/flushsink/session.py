@@ -156,8 +156,9 @@ class Provider:
     #: Whether the server closes the connection after an error without a context: the
     #: shell then sends nothing more on it, and opens a new one for the next message.
     errors_end_connection = False
-    #: Whether a cancelled context still counts against ``max_contexts`` until the
-    #: server ends it (the Session then watches for its end, see Session.draining).
+    #: Whether a context ended here (cancelled, or failed by the client: AudioOverflow,
+    #: a cap) must be closed on the server too, and counts against ``max_contexts``
+    #: until the server ends it (the Session watches for that, see Session.draining).
     cancel_drains = False
 
     def headers(self, api_key: Optional[str]) -> dict[str, str]:
@@ -567,6 +568,10 @@ class Session:
         #: never delivered.
         self.draining: set[str] = set()
         self._drain: Optional[Sink] = None
+        #: Messages the shell must send on the current connection (if it is still
+        #: connected), as it finds them: the closing of contexts the client failed
+        #: itself, for providers that need it (``Provider.cancel_drains``).
+        self.outbox: list[str] = []
 
     # ---- outgoing -----------------------------------------------------------------
 
@@ -672,24 +677,42 @@ class Session:
         self._end(state, None, events)
         if not (state.started and connected):
             return events, None
+        return events, self._close_on_server(state)
+
+    def _close_on_server(self, state: ContextState) -> Optional[str]:
+        """The message that stops ``state`` (ended here) on the server; with
+        ``cancel_drains``, the context counts in ``draining`` until the server ends it
+        (closed already, or by this message)."""
         message = self.provider.cancel(state)
-        if self.provider.cancel_drains:  # (closed already, or by this message)
+        if self.provider.cancel_drains:
             if self._drain is None:
                 self._drain = Sink(self.sink.format, envelope=self.provider.envelope,
                                    drop_unannounced=True)
             self._drain.set_format(state.context_id, state.format)
             self.draining.add(state.context_id)
-        return events, message
+        return message
+
+    def _closed_here(self, state: ContextState) -> None:
+        """A started context the client failed itself: a provider that needs it closed
+        on the server gets the message in ``outbox`` (Cartesia's gets nothing: its
+        context ends with its last request)."""
+        if state.started and self.provider.cancel_drains:
+            message = self._close_on_server(state)
+            if message is not None:
+                self.outbox.append(message)
 
     def fail(self, state: ContextState, failure: BaseException) -> list[Any]:
         """End the context here with ``failure`` (the shell's own reason, e.g. an
         AudioOverflow): as :meth:`cancel`, its late audio is dropped and its open
         segments finish as incomplete, but its stream ends by raising ``failure``.
-        Returns the events to deliver; nothing is sent (as for a CapacityError)."""
+        Returns the events to deliver; nothing is sent (as for a CapacityError), but
+        for a provider whose contexts must be closed (ElevenLabs) the message is put in
+        ``outbox``."""
         if state.ended:
             return []
         events = self._route(self.sink.cancel(state.context_id))
         self._end(state, failure, events)
+        self._closed_here(state)
         return events
 
     # ---- incoming -----------------------------------------------------------------
@@ -740,6 +763,7 @@ class Session:
         self.connection_ending = False
         self.draining.clear()
         self._drain = None
+        self.outbox.clear()
         events = self._route(self.sink.close(reason))
         for state in list(self.contexts.values()):
             if not state.ended and state.started and state.connection <= self.lost:
@@ -811,6 +835,7 @@ class Session:
             return []
         events = self._route(self.sink.cancel(context_id))
         self._end(state, exc, events)
+        self._closed_here(state)
         return events
 
     def _end(self, state: ContextState, failure: Optional[BaseException],

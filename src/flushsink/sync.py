@@ -217,6 +217,23 @@ class Client(ClientBase[Context]):
                                             name="flushsink-reader", daemon=True)
             self._reader.start()
 
+    def _send_outbox(self) -> None:
+        messages, self._session.outbox = self._session.outbox, []
+        ws = self._ws
+        if ws is None or not self._connected():
+            return
+        # not from this thread: websockets' receiving thread holds the lock send() takes
+        threading.Thread(target=self._send_quietly, args=(ws, messages),
+                         name="flushsink-close-context", daemon=True).start()
+
+    @staticmethod
+    def _send_quietly(ws: ClientConnection, messages: list[str]) -> None:
+        try:
+            for message in messages:
+                ws.send(message)
+        except ConnectionClosed:
+            pass  # the server ends the contexts with the connection
+
     def _send_all(self, messages: list[str]) -> None:
         for message in messages:
             self._send(message)
