@@ -146,8 +146,8 @@ class Provider:
     key_env = ""
     #: How the Sink reads the frames.
     envelope: Envelope = CARTESIA
-    #: The most contexts one socket may have open (started, input not ended); None: no
-    #: bound but the server's.
+    #: The most contexts one socket may have open (from a context's first message to its
+    #: end; see Session._check); None: no bound but the server's.
     max_contexts: Optional[int] = None
     #: The URL the client dials.
     url = ""
@@ -349,9 +349,11 @@ class ElevenLabsProvider(Provider):
     context's options: ``voice_settings``, ``generation_config``...); ``push`` sends
     ``{"text", "context_id"}`` (``flush: true`` with ``flush=True``), ``flush()``
     ``{"context_id", "flush": true}``, ``no_more_inputs()`` a flush if text was sent
-    since the last one, then ``close_context``: the server drops unflushed text there.
-    ``cancel()`` is ``close_context`` too (the server has no other way to stop a
-    context), and its late audio is dropped here. ``isFinal`` ends the context.
+    since the last one, then ``close_context``: the emulator drops unflushed text there.
+    ``cancel()`` is ``close_context`` too (the protocol has no other way to stop a
+    context), and its late audio is dropped here; so is a context the client fails
+    itself (AudioOverflow, a Sink cap). ``isFinal`` ends the context. A context counts
+    against the five from its first message to its ``isFinal``, a cancelled one too.
 
     There is no per-flush marker on the wire: a flush makes audio come sooner but does
     not end a segment, so a context is one segment (``flush_id`` 0), finished by
