@@ -105,12 +105,14 @@ test-sdk: $(SDK_VENV)/.installed $(SDK4_VENV)/.installed
 
 # The other providers' official SDKs against flushsink's emulators of them (issue 16):
 # openai 3.51.0's realtime client (it pins websockets < 16) and elevenlabs 2.78.0, a venv
-# each. The emulators do not use flushsink's core, so one run each.
+# each. The frames each SDK parsed are fed to Sink(envelope=...) too, so both cores run.
 test-providers: $(OPENAI_VENV)/.installed $(ELEVENLABS_VENV)/.installed
-	$(OPENAI_VENV)/bin/python -c "import openai; assert openai.__version__ == '3.51.0', openai.__version__"
-	$(OPENAI_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/sdk/test_openai_realtime_interop.py
-	$(ELEVENLABS_VENV)/bin/python -c "import elevenlabs; assert elevenlabs.__version__ == '2.78.0', elevenlabs.__version__"
-	$(ELEVENLABS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/sdk/test_elevenlabs_interop.py
+	$(OPENAI_VENV)/bin/python -c "import openai, flushsink; assert openai.__version__ == '3.51.0', openai.__version__; assert flushsink.BACKEND == 'compiled'"
+	FLUSHSINK_EXPECT=compiled $(OPENAI_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/sdk/test_openai_realtime_interop.py
+	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(OPENAI_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/sdk/test_openai_realtime_interop.py
+	$(ELEVENLABS_VENV)/bin/python -c "import elevenlabs, flushsink; assert elevenlabs.__version__ == '2.78.0', elevenlabs.__version__; assert flushsink.BACKEND == 'compiled'"
+	FLUSHSINK_EXPECT=compiled $(ELEVENLABS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/sdk/test_elevenlabs_interop.py
+	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(ELEVENLABS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/sdk/test_elevenlabs_interop.py
 
 $(SDK_VENV)/.installed: SDK_EXTRA := sdk
 $(SDK4_VENV)/.installed: SDK_EXTRA := sdk4

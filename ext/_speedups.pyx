@@ -97,6 +97,7 @@ cdef extern from "frame.h":
         int data_tentative
     int FS_KEY_TYPE, FS_KEY_CONTEXT_ID, FS_KEY_FLUSH_ID, FS_KEY_DATA
     int FS_KEY_WORD_TIMESTAMPS, FS_KEY_PHONEME_TIMESTAMPS, FS_KEY_FINAL, FS_KEY_ERROR
+    int FS_KEY_CONTEXT_FALLBACK
     ctypedef enum fs_type:
         FS_TYPE_NONE
         FS_TYPE_CHUNK
@@ -581,6 +582,7 @@ cdef class Sink(Store):
             st = fs_scan_env(buf, n, &fr, self._inner, &offset, self._env, self._env_memo)
             if st != FS_OK:
                 raise FrameError(SCAN_CODES[st], offset)
+            _fall_back(&fr)
             if not self._hex and self._append(buf, &fr):
                 if self._stream:
                     return self._streamed()
@@ -590,6 +592,7 @@ cdef class Sink(Store):
                 st = fs_scan_env(buf, n, &fr, self._inner, &offset, self._env, NULL)
                 if st != FS_OK:
                     raise FrameError(SCAN_CODES[st], offset)
+                _fall_back(&fr)
             return self._dispatch(buf, n, &fr)
         st = fs_scan(buf, n, &fr, &offset, ~self._unguessed, &self._memo)
         if st != FS_OK:
@@ -830,7 +833,8 @@ cdef class Sink(Store):
         cdef int64_t label
         if v.kind == FS_ABSENT or v.kind == FS_NULL:
             return 0
-        if key == FS_KEY_TYPE or key == FS_KEY_CONTEXT_ID or key == FS_KEY_DATA:
+        if key == FS_KEY_TYPE or key == FS_KEY_CONTEXT_ID or key == FS_KEY_DATA \
+                or key == FS_KEY_CONTEXT_FALLBACK:
             if v.kind != FS_STRING:
                 self._field_error(buf, n, fr, key)
         elif key == FS_KEY_FLUSH_ID:
@@ -1277,6 +1281,15 @@ cdef class Sink(Store):
         self._reserved += capacity - seg.capacity
         seg.capacity = capacity
         return 0
+
+
+cdef inline void _fall_back(fs_frame *fr) noexcept:
+    """An envelope's frame without its context at context_key (absent or null) names it
+    at context_fallback_key, when that is a string (else its field check reports it)."""
+    cdef fs_value *v = &fr.keys[FS_KEY_CONTEXT_ID]
+    if (v.kind == FS_ABSENT or v.kind == FS_NULL) \
+            and fr.keys[FS_KEY_CONTEXT_FALLBACK].kind == FS_STRING:
+        v[0] = fr.keys[FS_KEY_CONTEXT_FALLBACK]
 
 
 cdef object _raw_string(const uint8_t *buf, fs_value *v):

@@ -46,7 +46,8 @@
     X(FS_KEY_WORD_TIMESTAMPS, "word_timestamps") \
     X(FS_KEY_PHONEME_TIMESTAMPS, "phoneme_timestamps") \
     X(FS_KEY_FINAL, "") \
-    X(FS_KEY_ERROR, "")
+    X(FS_KEY_ERROR, "") \
+    X(FS_KEY_CONTEXT_FALLBACK, "")
 
 /* Frame types: the "type" values the sink knows, and what fs_frame_type says otherwise
  * (NONE: no type or null; UNKNOWN: a string it does not know; BAD: not a string). */

@@ -62,6 +62,8 @@ def reference_route(envelope: Envelope, frames: list[str]) -> dict[tuple[Any, An
     for frame in frames:
         message = json.loads(frame)
         context = at(message, envelope.context_key)
+        if context is None:
+            context = at(message, envelope.context_fallback_key)
         if envelope.type_key is None:
             data = at(message, envelope.audio_key)
             kind = "audio" if data is not None else None

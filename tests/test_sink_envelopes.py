@@ -73,6 +73,8 @@ def envelope_objects(draw, env: Envelope):
         cid = draw(st.sampled_from(["a", "b", "é/😀", "x\"y\\z", None]))
         if cid is not None or draw(st.integers(0, 4)) == 0:
             put(obj, env.context_key, cid)
+    if env.context_fallback_key and draw(st.integers(0, 2)) == 0:
+        put(obj, env.context_fallback_key, draw(st.sampled_from(["a", "c", None])))
     if env.segment_key and draw(st.booleans()):
         put(obj, env.segment_key, draw(st.integers(0, 3)))
     if kind in ("audio", "audio_final"):
@@ -279,7 +281,8 @@ def test_openai_realtime_segments_follow_the_done_events_and_errors_read_their_m
         {"type": "response.output_audio.done", "response_id": "r", "item_id": "i"},
         {**delta, "item_id": "j", "delta": base64.b64encode(b"\x03\x00").decode()},
         {"type": "response.output_audio_transcript.delta", "response_id": "r", "delta": "hi"},
-        {"type": "response.done", "response": {"id": "r", "status": "completed"}, "response_id": "r"},
+        # (response.created and response.done name it at response.id, not response_id)
+        {"type": "response.done", "event_id": "e9", "response": {"id": "r", "status": "completed"}},
         {"type": "error", "event_id": "e", "error": {"type": "invalid_request_error",
                                                      "code": "bad_value", "message": "No."}},
     ])

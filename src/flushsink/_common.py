@@ -143,7 +143,7 @@ def load_payload(frame: Any) -> Any:
 #: core's slots (ext/frame.h FS_KEY_LIST) are in the same order. Cartesia's names are
 #: the slots' names.
 SLOTS = ("type", "context_id", "flush_id", "data", "word_timestamps",
-         "phoneme_timestamps", "final", "error")
+         "phoneme_timestamps", "final", "error", "context_fallback")
 
 
 class Layout(NamedTuple):
@@ -169,7 +169,7 @@ def envelope_layout(envelope: Any) -> Layout:
              envelope.audio_key,
              "word_timestamps" if envelope.timestamp_types else None,
              "phoneme_timestamps" if envelope.phoneme_timestamp_types else None,
-             envelope.final_key, error)
+             envelope.final_key, error, envelope.context_fallback_key)
     return Layout(tuple(tuple(name.split(".")) if name else None for name in names),
                   names, envelope.type_kinds(), envelope.type_key is None,
                   envelope.audio_encoding == "hex")

@@ -541,7 +541,8 @@ def _exact_env_frame(buf: bytes, reader: _Reader) -> _EnvFields:
         value = fields.get(slot)
         if value is None or value.kind == "null":
             continue
-        if slot in ("type", "context_id", "data") and value.kind != "string":
+        if slot in ("type", "context_id", "data", "context_fallback") \
+                and value.kind != "string":
             raise _Reject("field_type", value.offset, name)
         if slot == "flush_id" and (value.kind != "number"
                                    or flush_id_value(buf[value.start:value.end]) is None):
@@ -552,6 +553,8 @@ def _exact_env_frame(buf: bytes, reader: _Reader) -> _EnvFields:
     label = flush_id_value(buf[value.start:value.end]) \
         if value is not None and value.kind == "number" else None
     value = fields.get("context_id")
+    if value is None or value.kind != "string":
+        value = fields.get("context_fallback")  # (a string or null: checked above)
     cid = _string_value(buf, value) if value is not None and value.kind == "string" else None
     data = fields.get("data")
     if data is not None and data.kind != "string":
@@ -811,8 +814,10 @@ def _fast_env_frame(buf: bytes, reader: _Reader) -> Optional[_EnvFields]:
     ftype, cid, label, data = (fields.get("type"), fields.get("context_id"),
                                fields.get("flush_id"), fields.get("data"))
     final = fields.get("final")
+    fallback = fields.get("context_fallback")
     if ((type(ftype) is not str and ftype is not None)
             or (type(cid) is not str and cid is not None)
+            or (type(fallback) is not str and fallback is not None)
             or (type(data) is not str and data is not None)
             or (type(final) is not bool and final is not None)):
         return None
@@ -825,6 +830,8 @@ def _fast_env_frame(buf: bytes, reader: _Reader) -> Optional[_EnvFields]:
             TYPE_ERROR if type(error) is str else TYPE_NONE
     else:
         code = TYPE_NONE if ftype is None else reader.codes.get(ftype, TYPE_UNKNOWN)
+    if cid is None:
+        cid = fallback
     audio = None
     if code == TYPE_CHUNK:
         if data is None:

@@ -20,6 +20,9 @@ envelope                      type     audio                        context     
 ``TWILIO_MEDIA``              event    ``media.payload`` (media)    streamSid      (current)
 ============================  =======  ===========================  =============  ==========
 
+OpenAI's ``response.created`` and ``response.done`` name their response at
+``response.id`` (``context_fallback_key``), its other events at ``response_id``.
+
 A segment key names an integer member (0 to 2**62, as Cartesia's ``flush_id``): the
 Sink's labels are integers. Without one, a context has one segment at a time, its current
 one, ended by the ``segment_end_types`` (or the end of the context); the Sink numbers
@@ -78,8 +81,11 @@ class Envelope:
     as Cartesia's do (``word_timestamps`` / ``phoneme_timestamps`` members with
     ``words``/``phonemes``, ``start`` and ``end`` lists). An error's message is the
     first non-empty string at ``error_message_keys``; its code, the value at
-    ``error_code_key``. Two paths may not be the same, nor one inside another
-    (``"media"`` and ``"media.payload"``).
+    ``error_code_key``. ``context_fallback_key``: where a frame names its context when it
+    has nothing (or null) at ``context_key`` (OpenAI's ``response.created`` and
+    ``response.done`` carry the response's id at ``response.id``, its deltas at
+    ``response_id``). Two paths may not be the same, nor one inside another (``"media"``
+    and ``"media.payload"``).
     """
 
     name: str
@@ -96,6 +102,7 @@ class Envelope:
     error_message_keys: tuple[str, ...] = ()
     error_code_key: Optional[str] = None
     final_key: Optional[str] = None
+    context_fallback_key: Optional[str] = None
     audio_encoding: Literal["base64", "hex"] = "base64"
 
     def __post_init__(self) -> None:
@@ -103,7 +110,8 @@ class Envelope:
             raise ValueError("Envelope.name must be a non-empty str")
         _path("type_key", self.type_key)
         _path("audio_key", self.audio_key, required=True)
-        for name in ("context_key", "segment_key", "final_key", "error_code_key"):
+        for name in ("context_key", "segment_key", "final_key", "error_code_key",
+                     "context_fallback_key"):
             _path(name, getattr(self, name))
         if not isinstance(self.error_message_keys, tuple):
             raise ValueError("Envelope.error_message_keys must be a tuple of paths")
@@ -147,7 +155,8 @@ class Envelope:
         timestamps = ("word_timestamps" if self.timestamp_types else None,
                       "phoneme_timestamps" if self.phoneme_timestamp_types else None)
         return (self.type_key, self.context_key, self.segment_key, self.audio_key,
-                self.final_key, *timestamps, self.error_code_key, *self.error_message_keys)
+                self.final_key, *timestamps, self.error_code_key, *self.error_message_keys,
+                self.context_fallback_key)
 
     def type_kinds(self) -> dict[str, str]:
         """Every type value the envelope knows, with its kind."""
@@ -196,6 +205,7 @@ OPENAI_REALTIME = Envelope(
     audio_types=("response.output_audio.delta", "response.audio.delta"),  # GA, beta
     audio_key="delta",
     context_key="response_id",
+    context_fallback_key="response.id",  # response.created, response.done
     segment_end_types=("response.output_audio.done", "response.audio.done"),
     context_end_types=("response.done",),
     error_types=("error",),
