@@ -56,9 +56,12 @@ FRAME_ERROR_REASONS = {
 
 
 class CapacityError(FlushsinkError):
-    """Storing a frame would exceed ``max_segment_bytes`` or ``max_total_bytes``.
+    """A cap would be exceeded: storing a frame would pass one of the Sink's caps
+    (``max_segment_bytes``, ``max_total_bytes``, ``max_open_segments``,
+    ``max_timestamps``), or a client would open more contexts than the provider allows
+    on one socket (ElevenLabs: five; refused before anything is sent).
 
-    The frame is rejected whole; everything stored before is intact.
+    A rejected frame is rejected whole; everything stored before is intact.
     """
 
     def __init__(self, message: str, context_id: Any = None, flush_id: Any = None) -> None:
@@ -140,7 +143,8 @@ class HandshakeError(FlushsinkError, ConnectionError):
 
 
 class AuthenticationError(HandshakeError):
-    """The server refused the API key (HTTP 401 or 403)."""
+    """The server refused the API key: HTTP 401 or 403 at the handshake, or (ElevenLabs,
+    which checks the key after it) an ``invalid_api_key`` error frame."""
 
 
 class RateLimited(FlushsinkError):
