@@ -210,13 +210,14 @@ static int same_env_scan(const uint8_t *frame, size_t n, const fs_env *env, fs_e
     return bad;
 }
 
-/* Change a token the way a server does (a digit, a letter of a string, one more or less),
- * or a byte anywhere the way a broken one does. */
-static size_t mutate(uint8_t *frame, size_t n, size_t cap)
+/* Replace, insert or delete a byte anywhere, or cut the frame there, the way a broken
+ * server does; like_a_server: half the time change a token instead, the way a working one
+ * does (a digit for a digit, a letter for a letter, one more or less), and cut rarely. */
+static size_t mutate(uint8_t *frame, size_t n, size_t cap, int like_a_server)
 {
     size_t pos = next_random() % (n + 1);
     uint8_t c = (uint8_t)alphabet[next_random() % (sizeof alphabet - 1)];
-    if (next_random() % 2 == 0 && pos < n) {
+    if (like_a_server && next_random() % 2 == 0 && pos < n) {
         /* next to a digit or a letter: inside a token, most of the time */
         if (frame[pos] >= '0' && frame[pos] <= '9') c = (uint8_t)('0' + next_random() % 10);
         else if (frame[pos] >= 'a' && frame[pos] <= 'z') c = (uint8_t)('a' + next_random() % 26);
@@ -236,7 +237,7 @@ static size_t mutate(uint8_t *frame, size_t n, size_t cap)
             n--;
         }
         break;
-    default: if (next_random() % 8 == 0) n = pos;
+    default: if (!like_a_server || next_random() % 8 == 0) n = pos;
     }
     return n;
 }
@@ -259,7 +260,7 @@ static int env_rounds(long iterations)
         size_t n = strlen(env_bases[which].frame);
         memcpy(frame, env_bases[which].frame, n);
         failures += same_env_scan(frame, n, env, memo, it);
-        for (int m = 1 + (int)(next_random() % 3); m > 0; m--) n = mutate(frame, n, sizeof frame);
+        for (int m = 1 + (int)(next_random() % 3); m > 0; m--) n = mutate(frame, n, sizeof frame, 1);
         failures += same_env_scan(frame, n, env, memo, it);
     }
     free(env);
@@ -282,27 +283,7 @@ int main(int argc, char **argv)
         /* every way of scanning: with each guess about data's end, both or none */
         int guesses = (int)(next_random() % 4);
         if (next_random() % 3 == 0) failures += same_scan(frame, n, memo, guesses, it);
-        for (int m = 1 + (int)(next_random() % 4); m > 0; m--) {
-            size_t pos = next_random() % (n + 1);
-            uint8_t c = (uint8_t)alphabet[next_random() % (sizeof alphabet - 1)];
-            switch (next_random() % 4) {
-            case 0: if (pos < n) frame[pos] = c; break;
-            case 1:
-                if (n < sizeof frame - 1) {
-                    memmove(frame + pos + 1, frame + pos, n - pos);
-                    frame[pos] = c;
-                    n++;
-                }
-                break;
-            case 2:
-                if (pos < n) {
-                    memmove(frame + pos, frame + pos + 1, n - pos - 1);
-                    n--;
-                }
-                break;
-            default: n = pos;
-            }
-        }
+        for (int m = 1 + (int)(next_random() % 4); m > 0; m--) n = mutate(frame, n, sizeof frame, 0);
         failures += same_scan(frame, n, memo, guesses, it);
     }
     free(memo);

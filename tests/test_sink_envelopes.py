@@ -150,19 +150,24 @@ def stream_outcome(call):
     return result, chunks
 
 
+def apply(sink, op, judge=stream_outcome):
+    """One operation of a program on a sink: (its outcome, the stats after it)."""
+    if op[0] == "feed":
+        frame = as_input(op[1], op[2])
+        result = judge(lambda: sink.feed(frame))
+    elif op[0] == "cancel":
+        result = judge(lambda: sink.cancel(op[1]))
+    elif op[0] == "close":
+        result = judge(lambda: sink.close(op[1]))
+    else:
+        result = judge(lambda: sink.set_format(op[1], AudioFormat(*op[2])))
+    return result, tuple(sink.stats)
+
+
 def run_all(env, caps, ops, sinks):
     results = []
     for op in ops:
-        row = []
-        for sink in sinks:
-            if op[0] == "feed":
-                frame = as_input(op[1], op[2])
-                result = stream_outcome(lambda: sink.feed(frame))
-            elif op[0] == "cancel":
-                result = stream_outcome(lambda: sink.cancel(op[1]))
-            else:
-                result = stream_outcome(lambda: sink.close(op[1]))
-            row.append((result, tuple(sink.stats)))
+        row = [apply(sink, op) for sink in sinks]
         assert all(r == row[0] for r in row), (op, row)
         results.append(row[0])
     return results
@@ -216,19 +221,7 @@ def test_an_envelope_describing_cartesia_reads_as_the_cartesia_intake(scenario):
     results = []
     for envelope in (None, DESCRIBED_CARTESIA):
         sink = Sink(AudioFormat(*fmt), envelope=envelope, **caps)
-        row = []
-        for op in ops:
-            if op[0] == "feed":
-                frame = as_input(op[1], op[2])
-                result = outcome(lambda: sink.feed(frame))
-            elif op[0] == "cancel":
-                result = outcome(lambda: sink.cancel(op[1]))
-            elif op[0] == "close":
-                result = outcome(lambda: sink.close(op[1]))
-            else:
-                result = outcome(lambda: sink.set_format(op[1], AudioFormat(*op[2])))
-            row.append((result, tuple(sink.stats)))
-        results.append(_errors_as_kinds(row))
+        results.append(_errors_as_kinds([apply(sink, op, outcome) for op in ops]))
     assert results[0] == results[1]
 
 
