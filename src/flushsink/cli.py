@@ -1,4 +1,4 @@
-"""The ``flushsink`` command: say, serve, demo, bench.
+"""The ``flushsink`` command: say, batch, serve, demo, bench.
 
 ``say`` speaks with Cartesia (``--api-key`` or ``CARTESIA_API_KEY``), with a server at
 ``--url``, or with the embedded emulator on 127.0.0.1 when asked (``--emulator``); never with
@@ -704,6 +704,151 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                        retries=args.retries))
 
 
+# --- batch -----------------------------------------------------------------------------
+
+class _StopGently:
+    """``batch``'s signals: the first SIGINT or SIGTERM sets ``stop`` (the job takes no
+    more rows and gives those in flight its stop timeout), a second cancels the task (the
+    rows in flight are abandoned: their audio is reconciled by the next run). Either way
+    the job publishes what it finished. A signal inherited as ignored stays ignored."""
+
+    def __init__(self, stop: asyncio.Event, on_stop: Callable[[int], None]) -> None:
+        self.stop = stop
+        self.on_stop = on_stop
+        self.received: Optional[int] = None
+        self._installed: list[int] = []
+        self._task: Optional[asyncio.Task[Any]] = None
+
+    def __enter__(self) -> "_StopGently":
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue
+            try:
+                loop.add_signal_handler(signum, self._signal, signum)
+            except (NotImplementedError, RuntimeError):  # Windows; not the main thread
+                continue
+            self._installed.append(signum)
+        return self
+
+    def _signal(self, signum: int) -> None:
+        if self.received is None:
+            self.received = signum
+            self.on_stop(signum)
+            self.stop.set()
+        elif self._task is not None:
+            self._task.cancel()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self._installed:
+            loop.remove_signal_handler(signum)
+
+
+def _batch_line(summary: dict[str, Any]) -> str:
+    """The one-line summary of a batch run."""
+    job = summary["job"]
+    parts = [f"{job['rows_stored']} rows stored"]
+    if job["rows_reconciled"]:
+        parts.append(f"{job['rows_reconciled']} reconciled")
+    if job["rows_skipped"]:
+        parts.append(f"{job['rows_skipped']} already done")
+    if job["rows_failed"]:
+        parts.append(f"{job['rows_failed']} failed")
+    if job["bad_rows"]:
+        parts.append(f"{job['bad_rows']} bad")
+    elapsed = max(job["elapsed"], 1e-9)
+    audio = job["audio_seconds"]
+    limited = sum(job["rate_limited"].values())
+    line = (f"{', '.join(parts)} (shard {job['shard']}); {audio:.1f} s of audio in "
+            f"{elapsed:.1f} s ({audio / elapsed:.1f} audio s/s); concurrency "
+            f"{job['concurrency_final']:.1f} of {job['concurrency_max']}")
+    if limited:
+        line += (f" ({limited} 429{'s' * (limited != 1)}, lowest "
+                 f"{job['concurrency_lowest']:.1f})")
+    line += (f"; {summary['destination']}: {summary['rows']} rows, {summary['files']} "
+             "files in the manifest")
+    return line
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .batch import BatchError, InputError, Shard
+    from .batch.job import DestinationNotEmpty, JobFailed, run as run_batch
+
+    if args.emulator:
+        for option, value in (("--url", args.url), ("--api-key", args.api_key)):
+            if value is not None:
+                raise _Failure(f"--emulator is the embedded emulator: {option} does not go "
+                               "with it", USAGE)
+    elif args.url is None and not (args.api_key or os.environ.get("CARTESIA_API_KEY")):
+        raise _Failure("no API key: set CARTESIA_API_KEY (or --api-key) to speak with "
+                       "Cartesia, or add --emulator for the embedded emulator", USAGE)
+    try:
+        shard = Shard.parse(args.shard)
+    except ConfigError as exc:
+        raise _Failure(f"argument --shard: {exc}", USAGE) from None
+    if not os.path.exists(args.input):
+        raise _Failure(f"cannot read {args.input!r}: no such file", USAGE)
+    if os.path.isdir(args.input):
+        raise _Failure(f"cannot read {args.input!r}: it is a directory", USAGE)
+    if "://" not in args.out:
+        _prepare_out_dir(args.out)
+    output_format = {"container": "raw", "encoding": args.encoding,
+                     "sample_rate": args.sample_rate}
+    progress: Any = False if args.quiet else True
+    stream = sys.stderr
+    stopped: list[int] = []
+
+    def on_stop(signum: int) -> None:
+        stopped.append(signum)
+        print(f"\nflushsink: stopping on {signal.Signals(signum).name}: no new rows; the rows "
+              f"in flight get {args.stop_timeout:g} s; a second signal stops at once",
+              file=stream, flush=True)
+
+    async def main() -> dict[str, Any]:
+        stop = asyncio.Event()
+        with _StopGently(stop, on_stop) as signals:
+            try:
+                return await run_batch(
+                    args.input, args.out, concurrency=args.concurrency, sockets=args.sockets,
+                    shard=shard, url=args.url, api_key=args.api_key, emulator=args.emulator,
+                    voice=args.voice, model_id=args.model, output_format=output_format,
+                    language=args.language, retries=args.retries, timeout=args.timeout,
+                    resume=args.resume, with_words=args.words, progress=progress,
+                    part_rows=args.part_rows, part_seconds=args.part_seconds, stop=stop,
+                    stop_timeout=args.stop_timeout)
+            except asyncio.CancelledError:
+                if signals.received is None:
+                    raise
+                task = asyncio.current_task()
+                if task is not None and hasattr(task, "uncancel"):
+                    task.uncancel()
+                return {}
+
+    console = _Console()
+    if args.emulator:
+        console.say("using the embedded emulator: its audio is a synthetic stand-in, not speech")
+    with _library_warnings(console):
+        try:
+            summary = _run_loop(main())
+        except DestinationNotEmpty as exc:
+            raise _Failure(f"{exc} (--no-resume)", USAGE) from None
+        except JobFailed as exc:
+            raise _Failure(f"the job cannot go on: {_failure_line(exc)}") from None
+        except InputError as exc:
+            raise _Failure(_failure_line(exc), USAGE) from None
+        except (BatchError, FlushsinkError, OSError) as exc:
+            raise _Failure(_failure_line(exc)) from None
+    if summary:
+        console.say(_batch_line(summary))
+    if stopped:
+        return 128 + stopped[0]
+    if not summary or summary["job"]["rows_failed"]:
+        return FAILED
+    return 0
+
+
 # --- serve and bench -------------------------------------------------------------------
 
 #: serve's options that only Cartesia's emulator has (dest, as the user writes it).
@@ -858,7 +1003,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="flushsink",
         description="Receive Cartesia-style TTS websocket audio fast: one file per flush.",
-        epilog="'say' needs an API key (--api-key or CARTESIA_API_KEY), --url, or --emulator; "
+        epilog="'say' and 'batch' need an API key (--api-key or CARTESIA_API_KEY), --url, or "
+               "--emulator; "
                "'demo' runs against the embedded emulator unless given --url or --api-key. "
                "Exit status: 0 done, 1 failed, 2 bad "
                "arguments, 128+N stopped by signal N (the audio received is kept).")
@@ -921,6 +1067,77 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--language", default="en", type=_not_blank(),
                      help="language code (default: %(default)s)")
     say.set_defaults(run=_cmd_say)
+
+    batch = commands.add_parser(
+        "batch", help="speak a table of texts into a directory or S3, resumably",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Speak every row of INPUT (JSONL, CSV or Parquet with id and text or "
+                    "texts) into DEST:\naudio/{safe id}/{flush}.wav, manifest/*.jsonl "
+                    "(NeMo and Hugging Face datasets), errors/*.jsonl,\nsummary.json. Run "
+                    "the same command again after any stop (Ctrl-C, SIGTERM, a crash) to "
+                    "finish\nthe job: rows in the manifest are skipped, stored audio is "
+                    "reconciled, nothing is stored twice.",
+        epilog="examples:\n  flushsink batch prompts.jsonl --out out/prompts --emulator\n"
+               "  flushsink batch book.parquet --out s3://bucket/book --concurrency 12 "
+               "--sockets 2 --shard 0/2\n"
+               "exit status: 0 every row stored (bad input rows are reported in errors/), 1 a "
+               "row failed or the job could not go on, 2 bad arguments, 130/143 stopped by "
+               "SIGINT/SIGTERM (run it again to finish).")
+    batch.add_argument("input", metavar="INPUT", type=_not_blank(),
+                       help="rows: .jsonl, .csv (optionally .gz) or .parquet")
+    batch.add_argument("--out", required=True, metavar="DEST", type=_not_blank(),
+                       help="a directory or s3://bucket/prefix (AWS_* environment variables)")
+    batch.add_argument("--url", type=_url,
+                       help="ws:// or wss:// URL (default: Cartesia, with --api-key or "
+                            "$CARTESIA_API_KEY)")
+    batch.add_argument("--api-key", type=_not_blank("must not be empty (an unset variable?)"),
+                       help="API key (default: $CARTESIA_API_KEY)")
+    batch.add_argument("--emulator", action="store_true",
+                       help="speak with the embedded emulator (synthetic audio, no key)")
+    batch.add_argument("--concurrency", type=_number(int, 1, 10_000), default=4, metavar="N",
+                       help="contexts at once, at most; halved on a 429 and grown back "
+                            "(default: %(default)s, inside every plan's limit)")
+    batch.add_argument("--sockets", type=_number(int, 1, 1000), default=1, metavar="M",
+                       help="websocket connections to spread the contexts over "
+                            "(default: %(default)s)")
+    batch.add_argument("--shard", default="0/1", metavar="I/N",
+                       help="only the rows of shard I of N (by a hash of the id): N "
+                            "processes share one DEST (default: %(default)s)")
+    batch.add_argument("--voice", default=DEMO_VOICE, type=_not_blank(),
+                       help="voice id of rows that give none (default: %(default)s)")
+    batch.add_argument("--model", default="sonic-latest", type=_not_blank(),
+                       help="model id of rows that give none (default: %(default)s)")
+    batch.add_argument("--language", default=None, type=_not_blank(),
+                       help="language of rows that give none (default: the server's)")
+    batch.add_argument("--encoding", choices=tuple(ENCODINGS), default="pcm_s16le",
+                       metavar="ENCODING", help=f"of rows that give no output_format: one of "
+                                                f"{', '.join(ENCODINGS)} (default: %(default)s)")
+    batch.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=44100,
+                       metavar="HZ", help=f"likewise: one of {', '.join(map(str, SAMPLE_RATES))} "
+                                          "(default: %(default)s)")
+    batch.add_argument("--words", action="store_true",
+                       help="ask for word timestamps and put them in the manifest")
+    batch.add_argument("--retries", type=_number(int, 0, 100), default=3, metavar="K",
+                       help="attempts after the first for a row that failed for a reason that "
+                            "may pass (a lost connection, a timeout, a 5xx); 429s have a "
+                            "budget of their own (20) (default: %(default)s)")
+    batch.add_argument("--timeout", type=_number(float, 0, SECONDS_MAX, above=True),
+                       default=60.0, metavar="SECONDS",
+                       help="longest silence of a context (default: %(default)s)")
+    batch.add_argument("--no-resume", dest="resume", action="store_false",
+                       help="refuse a DEST that is not empty (default: finish the job there)")
+    batch.add_argument("--part-rows", type=_number(int, 1, 10_000_000), default=1000,
+                       metavar="N", help="publish a manifest part every N rows "
+                                         "(default: %(default)s)")
+    batch.add_argument("--part-seconds", type=_number(float, 0, SECONDS_MAX, above=True),
+                       default=30.0, metavar="SECONDS",
+                       help="... or every SECONDS (default: %(default)s)")
+    batch.add_argument("--stop-timeout", type=_number(float, 0, SECONDS_MAX), default=15.0,
+                       metavar="SECONDS",
+                       help="on SIGINT/SIGTERM, how long the rows in flight may take to "
+                            "finish (default: %(default)s)")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
+    batch.set_defaults(run=_cmd_batch)
 
     demo = commands.add_parser("demo", help="the seed scenario: two flushes, two WAV files")
     server_options(demo, url_default="the embedded emulator")

@@ -9,6 +9,9 @@ directory or an S3 prefix (issue 17).
   ``flushsink[s3]``), create-only puts, listings, reads.
 - Output (:mod:`.manifest`): ``audio/{safe id}/{flush}.wav``, manifest and errors parts,
   ``summary.json``, and resume (:func:`resume_state`, :func:`reconcile`).
+- The job (:mod:`.job`): :func:`run` (``flushsink batch``), the :class:`Synthesizer`
+  (rows to stored audio over a pool of connections, for a worker of one's own), the
+  :class:`Concurrency` limit (AIMD on 429s); progress on stderr (:mod:`.progress`).
 
 ``import flushsink`` does not import this package, and this package imports obstore and
 pyarrow only when an S3 store is opened or a Parquet file read.
@@ -46,6 +49,17 @@ from .manifest import (
     wav_bytes,
     write_summary,
 )
+from .job import (
+    DEFAULT_CONCURRENCY,
+    Concurrency,
+    DestinationNotEmpty,
+    JobFailed,
+    JobStats,
+    RowFailure,
+    RowResult,
+    Synthesizer,
+    run,
+)
 from .rows import INPUT_FORMATS, BadRow, Row, input_format, read_rows
 from .stores import LocalStore, ObjectInfo, S3Store, Store, check_path, open_store
 
@@ -59,4 +73,6 @@ __all__ = [
     "summarize", "wav_bytes", "write_summary",
     "INPUT_FORMATS", "BadRow", "Row", "input_format", "read_rows",
     "LocalStore", "ObjectInfo", "S3Store", "Store", "check_path", "open_store",
+    "DEFAULT_CONCURRENCY", "Concurrency", "DestinationNotEmpty", "JobFailed", "JobStats",
+    "RowFailure", "RowResult", "Synthesizer", "run",
 ]
