@@ -26,6 +26,7 @@ import re
 from typing import Any, Iterator, Mapping, NamedTuple, Optional
 
 from ..errors import ConfigError
+from ..writers import _fsync_dir, _unlink_quietly  # (the writers' atomic-file helpers)
 from .errors import MissingDependency, ObjectNotFound, StoreError, UnsafePath
 
 __all__ = ["Store", "LocalStore", "S3Store", "ObjectInfo", "open_store", "check_path"]
@@ -270,23 +271,6 @@ class LocalStore(Store):
                     _unlink_quietly(os.path.join(directory, name))
                     removed += 1
         return removed
-
-
-def _fsync_dir(path: str) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync there
-        return
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _obstore() -> Any:
