@@ -154,7 +154,7 @@ BATCH_DEPS = $(BATCH_VENV)/.deps-$(shell sha256sum $(BATCH_REQUIREMENTS) | cut -
 
 .PHONY: test-batch
 test-batch: $(BATCH_VENV)/.installed
-	$(BATCH_VENV)/bin/python -c "import obstore, pyarrow, datasets, moto.server, soundfile, flushsink; assert flushsink.BACKEND == 'compiled'"
+	$(BATCH_VENV)/bin/python -c "import obstore, pyarrow, datasets, moto.server, soundfile, ray.data, flushsink; assert flushsink.BACKEND == 'compiled'"
 	FLUSHSINK_EXPECT=compiled $(BATCH_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/batch
 	FLUSHSINK_EXPECT=pure FLUSHSINK_PURE_PYTHON=1 $(BATCH_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/batch
 

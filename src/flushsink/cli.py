@@ -826,12 +826,28 @@ def _cmd_batch(args: argparse.Namespace) -> int:
                     task.uncancel()
                 return {}
 
+    def on_ray() -> dict[str, Any]:
+        from .batch.ray import run as run_on_ray
+
+        try:
+            return run_on_ray(
+                args.input, args.out, address=args.ray or None, num_actors=args.actors,
+                concurrency_per_actor=args.concurrency, sockets_per_actor=args.sockets,
+                shard=shard, url=args.url, api_key=args.api_key, emulator=args.emulator,
+                voice=args.voice, model_id=args.model, output_format=output_format,
+                language=args.language, retries=args.retries, timeout=args.timeout,
+                resume=args.resume, with_words=args.words, progress=progress,
+                part_rows=args.part_rows, part_seconds=args.part_seconds)
+        except KeyboardInterrupt:  # what came back is published; run again to finish
+            stopped.append(signal.SIGINT)
+            return {}
+
     console = _Console()
     if args.emulator:
         console.say("using the embedded emulator: its audio is a synthetic stand-in, not speech")
     with _library_warnings(console):
         try:
-            summary = _run_loop(main())
+            summary = on_ray() if args.ray is not None else _run_loop(main())
         except DestinationNotEmpty as exc:
             raise _Failure(f"{exc} (--no-resume)", USAGE) from None
         except JobFailed as exc:
@@ -1136,6 +1152,13 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="SECONDS",
                        help="on SIGINT/SIGTERM, how long the rows in flight may take to "
                             "finish (default: %(default)s)")
+    batch.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                       help="run on a Ray cluster (pip install 'flushsink[ray]'): ADDRESS, "
+                            "'auto' for the running one, or none for $RAY_ADDRESS or a new "
+                            "local cluster; --concurrency and --sockets are then per actor")
+    batch.add_argument("--actors", type=_number(int, 1, 10_000), default=2, metavar="N",
+                       help="with --ray: actors synthesizing, each with its own sockets "
+                            "(default: %(default)s)")
     batch.add_argument("--quiet", action="store_true", help="no progress bar")
     batch.set_defaults(run=_cmd_batch)
 
