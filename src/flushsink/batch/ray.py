@@ -260,11 +260,13 @@ def run(input: "str | os.PathLike[str] | IO[bytes]", dest: "str | os.PathLike[st
         input_format_name = input_format(input)
     source_name = os.fspath(input) if isinstance(input, (str, os.PathLike)) else None
     rows = read_rows(input, format=input_format_name, shard=shard)
-    synth_options = {"url": url, "api_key": api_key, "concurrency": concurrency_per_actor,
-                     "sockets": sockets_per_actor, "retries": retries,
-                     "rate_limit_retries": rate_limit_retries, "timeout": timeout,
-                     "with_words": with_words, "backoff": backoff, "max_backoff": max_backoff,
-                     "client_options": client_options}
+    synth_options: dict[str, Any] = {"url": url, "api_key": api_key,
+                                     "concurrency": concurrency_per_actor,
+                                     "sockets": sockets_per_actor, "retries": retries,
+                                     "rate_limit_retries": rate_limit_retries,
+                                     "timeout": timeout, "with_words": with_words,
+                                     "backoff": backoff, "max_backoff": max_backoff,
+                                     "client_options": client_options}
     Synthesizer(**synth_options)  # the options are checked here, not in an actor
     defaults = {"voice": voice if voice is not None else DEFAULT_VOICE,
                 "model_id": model_id if model_id is not None else DEFAULT_MODEL,
@@ -413,7 +415,7 @@ class _Driver:
         results = dataset.map_batches(
             _SynthesizeRows, batch_size=self.batch_size, batch_format="numpy",
             fn_constructor_kwargs={"dest": self.store_url, "options": self.synth_options},
-            concurrency=self.num_actors, **remote_args)
+            compute=ray.data.ActorPoolStrategy(size=self.num_actors), **remote_args)
         fatal: Optional[str] = None
         for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
             for text in batch["result"]:
