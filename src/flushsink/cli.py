@@ -762,11 +762,11 @@ def _batch_line(summary: dict[str, Any]) -> str:
     audio = job["audio_seconds"]
     limited = sum(job["rate_limited"].values())
     line = (f"{', '.join(parts)} (shard {job['shard']}); {audio:.1f} s of audio in "
-            f"{elapsed:.1f} s ({audio / elapsed:.1f} audio s/s); concurrency "
-            f"{job['concurrency_final']:.1f} of {job['concurrency_max']}")
+            f"{elapsed:.3g} s ({audio / elapsed:.1f} audio s/s); concurrency "
+            f"{job['concurrency_final']:g} of {job['concurrency_max']}")
     if limited:
         line += (f" ({limited} 429{'s' * (limited != 1)}, lowest "
-                 f"{job['concurrency_lowest']:.1f})")
+                 f"{job['concurrency_lowest']:g})")
     line += (f"; {summary['destination']}: {summary['rows']} rows, {summary['files']} "
              "files in the manifest")
     return line

@@ -81,7 +81,7 @@ class Progress:
             rows, eta = f"{self.done} rows", "?"
         failed = f", {self.failed} failed" if self.failed else ""
         return (f"  {rows}{failed}, {self.audio_seconds / elapsed:.1f} audio s/s, "
-                f"ETA {eta}, concurrency {self.concurrency:.1f}")
+                f"ETA {eta}, concurrency {self.concurrency:g}")
 
     def _draw(self, text: str) -> None:
         if self.live:
@@ -128,7 +128,7 @@ class _TqdmProgress(Progress):
         self.audio_seconds, self.concurrency = audio_seconds, concurrency
         elapsed = max(1e-9, self._clock() - self._started)
         self._bar.set_postfix_str(
-            f"{audio_seconds / elapsed:.1f} audio s/s, concurrency {concurrency:.1f}"
+            f"{audio_seconds / elapsed:.1f} audio s/s, concurrency {concurrency:g}"
             + (f", {failed} failed" if failed else ""), refresh=False)
         if step > 0:
             self._bar.update(step)
