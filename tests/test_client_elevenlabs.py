@@ -392,6 +392,7 @@ def test_the_client_keeps_to_the_five_contexts_a_socket_takes(arm):
         assert segment.samples.tobytes() == render(text, VOICE, PCM24)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arm", ARMS)
 def test_a_cancelled_context_counts_until_the_server_ends_it(arm):
     """close_context lets the generations asked for finish, then isFinal: until then the

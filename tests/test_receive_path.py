@@ -349,6 +349,7 @@ def _count_reads(monkeypatch) -> list[float]:
     return reads
 
 
+@pytest.mark.slow
 def test_coalesced_reads_take_fewer_wakeups_and_lose_nothing(monkeypatch):
     # 5 ms chunks paced in real time: read as they come, about one read per chunk;
     # coalesced at 50 ms, about one read per 50 ms, and the same audio
@@ -381,6 +382,7 @@ def test_coalesced_reads_take_fewer_wakeups_and_lose_nothing(monkeypatch):
     assert counts[0.05] < counts[0] / 3, counts
 
 
+@pytest.mark.slow
 def test_a_frame_after_quiet_is_read_at_once_and_one_close_behind_it_waits_at_most_the_interval(
         monkeypatch):
     from helpers.rawserver import RawServer, accept_websocket, frame as raw_frame

@@ -708,6 +708,7 @@ def test_frames_built_to_defeat_the_suffix_guess_are_read_exactly(core):
         assert ready(events[0])["samples"] == steady_audio + audio + steady_audio, frame
 
 
+@pytest.mark.slow
 def test_many_contexts_interleaved_ended_and_reused(core):
     """The compiled core finds the context of a chunk that is not the previous frame's
     in a small table of recent contexts (hashed by id, so that 200 contexts share slots).
