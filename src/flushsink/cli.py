@@ -662,7 +662,9 @@ _FFMPEG_FORMATS = {"pcm_s16le": "s16le", "pcm_f32le": "f32le", "pcm_mulaw": "mul
                    "pcm_alaw": "alaw"}
 
 
-def _cmd_say(args: argparse.Namespace) -> int:
+def _check_target(args: argparse.Namespace) -> None:
+    """say and batch speak with Cartesia (a key), a server at --url, or the embedded
+    emulator when asked (--emulator, alone); never with the emulator silently."""
     if args.emulator:
         for option, value in (("--url", args.url), ("--api-key", args.api_key)):
             if value is not None:
@@ -671,6 +673,10 @@ def _cmd_say(args: argparse.Namespace) -> int:
     elif args.url is None and not (args.api_key or os.environ.get("CARTESIA_API_KEY")):
         raise _Failure("no API key: set CARTESIA_API_KEY (or --api-key) to speak with "
                        "Cartesia, or add --emulator for the embedded emulator", USAGE)
+
+
+def _cmd_say(args: argparse.Namespace) -> int:
+    _check_target(args)
     if args.stdout:
         for option, value in (("--out", args.out), ("--container", args.container)):
             if value is not None:
@@ -776,14 +782,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from .batch import BatchError, InputError, Shard
     from .batch.job import DestinationNotEmpty, JobFailed, run as run_batch
 
-    if args.emulator:
-        for option, value in (("--url", args.url), ("--api-key", args.api_key)):
-            if value is not None:
-                raise _Failure(f"--emulator is the embedded emulator: {option} does not go "
-                               "with it", USAGE)
-    elif args.url is None and not (args.api_key or os.environ.get("CARTESIA_API_KEY")):
-        raise _Failure("no API key: set CARTESIA_API_KEY (or --api-key) to speak with "
-                       "Cartesia, or add --emulator for the embedded emulator", USAGE)
+    _check_target(args)
     try:
         shard = Shard.parse(args.shard)
     except ConfigError as exc:
