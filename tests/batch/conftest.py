@@ -161,9 +161,9 @@ def s3_endpoint() -> Any:
 
 
 @pytest.fixture
-def s3_dest(s3_endpoint, monkeypatch) -> str:
-    """``s3://bucket/job``, a new bucket, with the AWS environment a user would set (and
-    subprocesses inherit)."""
+def make_bucket(s3_endpoint, monkeypatch) -> Callable[[str], str]:
+    """make_bucket(prefix): a new bucket on the test's S3 server, named from prefix, with
+    the AWS environment a user would set for it (and subprocesses inherit)."""
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ALLOW_HTTP",
                  "AWS_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
@@ -171,7 +171,16 @@ def s3_dest(s3_endpoint, monkeypatch) -> str:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
-    name = f"flushsink-job-{uuid.uuid4().hex[:12]}"
-    urllib.request.urlopen(urllib.request.Request(f"{s3_endpoint}/{name}", method="PUT"),
-                           timeout=10).read()
-    return f"s3://{name}/job"
+
+    def make(prefix: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        urllib.request.urlopen(urllib.request.Request(f"{s3_endpoint}/{name}", method="PUT"),
+                               timeout=10).read()
+        return name
+    return make
+
+
+@pytest.fixture
+def s3_dest(make_bucket) -> str:
+    """``s3://bucket/job`` in a new bucket."""
+    return f"s3://{make_bucket('flushsink-job')}/job"

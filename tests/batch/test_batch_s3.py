@@ -11,8 +11,6 @@ import asyncio
 import importlib.util
 import json
 import threading
-import urllib.request
-import uuid
 
 import numpy as np
 import pytest
@@ -50,33 +48,16 @@ def test_s3_without_obstore_names_the_extra():
         open_store("s3://bucket/prefix")
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    pytest.importorskip("obstore")
-    server_module = pytest.importorskip("moto.server")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+@pytest.fixture
+def s3_server(s3_endpoint):
+    """The endpoint of the S3 server the batch tests share (conftest.py)."""
+    return s3_endpoint
 
 
 @pytest.fixture
-def bucket(s3_server, monkeypatch):
-    """A new bucket, and the environment a user would set for this endpoint."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ALLOW_HTTP",
-                 "AWS_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    name = f"flushsink-{uuid.uuid4().hex[:12]}"
-    urllib.request.urlopen(urllib.request.Request(f"{s3_server}/{name}", method="PUT"),
-                           timeout=10).read()
-    return name
+def bucket(make_bucket):
+    """A new bucket, and the environment a user would set for the endpoint."""
+    return make_bucket("flushsink")
 
 
 def raw_client(s3_server):
