@@ -488,6 +488,33 @@ async def _has_objects(store: Store) -> bool:
     return await asyncio.to_thread(first)
 
 
+def row_defaults(voice: Optional[Voice], model_id: Optional[str],
+                 output_format: "AudioFormat | dict[str, Any] | None",
+                 language: Optional[str]) -> dict[str, Any]:
+    """A job's defaults for the rows that give none (both runners'): the output format
+    as an AudioFormat (given as one, or as Cartesia's dict)."""
+    fmt: AudioFormat
+    if output_format is None:
+        fmt = DEFAULT_FORMAT
+    elif isinstance(output_format, AudioFormat):
+        fmt = output_format
+    else:
+        fmt = AudioFormat.from_output_format(output_format)
+    return {"voice": voice if voice is not None else DEFAULT_VOICE,
+            "model_id": model_id if model_id is not None else DEFAULT_MODEL,
+            "output_format": fmt, "language": language}
+
+
+def open_input(input: "str | os.PathLike[str] | IO[bytes]", format_name: Optional[str],
+               shard: Shard) -> tuple[Optional[str], Optional[str], Any]:
+    """(its format's name, its path or None, its rows) of a job's input (both runners').
+    It opens, and its header is checked, before anything is asked of the server."""
+    if format_name is None and isinstance(input, (str, os.PathLike)):
+        format_name = input_format(input)
+    source = os.fspath(input) if isinstance(input, (str, os.PathLike)) else None
+    return format_name, source, read_rows(input, format=format_name, shard=shard)
+
+
 async def run(input: "str | os.PathLike[str] | IO[bytes]", dest: "str | os.PathLike[str] | Store",
               *, concurrency: int = DEFAULT_CONCURRENCY, sockets: int = 1,
               shard: "Shard | str" = ALL, url: Optional[str] = None,
@@ -540,13 +567,8 @@ async def run(input: "str | os.PathLike[str] | IO[bytes]", dest: "str | os.PathL
     """
     if isinstance(shard, str):
         shard = Shard.parse(shard)
-    fmt_default: AudioFormat
-    if output_format is None:
-        fmt_default = DEFAULT_FORMAT
-    elif isinstance(output_format, AudioFormat):
-        fmt_default = output_format
-    else:
-        fmt_default = AudioFormat.from_output_format(output_format)
+    defaults = row_defaults(voice, model_id, output_format, language)
+    fmt_default = defaults["output_format"]
     for name, value in (("part_rows", part_rows),):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an integer >= 1, not {value!r}")
@@ -566,20 +588,14 @@ async def run(input: "str | os.PathLike[str] | IO[bytes]", dest: "str | os.PathL
                              backoff=backoff, max_backoff=max_backoff,
                              client_options=client_options)
     store = dest if isinstance(dest, Store) else open_store(dest)
-    if input_format_name is None and isinstance(input, (str, os.PathLike)):
-        input_format_name = input_format(input)
-    source_name = os.fspath(input) if isinstance(input, (str, os.PathLike)) else None
-    # the input opens (and its header is checked) before anything is asked of the server
-    rows = read_rows(input, format=input_format_name, shard=shard)
+    input_format_name, source_name, rows = open_input(input, input_format_name, shard)
     synthesizer = Synthesizer(url=url, api_key=api_key, concurrency=concurrency,
                               sockets=sockets, retries=retries,
                               rate_limit_retries=rate_limit_retries, timeout=timeout,
                               with_words=with_words, backoff=backoff, max_backoff=max_backoff,
                               client_options=client_options)
     job = _Job(store, rows, synthesizer, shard=shard, source=source_name, resume=resume,
-               defaults={"voice": voice if voice is not None else DEFAULT_VOICE,
-                         "model_id": model_id if model_id is not None else DEFAULT_MODEL,
-                         "output_format": fmt_default, "language": language},
+               defaults=defaults,
                with_words=with_words, part_rows=part_rows, part_seconds=part_seconds,
                stop=stop if stop is not None else asyncio.Event(), stop_timeout=stop_timeout)
     if isinstance(progress, Progress):

@@ -42,19 +42,19 @@ import uuid
 from typing import IO, Any, Iterable, Iterator, Optional
 
 from ..errors import ConfigError
-from ..formats import DEFAULT_FORMAT, AudioFormat
+from ..formats import AudioFormat
 from .errors import MissingDependency
 from .ids import ALL, Shard, safe_id
 from .job import (
     DEFAULT_CONCURRENCY,
-    DEFAULT_MODEL,
-    DEFAULT_VOICE,
     DestinationNotEmpty,
     JobFailed,
     JobStats,
     RowFailure,
     Synthesizer,
     _count_rows,
+    open_input,
+    row_defaults,
 )
 from .manifest import (
     ERRORS_DIR,
@@ -68,7 +68,7 @@ from .manifest import (
     write_summary,
 )
 from .progress import Progress, make_progress
-from .rows import BadRow, Row, Voice, input_format, read_rows
+from .rows import BadRow, Row, Voice
 from .stores import LocalStore, Store, open_store
 
 __all__ = ["run", "DEFAULT_BATCH_SIZE", "DEFAULT_WINDOW_ROWS"]
@@ -224,13 +224,8 @@ def run(input: "str | os.PathLike[str] | IO[bytes]", dest: "str | os.PathLike[st
             raise ConfigError(f"{name} must be an integer >= 1, not {value!r}")
     if not (isinstance(actor_cpus, (int, float)) and actor_cpus > 0):
         raise ConfigError(f"actor_cpus must be > 0, not {actor_cpus!r}")
-    fmt_default: AudioFormat
-    if output_format is None:
-        fmt_default = DEFAULT_FORMAT
-    elif isinstance(output_format, AudioFormat):
-        fmt_default = output_format
-    else:
-        fmt_default = AudioFormat.from_output_format(output_format)
+    defaults = row_defaults(voice, model_id, output_format, language)
+    fmt_default = defaults["output_format"]
     if emulator:
         if url is not None or api_key is not None:
             raise ConfigError("emulator=True is the embedded emulator: no url or api_key")
@@ -256,10 +251,7 @@ def run(input: "str | os.PathLike[str] | IO[bytes]", dest: "str | os.PathLike[st
     if url is None and api_key is None:
         # the actors may not share this process's environment: the key goes with them
         api_key = os.environ.get("CARTESIA_API_KEY")
-    if input_format_name is None and isinstance(input, (str, os.PathLike)):
-        input_format_name = input_format(input)
-    source_name = os.fspath(input) if isinstance(input, (str, os.PathLike)) else None
-    rows = read_rows(input, format=input_format_name, shard=shard)
+    input_format_name, source_name, rows = open_input(input, input_format_name, shard)
     synth_options: dict[str, Any] = {"url": url, "api_key": api_key,
                                      "concurrency": concurrency_per_actor,
                                      "sockets": sockets_per_actor, "retries": retries,
@@ -268,9 +260,6 @@ def run(input: "str | os.PathLike[str] | IO[bytes]", dest: "str | os.PathLike[st
                                      "backoff": backoff, "max_backoff": max_backoff,
                                      "client_options": client_options}
     Synthesizer(**synth_options)  # the options are checked here, not in an actor
-    defaults = {"voice": voice if voice is not None else DEFAULT_VOICE,
-                "model_id": model_id if model_id is not None else DEFAULT_MODEL,
-                "output_format": fmt_default, "language": language}
     started_ray = False
     if not ray.is_initialized():
         ray.init(address=address, **(init_options or {}))
